@@ -1,0 +1,40 @@
+"""One switch for CPU vs GPU: ``--device cpu|gpu|auto``.
+
+``auto`` picks the GPU only when an NVIDIA GPU is visible *and* the GPU stack (cudf, dask_cudf) imports;
+GPU-only modules are imported lazily so CPU machines never need them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Device = Literal["cpu", "gpu"]
+
+
+class DeviceUnavailable(RuntimeError):
+    pass
+
+
+def gpu_available() -> bool:
+    try:
+        from merlin.core.compat import HAS_GPU, cudf
+    except ImportError:  # pragma: no cover - merlin-core is a hard dependency
+        return False
+    return bool(HAS_GPU) and cudf is not None
+
+
+def resolve_device(device: str = "auto") -> Device:
+    if device not in ("cpu", "gpu", "auto"):
+        raise ValueError(f"device must be one of cpu, gpu, auto (got {device!r})")
+    if device == "auto":
+        return "gpu" if gpu_available() else "cpu"
+    if device == "gpu" and not gpu_available():
+        raise DeviceUnavailable(
+            "--device gpu needs an NVIDIA GPU and the GPU stack (pip install '.[gpu]' or the NGC Merlin "
+            "container, see deploy/README.md); none was found. Use --device cpu or auto."
+        )
+    return device  # type: ignore[return-value]
+
+
+def to_pandas(frame):
+    return frame.to_pandas() if hasattr(frame, "to_pandas") else frame
