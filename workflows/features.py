@@ -41,8 +41,21 @@ from nvtabular import ops
 
 USER_CATEGORICAL = ("user_id", "age_bucket", "country", "user_language")
 USER_CONTINUOUS = ("user_event_count", "user_like_rate", "user_completion_rate", "user_watch_fraction")
-VIDEO_CATEGORICAL = ("video_id", "creator_id", "category", "audio_track_id", "video_language", "duration_bucket")
-VIDEO_CONTINUOUS = ("duration", "video_view_count", "video_like_rate", "video_completion_rate", "video_watch_fraction")
+VIDEO_CATEGORICAL = (
+    "video_id",
+    "creator_id",
+    "category",
+    "audio_track_id",
+    "video_language",
+    "duration_bucket",
+)
+VIDEO_CONTINUOUS = (
+    "duration",
+    "video_view_count",
+    "video_like_rate",
+    "video_completion_rate",
+    "video_watch_fraction",
+)
 CONTEXT_CATEGORICAL = ("device", "hour", "day_of_week", "position")
 CONTEXT_CONTINUOUS = ("video_age",)
 BINARY_LABELS = ("view", "liked", "completed", "shared")
@@ -127,7 +140,8 @@ def compute_aggregates(train_events, config: FeatureConfig) -> Aggregates:
                 count_name: sums["one"].astype(np.float64),
                 f"{prefix}_like_rate": (sums["liked"] + m * prior["like_rate"]) / denominator,
                 f"{prefix}_completion_rate": (sums["completed"] + m * prior["completion_rate"]) / denominator,
-                f"{prefix}_watch_fraction": (sums["watch_fraction"] + m * prior["watch_fraction"]) / denominator,
+                f"{prefix}_watch_fraction": (sums["watch_fraction"] + m * prior["watch_fraction"])
+                / denominator,
             }
         ).astype(np.float32)
 
@@ -138,7 +152,9 @@ def compute_aggregates(train_events, config: FeatureConfig) -> Aggregates:
     )
 
 
-def _fill_aggregates(frame: pd.DataFrame, prefix: str, count_name: str, prior: dict[str, float]) -> pd.DataFrame:
+def _fill_aggregates(
+    frame: pd.DataFrame, prefix: str, count_name: str, prior: dict[str, float]
+) -> pd.DataFrame:
     return frame.fillna(
         {
             count_name: 0.0,
@@ -273,7 +289,11 @@ def build_workflow(config: FeatureConfig) -> nvt.Workflow:
     watch = ["watch_time_s"]
     labels = (
         (
-            (watch >> ops.LambdaOp(is_view, dependency=["video_duration_s"], dtype=np.int32) >> ops.Rename(name="view"))
+            (
+                watch
+                >> ops.LambdaOp(is_view, dependency=["video_duration_s"], dtype=np.int32)
+                >> ops.Rename(name="view")
+            )
             + (["liked", "completed", "shared"] >> ops.LambdaOp(as_int, dtype=np.int32))
         )
         >> ops.AddTags([Tags.TARGET, Tags.BINARY_CLASSIFICATION])

@@ -16,7 +16,12 @@ SESSION_GAP_S = 30 * 60
 
 
 def previous_views(
-    user: np.ndarray, time: np.ndarray, order_key: np.ndarray, video: np.ndarray, viewed: np.ndarray, length: int
+    user: np.ndarray,
+    time: np.ndarray,
+    order_key: np.ndarray,
+    video: np.ndarray,
+    viewed: np.ndarray,
+    length: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each event, the encoded ids of the last ``length`` videos the same user viewed strictly
     before it (by ``time``, ties broken by ``order_key``), most recent first, 0-padded.
@@ -67,7 +72,9 @@ def history_array(history: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(history.reshape(-1)), length)
 
 
-def latest_history(user: np.ndarray, video: np.ndarray, viewed: np.ndarray, order: np.ndarray, length: int) -> pd.DataFrame:
+def latest_history(
+    user: np.ndarray, video: np.ndarray, viewed: np.ndarray, order: np.ndarray, length: int
+) -> pd.DataFrame:
     """Each user's newest ``length`` viewed videos after all given events (for the online store)."""
     u, v, w = user[order], video[order], viewed[order].astype(bool)
     u, v = u[w], v[w]

@@ -47,7 +47,16 @@ from reels.workflows.offline_store import OfflineStore, TimeSplit
 
 SPLITS = ("train", "valid", "test")
 ROWS_PER_PARTITION = 1_000_000
-LIBRARIES = ("nvtabular", "merlin-core", "merlin-models", "tensorflow-cpu", "numpy", "pandas", "pyarrow", "dask")
+LIBRARIES = (
+    "nvtabular",
+    "merlin-core",
+    "merlin-models",
+    "tensorflow-cpu",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "dask",
+)
 
 Progress = Callable[[str], None]
 
@@ -77,6 +86,9 @@ class FeatureArtifacts:
 
     def manifest(self) -> dict:
         return json.loads(self.manifest_path.read_text())
+
+    def manifest_config(self) -> FeatureConfig:
+        return FeatureConfig(**self.manifest()["feature_config"])
 
     def load_workflow(self) -> nvt.Workflow:
         return nvt.Workflow.load(str(self.workflow_dir))
@@ -126,7 +138,9 @@ def _write_partition(
     t = frame["event_time"].to_numpy()
     video = frame["video_id"].to_numpy()
     viewed = frame["view"].to_numpy().astype(bool)
-    history, order = hist.previous_views(user, t, frame["event_id"].to_numpy(), video, viewed, config.history_length)
+    history, order = hist.previous_views(
+        user, t, frame["event_id"].to_numpy(), video, viewed, config.history_length
+    )
     sessions = hist.session_numbers(user, t, order)
     frame["session_id"] = user * 100_000 + np.minimum(sessions, 99_999)
     rank = np.empty(len(order), dtype=np.int64)
@@ -176,27 +190,38 @@ def build_features(
     say(f"aggregates over the training window {split.start.date()} .. {split.valid_start.date()}")
     train_raw = events[events["timestamp"] < split.valid_start]
     aggregates = compute_aggregates(train_raw, config)
-    # Materialise the joined events once (one file per store file, i.e. per day): the workflow fit makes
-    # several passes and the transform one more, and re-reading + re-joining each time dominates otherwise.
-    enriched_dir = staging / "_enriched"
-    enrich_events(events, users, videos, aggregates).to_parquet(
-        enriched_dir, write_index=False, name_function=lambda i: f"part-{i:05d}.parquet"
-    )
-    enriched_files = sorted(enriched_dir.glob("part-*.parquet"))
-    store_days = [pd.Timestamp(f.parent.name.split("=")[1]) for f in store.files("events")]
-    train_files = [str(f) for f, day in zip(enriched_files, store_days, strict=True) if day < split.valid_start]
+    # Materialise the joined events once per window, in partitions of about ROWS_PER_PARTITION rows: the
+    # workflow fit makes several passes and the transform one more, and re-reading + re-joining many small
+    # day files each time dominates otherwise. Store files are day-ordered, so each window is a slice.
+    enriched_root = staging / "_enriched"
+    file_days = [pd.Timestamp(f.parent.name.split("=")[1]) for f in store.files("events")]
+    file_rows = [pq.ParquetFile(f).metadata.num_rows for f in store.files("events")]
+    window_dirs: dict[str, Path] = {}
+    for name in SPLITS:
+        lo, hi = split.window(name)
+        picked = [i for i, day in enumerate(file_days) if lo <= day < hi]
+        if not picked:
+            continue
+        rows = sum(file_rows[i] for i in picked)
+        window = enrich_events(events.partitions[picked[0] : picked[-1] + 1], users, videos, aggregates)
+        window = window.repartition(npartitions=max(1, math.ceil(rows / ROWS_PER_PARTITION)))
+        window_dirs[name] = enriched_root / name
+        window.to_parquet(
+            window_dirs[name], write_index=False, name_function=lambda i: f"part-{i:05d}.parquet"
+        )
     timings["aggregates_s"] = time.perf_counter() - started
 
-    say(f"fitting the NVTabular workflow on {dev} ({len(train_files)} training files)")
+    say(f"fitting the NVTabular workflow on {dev}")
     t0 = time.perf_counter()
     workflow = build_workflow(config)
+    train_files = sorted(str(f) for f in window_dirs["train"].glob("part-*.parquet"))
     workflow.fit(Dataset(train_files, engine="parquet", cpu=dev == "cpu"))
     workflow.save(str(staging / "workflow"))
     timings["fit_s"] = time.perf_counter() - t0
 
     say("transforming all windows, adding history and sessions")
     t0 = time.perf_counter()
-    all_files = [str(f) for f in enriched_files]
+    all_files = sorted(str(f) for d in window_dirs.values() for f in d.glob("part-*.parquet"))
     transformed = workflow.transform(Dataset(all_files, engine="parquet", cpu=dev == "cpu")).to_ddf()
     n_parts = max(1, math.ceil(n_rows / ROWS_PER_PARTITION))
     by_user = transformed.shuffle("raw_user_id", npartitions=n_parts)
@@ -212,7 +237,7 @@ def build_features(
     schema = _output_schema(workflow, config)
     for name in SPLITS:
         TensorflowMetadata.from_merlin_schema(schema).to_proto_text_file(str(staging / name))
-    shutil.rmtree(enriched_dir)
+    shutil.rmtree(enriched_root)
     timings["transform_s"] = time.perf_counter() - t0
 
     say("transforming user and video tables for the online store")

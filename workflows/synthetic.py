@@ -33,7 +33,9 @@ AGE_BUCKETS = ("13-17", "18-24", "25-34", "35-44", "45-54", "55+")
 AGE_WEIGHTS = (0.10, 0.32, 0.28, 0.15, 0.09, 0.06)
 DEVICE_WEIGHTS = {"ios": 0.45, "android": 0.47, "web": 0.08}
 # Evening-heavy diurnal pattern (UTC hours), used to place session starts.
-HOUR_WEIGHTS = np.array([3, 2, 1.5, 1, 1, 1.2, 2, 3, 3.5, 3.5, 3.5, 4, 4.5, 4, 4, 4.2, 4.5, 5, 6, 7, 7.5, 7, 6, 4.5])
+HOUR_WEIGHTS = np.array(
+    [3, 2, 1.5, 1, 1, 1.2, 2, 3, 3.5, 3.5, 3.5, 4, 4.5, 4, 4, 4.2, 4.5, 5, 6, 7, 7.5, 7, 6, 4.5]
+)
 
 USER_ID_BASE = 100_000
 VIDEO_ID_BASE = 5_000_000
@@ -142,7 +144,9 @@ class SyntheticReels:
             self.creator_category[self.video_creator],
         )
         self.video_quality = rng.normal(0.0, 1.0, n_total)
-        self.video_duration = np.clip(rng.lognormal(np.log(22.0), 0.7, n_total), 3.0, 180.0).astype(np.float32)
+        self.video_duration = np.clip(rng.lognormal(np.log(22.0), 0.7, n_total), 3.0, 180.0).astype(
+            np.float32
+        )
         self.video_audio = (rng.zipf(1.3, n_total) - 1) % cfg.n_audio_tracks
         upload_offset_s = np.empty(n_total)
         upload_offset_s[: cfg.n_videos] = -rng.random(cfg.n_videos) * 60 * 86400
@@ -169,7 +173,9 @@ class SyntheticReels:
         days = np.arange(cfg.n_days)
         period = rng.uniform(7, 28, n_cat)
         phase = rng.uniform(0, 2 * np.pi, n_cat)
-        trend = np.exp(cfg.trend_amplitude * np.sin(2 * np.pi * days[None, :] / period[:, None] + phase[:, None]))
+        trend = np.exp(
+            cfg.trend_amplitude * np.sin(2 * np.pi * days[None, :] / period[:, None] + phase[:, None])
+        )
 
         self.truth = GroundTruth(
             taste_start=taste_start,
@@ -236,7 +242,9 @@ class SyntheticReels:
         n_cat = len(CATEGORIES)
 
         # Sessions: a user opens the app and scrolls a feed of ~mean_session_length videos.
-        lengths = 1 + rng.poisson(cfg.mean_session_length - 1, int(n_events / cfg.mean_session_length * 1.2) + 8)
+        lengths = 1 + rng.poisson(
+            cfg.mean_session_length - 1, int(n_events / cfg.mean_session_length * 1.2) + 8
+        )
         lengths = lengths[: np.searchsorted(np.cumsum(lengths), n_events) + 1]
         lengths[-1] -= lengths.sum() - n_events
         lengths = lengths[lengths > 0]

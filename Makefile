@@ -1,0 +1,30 @@
+# The two commands a newcomer needs: `make demo` and `make test` (both run the idempotent setup first).
+.PHONY: setup demo test lint format bench lock clean
+
+setup:
+	bash deploy/setup.sh
+
+demo: setup
+	.venv/bin/reels demo
+
+test: setup
+	.venv/bin/python -m pytest -q
+
+lint:
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+format:
+	.venv/bin/ruff check --fix . && .venv/bin/ruff format .
+
+bench: setup
+	.venv/bin/reels bench data --record
+
+# Re-resolve the pinned stack in a scratch venv and rewrite deploy/constraints-cpu.txt.
+lock:
+	rm -rf build/lock-venv && python3.11 -m venv build/lock-venv
+	build/lock-venv/bin/pip install -q 'pip<26.3' && build/lock-venv/bin/pip install -q '.[dev]'
+	{ echo "# Resolved CPU stack, used as pip constraints by deploy/setup.sh. Regenerate: make lock"; \
+	  build/lock-venv/bin/pip freeze --exclude reels; } > deploy/constraints-cpu.txt
+
+clean:
+	rm -rf data build

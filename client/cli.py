@@ -1,0 +1,199 @@
+"""The ``reels`` command line: parses arguments, calls the library, prints, exits non-zero on failure."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from dataclasses import replace
+
+# Quiet TensorFlow's C++ start-up chatter before anything imports it (merlin does, transitively).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+warnings.filterwarnings("ignore", message=".*PyTorch dtype mappings.*")
+warnings.filterwarnings("ignore", message=".*NVTabular Dataset in CPU mode.*")
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _config(args: argparse.Namespace):
+    from reels.client.config import load_config
+
+    overrides = list(args.set or [])
+    if getattr(args, "device", None):
+        overrides.append(f"device={args.device}")
+    return load_config(args.config, overrides)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from reels.client.config import as_dict
+
+    print(yaml.safe_dump(as_dict(_config(args)), sort_keys=False), end="")
+    return 0
+
+
+def _ingest(config, source: str, overwrite: bool, console):
+    from tqdm import tqdm
+
+    from reels.workflows.ingest import generate_synthetic, import_movielens
+
+    root = config.source_dir(source) / "store"
+    if source == "movielens":
+        console.print(f"importing MovieLens-100k into [bold]{root}[/]")
+        return import_movielens(root, overwrite=overwrite)
+    cfg = config.synthetic
+    console.print(f"generating {cfg.n_events:,} synthetic events over {cfg.n_days} days into [bold]{root}[/]")
+    return generate_synthetic(
+        root,
+        cfg,
+        overwrite=overwrite,
+        progress=lambda it: tqdm(it, total=cfg.n_days, unit="day", leave=False),
+    )
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    config = _config(args)
+    if args.events:
+        config = replace(config, synthetic=replace(config.synthetic, n_events=args.events))
+    console = Console()
+    report = _ingest(config, args.source, args.overwrite, console)
+    console.print(
+        f"{report.events:,} events, {report.users:,} users, {report.videos:,} videos over {report.days} days "
+        f"in {report.seconds:.1f}s ({report.events_per_s:,.0f} events/s)"
+    )
+    return 0
+
+
+def _features(config, source: str, console):
+    from reels.workflows.offline_store import OfflineStore
+    from reels.workflows.pipeline import build_features
+
+    store = OfflineStore(config.source_dir(source) / "store")
+    if not store.has("events"):
+        raise FileNotFoundError(f"no events in {store.root}: run `reels data {source}` first")
+    valid_days, test_days = config.split_days(source)
+    with console.status("building features") as status:
+        return build_features(
+            store,
+            config.source_dir(source) / "features",
+            config.features,
+            valid_days=valid_days,
+            test_days=test_days,
+            device=config.device,
+            progress=lambda msg: status.update(msg),
+        )
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from reels.client.summary import print_feature_summary
+
+    console = Console()
+    artifacts = _features(_config(args), args.source, console)
+    print_feature_summary(artifacts, console)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from reels.client.summary import print_feature_summary
+
+    config = _config(args)
+    console = Console()
+    for source in args.sources:
+        console.rule(f"[bold]{source}")
+        report = _ingest(config, source, overwrite=True, console=console)
+        console.print(
+            f"{report.events:,} events in {report.seconds:.1f}s ({report.events_per_s:,.0f} events/s)"
+        )
+        artifacts = _features(config, source, console)
+        print_feature_summary(artifacts, console)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from reels.client.bench.data import main as bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reels",
+        description="Reels recommender: data, features, training and serving (see README.md).",
+    )
+    parser.add_argument("--config", help="YAML config file layered over client/default_config.yaml")
+    parser.add_argument(
+        "--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)"
+    )
+    parser.add_argument(
+        "--device", choices=["cpu", "gpu", "auto"], help="compute device (default: config, auto)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("config", help="print the effective configuration")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser(
+        "data", help="fill the offline store from a source (synthetic generator or MovieLens-100k)"
+    )
+    p.add_argument("source", choices=["synthetic", "movielens"])
+    p.add_argument("--events", type=int, help="synthetic: number of events (overrides synthetic.n_events)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser(
+        "features", help="fit the NVTabular workflow on the training window and write features"
+    )
+    p.add_argument("source", choices=["synthetic", "movielens"], nargs="?", default="synthetic")
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("demo", help="end to end: build data, fit and run the workflows, print a summary")
+    p.add_argument(
+        "--sources", nargs="+", choices=["synthetic", "movielens"], default=["synthetic", "movielens"],
+        help="which data sets to run (default: both)",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="benchmarks; results go to docs/BENCHMARKS.md and docs/BENCHMARKS.json")
+    bench = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    b = bench.add_parser("data", help="generation events/s and NVTabular fit+transform time and peak memory")
+    b.add_argument(
+        "--events", type=int, nargs="+", default=[1_000_000, 10_000_000], help="event counts to run"
+    )
+    b.add_argument("--workdir", default="build/bench", help="scratch folder for stores and features")
+    b.add_argument("--record", action="store_true", help="append the results to docs/BENCHMARKS.md and .json")
+    b.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from reels.client.config import ConfigError
+    from reels.workflows.device import DeviceUnavailable
+    from reels.workflows.validate import ValidationError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (
+        ConfigError,
+        ValidationError,
+        DeviceUnavailable,
+        FileExistsError,
+        FileNotFoundError,
+        ValueError,
+    ) as exc:
+        print(f"reels: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

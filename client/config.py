@@ -1,0 +1,129 @@
+"""Configuration: a YAML file (defaults in ``default_config.yaml``) with ``--set section.key=value``
+overrides from the command line. Unknown sections or keys and values of the wrong type fail at once,
+naming the key and, where one is close, the key that was probably meant.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reels.workflows.features import FeatureConfig
+from reels.workflows.synthetic import SyntheticConfig
+
+DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "data"  # stores and features live under <root>/<source>/
+    source: str = "synthetic"  # synthetic | movielens
+    valid_days: int = 1
+    test_days: int = 1
+
+
+@dataclass(frozen=True)
+class MovieLensConfig:
+    valid_days: int = 14
+    test_days: int = 14
+
+
+@dataclass(frozen=True)
+class Config:
+    device: str = "auto"
+    data: DataConfig = DataConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+    movielens: MovieLensConfig = MovieLensConfig()
+    features: FeatureConfig = FeatureConfig()
+
+    def split_days(self, source: str) -> tuple[int, int]:
+        if source == "movielens":
+            return self.movielens.valid_days, self.movielens.test_days
+        return self.data.valid_days, self.data.test_days
+
+    def source_dir(self, source: str | None = None) -> Path:
+        return Path(self.data.root) / (source or self.data.source)
+
+
+SECTIONS = {f.name: f for f in fields(Config)}
+
+
+def _suggest(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(options)})"
+
+
+def _coerce(value: Any, target: Any, key: str) -> Any:
+    kind = type(target)
+    if isinstance(value, str) and kind is not str:
+        value = yaml.safe_load(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _apply(config: Config, section: str, key: str, value: Any) -> Config:
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown config section {section!r}" + _suggest(section, list(SECTIONS)))
+    current = getattr(config, section)
+    if not hasattr(current, "__dataclass_fields__"):  # a top-level scalar such as `device`
+        return replace(config, **{section: _coerce(value, current, section)})
+    names = [f.name for f in fields(current)]
+    if key not in names:
+        raise ConfigError(f"unknown key {section}.{key}" + _suggest(key, names))
+    coerced = _coerce(value, getattr(current, key), f"{section}.{key}")
+    try:
+        updated = replace(current, **{key: coerced})
+    except ValueError as exc:  # the section's own checks (__post_init__)
+        raise ConfigError(str(exc)) from exc
+    return replace(config, **{section: updated})
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at ``path`` (if any), then ``overrides`` like ``features.history_length=10``."""
+    config = Config()
+    for source in [DEFAULT_CONFIG, *([Path(path)] if path else [])]:
+        if not source.exists():
+            raise ConfigError(f"config file {source} does not exist")
+        document = yaml.safe_load(source.read_text()) or {}
+        if not isinstance(document, dict):
+            raise ConfigError(f"{source}: expected a mapping of sections")
+        for section, body in document.items():
+            if isinstance(body, dict):
+                for key, value in body.items():
+                    config = _apply(config, section, key, value)
+            else:
+                config = _apply(config, section, "", body)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        dotted, value = item.split("=", 1)
+        section, _, key = dotted.partition(".")
+        config = _apply(config, section, key, value)
+    if config.data.source not in ("synthetic", "movielens"):
+        raise ConfigError(f"data.source must be synthetic or movielens (got {config.data.source!r})")
+    if config.device not in ("cpu", "gpu", "auto"):
+        raise ConfigError(f"device must be cpu, gpu or auto (got {config.device!r})")
+    return config
+
+
+def as_dict(config: Config) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in SECTIONS:
+        value = getattr(config, name)
+        out[name] = (
+            {f.name: getattr(value, f.name) for f in fields(value)}
+            if hasattr(value, "__dataclass_fields__")
+            else value
+        )
+    return out

@@ -1,0 +1,62 @@
+"""Human-readable summaries printed by the CLI (rich tables)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from reels.workflows.features import BINARY_LABELS, HISTORY
+from reels.workflows.pipeline import SPLITS, FeatureArtifacts
+
+
+def print_feature_summary(artifacts: FeatureArtifacts, console: Console) -> None:
+    manifest = artifacts.manifest()
+    workflow = artifacts.load_workflow()
+    schema = workflow.output_schema
+
+    bounds = manifest["split"]
+    console.print(
+        f"time split ({manifest['device']}, data {manifest['store_fingerprint']}): train from {bounds['start'][:10]}, "
+        f"valid from {bounds['valid_start'][:10]}, test from {bounds['test_start'][:10]} until {bounds['end'][:10]}"
+    )
+    splits = Table(title="Label rates per window")
+    for col in ("window", "events", *BINARY_LABELS, "watch_frac"):
+        splits.add_column(col, justify="right")
+    for name in SPLITS:
+        frame = artifacts.read_split(name, columns=[*BINARY_LABELS, "watch_fraction"])
+        splits.add_row(
+            name, f"{len(frame):,}", *(f"{frame[c].mean():.3f}" for c in BINARY_LABELS),
+            f"{frame['watch_fraction'].mean():.3f}",
+        )  # fmt: skip
+    console.print(splits)
+
+    vocab = Table(title="Categorical vocabularies (ids 0-2: padding, null, OOV)")
+    vocab.add_column("feature")
+    vocab.add_column("cardinality", justify="right")
+    for column in schema:
+        sizes = column.properties.get("embedding_sizes")
+        if sizes:
+            vocab.add_row(column.name, f"{sizes['cardinality']:,}")
+    vocab.add_row(HISTORY, "shares video_id's")
+    console.print(vocab)
+
+    users = pd.read_parquet(artifacts.users_path)
+    videos = pd.read_parquet(artifacts.videos_path)
+    raw_of = pd.Series(videos["raw_video_id"].to_numpy(), index=videos["video_id"].to_numpy())
+    raw_of = raw_of[~raw_of.index.duplicated()]
+    active = users[[int(np.count_nonzero(h)) > 0 for h in users[HISTORY]]]
+    if len(active):
+        example = active.iloc[0]
+        recent = [int(v) for v in example[HISTORY] if v > 2][:5]
+        console.print(
+            f"user {example['raw_user_id']} (model id {example['user_id']}): last viewed videos "
+            f"{[int(raw_of.get(v, -1)) for v in recent]} (model ids {recent})"
+        )
+    timings = manifest["timings"]
+    console.print(
+        f"features in [bold]{artifacts.root}[/]: {manifest['rows']['events']:,} events, "
+        f"{len(users):,} users, {len(videos):,} videos; aggregates+join {timings['aggregates_s']:.1f}s, "
+        f"fit {timings['fit_s']:.1f}s, transform {timings['transform_s']:.1f}s"
+    )

