@@ -46,7 +46,7 @@ from reels.workflows.features import (
 from reels.workflows.offline_store import OfflineStore, TimeSplit
 
 SPLITS = ("train", "valid", "test")
-ROWS_PER_PARTITION = 1_000_000
+ROWS_PER_PARTITION = 250_000
 LIBRARIES = (
     "nvtabular",
     "merlin-core",
