@@ -7,6 +7,7 @@ import os
 import sys
 import warnings
 from dataclasses import replace
+from pathlib import Path
 
 # Quiet TensorFlow's C++ start-up chatter before anything imports it (merlin does, transitively).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -117,6 +118,98 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ensure_features(config, source: str, console):
+    """Features for ``source``, building the store and the features first when they are missing."""
+    from reels.workflows.offline_store import OfflineStore
+    from reels.workflows.pipeline import FeatureArtifacts
+
+    artifacts = FeatureArtifacts(config.source_dir(source) / "features")
+    if artifacts.manifest_path.exists():
+        return artifacts
+    if not OfflineStore(config.source_dir(source) / "store").has("events"):
+        _ingest(config, source, overwrite=False, console=console)
+    return _features(config, source, console)
+
+
+def _train(config, source: str, console):
+    from reels.models.train import train
+
+    features = _ensure_features(config, source, console)
+    with console.status("training") as status:
+        return features, train(
+            features,
+            config.source_dir(source) / "models",
+            config.two_tower,
+            config.ranker,
+            config.index,
+            device=config.device,
+            progress=lambda msg: status.update(msg),
+        )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from reels.client.summary import print_training_summary
+
+    console = Console()
+    _, trained = _train(_config(args), args.source, console)
+    print_training_summary(trained.manifest, trained.directory, console)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import time as _time
+
+    from rich.console import Console
+
+    from reels.client.bench.data import machine
+    from reels.models.evaluate import evaluate_ranking, evaluate_retrieval
+    from reels.models.report import targets, write
+    from reels.workflows.pipeline import library_versions
+
+    config = _config(args)
+    console = Console()
+    datasets, provenance = {}, {}
+    for source in args.sources:
+        console.rule(f"[bold]{source}")
+        if args.fresh or not (config.source_dir(source) / "features" / "manifest.json").exists():
+            _ingest(config, source, overwrite=True, console=console)
+            _features(config, source, console)
+        features, trained = _train(config, source, console)
+        with console.status("evaluating") as status:
+            retrieval = evaluate_retrieval(features, trained, config.evaluation, lambda m: status.update(m))
+            ranking = evaluate_ranking(features, trained, config.ranker, lambda m: status.update(m))
+        name = "movielens-100k" if source == "movielens" else "synthetic"
+        datasets[name] = {"retrieval": retrieval, "ranking": ranking}
+        if source == "movielens":
+            datasets[name]["targets"] = targets({**retrieval, **ranking})
+        provenance[name] = {
+            "store_fingerprint": features.manifest()["store_fingerprint"],
+            "split": features.manifest()["split"],
+            "models": str(trained.directory),
+        }
+        console.print(
+            f"{name}: two_tower recall@20 {retrieval['two_tower']['recall@20']:.4f}, "
+            f"als {retrieval['als']['recall@20']:.4f}, popularity {retrieval['popularity']['recall@20']:.4f}; "
+            f"MMoE AUC view {ranking['mmoe']['auc_view']:.4f} vs shared-bottom {ranking['shared_bottom']['auc_view']:.4f}"
+        )
+    results = {
+        "date": _time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "command": "reels evaluate --sources " + " ".join(args.sources) + (" --fresh" if args.fresh else ""),
+        "seeds": {"synthetic": config.synthetic.seed, "two_tower": config.two_tower.seed,
+                  "ranker": config.ranker.seed, "evaluation": config.evaluation.seed},
+        "data": provenance,
+        "libraries": library_versions(),
+        "datasets": datasets,
+    }  # fmt: skip
+    if args.docs:
+        for path in write(results, Path(args.docs)):
+            console.print(f"wrote {path}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from reels.client.bench.data import main as bench_main
 
@@ -160,6 +253,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="which data sets to run (default: both)",
     )  # fmt: skip
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "train", help="train the two-tower and MMoE models and write a versioned artifact directory"
+    )
+    p.add_argument("source", choices=["synthetic", "movielens"], nargs="?", default="synthetic")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate", help="train and evaluate against baselines; writes docs/RESULTS.{md,json} + plots"
+    )
+    p.add_argument(
+        "--sources", nargs="+", choices=["synthetic", "movielens"], default=["movielens", "synthetic"]
+    )
+    p.add_argument("--fresh", action="store_true", help="rebuild the data and features first")
+    p.add_argument("--docs", default="docs", help="where RESULTS.md/.json and plots/ go ('' to skip writing)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("bench", help="benchmarks; results go to docs/BENCHMARKS.md and docs/BENCHMARKS.json")
     bench = p.add_subparsers(dest="bench", required=True, metavar="BENCH")

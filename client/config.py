@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from reels.models.config import EvaluationConfig, IndexConfig, RankerConfig, TwoTowerConfig
 from reels.workflows.features import FeatureConfig
 from reels.workflows.synthetic import SyntheticConfig
 
@@ -43,6 +44,10 @@ class Config:
     synthetic: SyntheticConfig = SyntheticConfig()
     movielens: MovieLensConfig = MovieLensConfig()
     features: FeatureConfig = FeatureConfig()
+    two_tower: TwoTowerConfig = TwoTowerConfig()
+    ranker: RankerConfig = RankerConfig()
+    index: IndexConfig = IndexConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
 
     def split_days(self, source: str) -> tuple[int, int]:
         if source == "movielens":
@@ -67,6 +72,15 @@ def _coerce(value: Any, target: Any, key: str) -> Any:
         value = yaml.safe_load(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if kind is tuple and isinstance(value, list | tuple):
+        inner = type(target[0]) if target else None
+        value = tuple(float(v) if inner is float and isinstance(v, int) else v for v in value)
+        if inner is not None and not all(isinstance(v, inner) for v in value):
+            raise ConfigError(f"{key}: expected a list of {inner.__name__}, got {value!r}")
+    if kind is dict and isinstance(value, dict):
+        value = {
+            k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in value.items()
+        }
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
     return value

@@ -60,3 +60,25 @@ def print_feature_summary(artifacts: FeatureArtifacts, console: Console) -> None
         f"{len(users):,} users, {len(videos):,} videos; aggregates+join {timings['aggregates_s']:.1f}s, "
         f"fit {timings['fit_s']:.1f}s, transform {timings['transform_s']:.1f}s"
     )
+
+
+def print_training_summary(manifest: dict, directory, console: Console) -> None:
+    metrics = manifest["metrics"]
+    table = Table(title=f"Trained models, version {manifest['version']}")
+    for col in ("model", "examples", "epochs", "seconds", "examples/s", "final loss"):
+        table.add_column(col, justify="right")
+    for name in ("two_tower", "ranker"):
+        m = metrics[name]
+        table.add_row(
+            name, f"{m['examples']:,}", str(m["epochs"]), f"{m['seconds']:.1f}", f"{m['examples_per_s']:,.0f}",
+            f"{m['final_loss']:.4f}",
+        )  # fmt: skip
+    console.print(table)
+    index = metrics["index"]
+    console.print(
+        f"FAISS {index['kind']} over {index['items']:,} videos, built in {index['build_s']:.2f}s, "
+        f"recall@{index['k']} vs exact {index['recall_at_k']:.3f}"
+    )
+    console.print(
+        f"artifacts: [bold]{directory}[/] (manifest.json lists schema, configs, data and library versions)"
+    )

@@ -15,7 +15,9 @@ from sklearn.metrics import log_loss, mean_squared_error, roc_auc_score
 
 
 def _hits(top_k: np.ndarray, relevant: Sequence[set[int]]) -> np.ndarray:
-    return np.array([[item in rel for item in row] for row, rel in zip(top_k, relevant, strict=True)], dtype=bool)
+    return np.array(
+        [[item in rel for item in row] for row, rel in zip(top_k, relevant, strict=True)], dtype=bool
+    )
 
 
 def retrieval_metrics(top_k: np.ndarray, relevant: Sequence[set[int]], ks: Sequence[int]) -> dict[str, float]:

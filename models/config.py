@@ -1,0 +1,99 @@
+"""Model configuration: two-tower retrieval, the multi-task ranker, the FAISS index, evaluation.
+
+Each dataclass checks its values when built, so a bad config fails before any training starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+RANKER_TASKS = ("view", "liked", "completed", "watch_fraction")
+
+
+def _fail_on(section: str, checks: dict[str, bool], values: object) -> None:
+    bad = [name for name, ok in checks.items() if not ok]
+    if bad:
+        raise ValueError(f"invalid {section} config values: {bad} (got {asdict(values)})")
+
+
+@dataclass(frozen=True)
+class TwoTowerConfig:
+    output_dim: int = 64  # embedding size shared by query and item towers (FAISS dimension)
+    feature_dim: int = 32  # categorical embedding size inside each tower
+    hidden_units: tuple[int, ...] = (128,)
+    epochs: int = 5
+    batch_size: int = 1024
+    learning_rate: float = 0.001
+    temperature: float = 0.1
+    logq_correction: bool = True  # subtract log(item popularity) from in-batch logits (Yi et al. 2019)
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _fail_on("two_tower", {
+            "output_dim": self.output_dim > 0, "feature_dim": self.feature_dim > 0,
+            "hidden_units": all(u > 0 for u in self.hidden_units), "epochs": self.epochs > 0,
+            "batch_size": self.batch_size > 1, "learning_rate": self.learning_rate > 0,
+            "temperature": self.temperature > 0,
+        }, self)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    num_experts: int = 4
+    expert_units: tuple[int, ...] = (64,)
+    tower_units: tuple[int, ...] = (32,)
+    shared_bottom_units: tuple[int, ...] = (128, 64)  # the baseline: one shared MLP instead of experts
+    feature_dim: int = 16
+    epochs: int = 3
+    batch_size: int = 2048
+    learning_rate: float = 0.001
+    position_bias: bool = True  # shallow position x device tower, training only (Zhao et al. 2019)
+    loss_weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(RANKER_TASKS, 1.0))
+    # The serving score: a weighted sum of the task heads' predictions, defined here only.
+    score_weights: dict[str, float] = field(
+        default_factory=lambda: {"view": 0.3, "liked": 0.3, "completed": 0.2, "watch_fraction": 0.2}
+    )
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _fail_on("ranker", {
+            "num_experts": self.num_experts > 0, "expert_units": all(u > 0 for u in self.expert_units),
+            "tower_units": all(u > 0 for u in self.tower_units), "epochs": self.epochs > 0,
+            "batch_size": self.batch_size > 1, "learning_rate": self.learning_rate > 0,
+            "loss_weights": set(self.loss_weights) == set(RANKER_TASKS),
+            "score_weights": set(self.score_weights) <= set(RANKER_TASKS) and bool(self.score_weights),
+        }, self)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    kind: str = "auto"  # auto | flat | ivf | hnsw  (auto: exact below exact_max_items, else IVF)
+    exact_max_items: int = 50_000
+    ivf_lists: int = 1024
+    ivf_nprobe: int = 128
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 512
+    recall_k: int = 100  # recall@K against exact search, measured and printed at build time
+    recall_queries: int = 500
+
+    def __post_init__(self) -> None:
+        _fail_on("index", {
+            "kind": self.kind in ("auto", "flat", "ivf", "hnsw"), "ivf_lists": self.ivf_lists > 0,
+            "ivf_nprobe": 0 < self.ivf_nprobe, "hnsw_m": self.hnsw_m > 1, "recall_k": self.recall_k > 0,
+        }, self)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    ks: tuple[int, ...] = (10, 20, 50, 100)
+    als_factors: tuple[int, ...] = (32, 64, 128)  # grid searched on the validation window only
+    als_regularization: tuple[float, ...] = (0.01, 0.1)
+    als_iterations: int = 15
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _fail_on(
+            "evaluation",
+            {"ks": bool(self.ks) and min(self.ks) > 0, "als_iterations": self.als_iterations > 0},
+            self,
+        )

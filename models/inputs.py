@@ -1,0 +1,52 @@
+"""Which features each model reads, derived from the feature spec, and Merlin datasets built from them.
+
+The schema always comes from the artifacts (the ``schema.pbtxt`` the feature build wrote), never typed by
+hand: cardinalities, tags and list shapes are whatever the fitted workflow produced.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+warnings.filterwarnings("ignore", message=".*NVTabular Dataset in CPU mode.*")
+
+import pandas as pd  # noqa: E402
+from merlin.io import Dataset  # noqa: E402
+from merlin.schema import Schema  # noqa: E402
+
+from reels.workflows.features import (  # noqa: E402
+    HISTORY,
+    USER_CATEGORICAL,
+    USER_CONTINUOUS,
+    VIDEO_CATEGORICAL,
+    VIDEO_CONTINUOUS,
+)
+from reels.workflows.pipeline import FeatureArtifacts  # noqa: E402
+
+REQUEST_CONTEXT = ("device", "hour", "day_of_week")
+QUERY_FEATURES = USER_CATEGORICAL + USER_CONTINUOUS + (HISTORY,) + REQUEST_CONTEXT
+ITEM_FEATURES = VIDEO_CATEGORICAL + VIDEO_CONTINUOUS
+RANKER_FEATURES = QUERY_FEATURES + ITEM_FEATURES + ("video_age",)
+BIAS_FEATURES = ("position", "device")  # training-only inputs of the position-bias tower
+
+
+def feature_schema(artifacts: FeatureArtifacts) -> Schema:
+    files = sorted(str(p) for p in artifacts.split_dir("train").glob("part-*.parquet"))
+    return Dataset(files[:1], engine="parquet").schema
+
+
+def dataset(frame: pd.DataFrame, schema: Schema, columns: tuple[str, ...]) -> Dataset:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise KeyError(f"feature frame lacks columns {missing}")
+    return Dataset(frame[list(columns)].reset_index(drop=True), schema=schema.select_by_name(list(columns)))
+
+
+def artifacts_at(path: str | Path) -> FeatureArtifacts:
+    artifacts = FeatureArtifacts(Path(path))
+    if not artifacts.manifest_path.exists():
+        raise FileNotFoundError(f"no feature artifacts at {path}: run `reels features` first")
+    return artifacts

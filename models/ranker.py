@@ -1,0 +1,200 @@
+"""Multi-task ranker: MMoE (Zhao et al., RecSys 2019, "Recommending What Video to Watch Next") and the
+shared-bottom baseline, built from Merlin Models' TensorFlow blocks.
+
+- Inputs: every query, item and freshness feature (``RANKER_FEATURES``) through Merlin's ``InputBlockV2``
+  (categorical embeddings, the history list mean-pooled, continuous features as they are).
+- Trunk: ``num_experts`` expert MLPs mixed by one softmax gate per task (MMoE), or one shared MLP
+  (shared-bottom) of similar size.
+- Heads: one small tower per task — view, like, completion (sigmoid, binary cross-entropy) and watch
+  fraction (sigmoid, squared error).
+- Position bias: a shallow tower over feed position x device adds a logit to every task *during
+  training only*; at serving the position is unknown (the ranker decides it), so the tower is dropped and
+  the heads score items as if shown without position bias.
+- Serving score: ``sum(score_weights[task] * prediction[task])``, defined once in ``combined_score`` and
+  baked into the exported SavedModel's ``score`` output.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import merlin.models.tf as mm
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from merlin.dataloader.tensorflow import Loader
+from merlin.schema import Schema, Tags
+
+from reels.models.config import RANKER_TASKS, RankerConfig
+from reels.models.inputs import RANKER_FEATURES, dataset
+
+BINARY_TASKS = tuple(t for t in RANKER_TASKS if t != "watch_fraction")
+
+
+def combined_score(predictions: dict, weights: dict[str, float]):
+    """The one definition of the ranking score (works on numpy arrays and tensors alike)."""
+    return sum(weight * predictions[task] for task, weight in weights.items())
+
+
+def _mlp(units: tuple[int, ...], name: str) -> tf.keras.Sequential:
+    return tf.keras.Sequential([tf.keras.layers.Dense(u, activation="relu") for u in units], name=name)
+
+
+class MultiTaskRanker(tf.keras.Model):
+    def __init__(self, schema: Schema, config: RankerConfig, architecture: str = "mmoe", **kwargs):
+        super().__init__(name=f"{architecture}_ranker", **kwargs)
+        if architecture not in ("mmoe", "shared_bottom"):
+            raise ValueError(f"architecture must be mmoe or shared_bottom, got {architecture!r}")
+        self.architecture = architecture
+        self.config = config
+        features = schema.select_by_name(list(RANKER_FEATURES))
+        self.feature_schema = features
+        self.inputs_block = mm.Encoder(
+            mm.InputBlockV2(
+                features,
+                categorical=mm.Embeddings(
+                    features.select_by_tag(Tags.CATEGORICAL), dim=config.feature_dim, sequence_combiner="mean"
+                ),
+            )
+        )
+        if architecture == "mmoe":
+            self.experts = [_mlp(config.expert_units, f"expert_{i}") for i in range(config.num_experts)]
+            self.gates = {
+                t: tf.keras.layers.Dense(config.num_experts, activation="softmax", name=f"gate_{t}")
+                for t in RANKER_TASKS
+            }
+        else:
+            self.bottom = _mlp(config.shared_bottom_units, "shared_bottom")
+        self.towers = {
+            t: tf.keras.Sequential(
+                [_mlp(config.tower_units, f"tower_{t}"), tf.keras.layers.Dense(1)], name=f"head_{t}"
+            )
+            for t in RANKER_TASKS
+        }
+        if config.position_bias:
+            position_card = schema["position"].int_domain.max + 1
+            device_card = schema["device"].int_domain.max + 1
+            self.position_embedding = tf.keras.layers.Embedding(position_card, 8, name="bias_position")
+            self.device_embedding = tf.keras.layers.Embedding(device_card, 4, name="bias_device")
+            self.bias_dropout = tf.keras.layers.Dropout(0.1)
+            self.bias_logits = tf.keras.layers.Dense(len(RANKER_TASKS), name="bias_logits")
+
+    def task_logits(self, features, training=False) -> dict[str, tf.Tensor]:
+        x = self.inputs_block(features, training=training)
+        if self.architecture == "mmoe":
+            experts = tf.stack([e(x, training=training) for e in self.experts], axis=1)  # (b, E, d)
+            mixed = {t: tf.einsum("be,bed->bd", self.gates[t](x), experts) for t in RANKER_TASKS}
+        else:
+            shared = self.bottom(x, training=training)
+            mixed = dict.fromkeys(RANKER_TASKS, shared)
+        logits = {t: tf.squeeze(self.towers[t](mixed[t], training=training), -1) for t in RANKER_TASKS}
+        if training and self.config.position_bias:
+            bias_in = tf.concat(
+                [
+                    self.position_embedding(tf.reshape(features["position"], (-1,))),
+                    self.device_embedding(tf.reshape(features["device"], (-1,))),
+                ],
+                axis=-1,
+            )
+            bias = self.bias_logits(self.bias_dropout(bias_in, training=training))
+            logits = {t: logits[t] + bias[:, i] for i, t in enumerate(RANKER_TASKS)}
+        return logits
+
+    def call(self, features, training=False):
+        return {t: tf.sigmoid(v) for t, v in self.task_logits(features, training=training).items()}
+
+
+@dataclass
+class RankerReport:
+    architecture: str
+    examples: int
+    epochs: int
+    seconds: float
+    final_loss: float
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.examples * self.epochs / self.seconds
+
+
+class Ranker:
+    """Training, prediction and export around ``MultiTaskRanker``."""
+
+    def __init__(self, schema: Schema, config: RankerConfig, architecture: str = "mmoe"):
+        tf.keras.utils.set_random_seed(config.seed)
+        self.config = config
+        self.schema = schema
+        self.model = MultiTaskRanker(schema, config, architecture)
+        losses = {t: ("mse" if t == "watch_fraction" else "binary_crossentropy") for t in RANKER_TASKS}
+        self.model.compile(
+            optimizer=tf.keras.optimizers.Adam(config.learning_rate),
+            loss=losses,
+            loss_weights=config.loss_weights,
+        )
+        self._columns = RANKER_FEATURES + ("position",) + RANKER_TASKS
+
+    def _loader(self, frame: pd.DataFrame, shuffle: bool) -> Loader:
+        columns = self._columns if "view" in frame.columns else RANKER_FEATURES
+        data = dataset(frame, self.schema, columns)
+        return Loader(data, batch_size=self.config.batch_size, shuffle=shuffle)
+
+    def fit(self, train: pd.DataFrame) -> RankerReport:
+        loader = self._loader(train, shuffle=True)
+        loader = loader.map(
+            lambda x, y: (x, {t: tf.cast(tf.reshape(y[t], (-1,)), tf.float32) for t in RANKER_TASKS})
+        )
+        started = time.perf_counter()
+        history = self.model.fit(loader, epochs=self.config.epochs, verbose=0)
+        seconds = time.perf_counter() - started
+        return RankerReport(
+            self.model.architecture,
+            len(train),
+            self.config.epochs,
+            seconds,
+            float(history.history["loss"][-1]),
+        )
+
+    def predict(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Per-task predictions (served path: no position-bias tower) and the combined score."""
+        parts: dict[str, list[np.ndarray]] = {t: [] for t in RANKER_TASKS}
+        for batch in self._loader(frame[list(RANKER_FEATURES)], shuffle=False):
+            features = batch[0] if isinstance(batch, tuple) else batch
+            out = self.model(features, training=False)
+            for t in RANKER_TASKS:
+                parts[t].append(out[t].numpy())
+        predictions = {t: np.concatenate(v) for t, v in parts.items()}
+        predictions["score"] = combined_score(predictions, self.config.score_weights)
+        return predictions
+
+    def signature_specs(self) -> dict[str, tf.TensorSpec]:
+        specs = {}
+        for col in self.model.feature_schema:
+            dtype = tf.float32 if Tags.CONTINUOUS in col.tags else tf.int64
+            if col.is_list:
+                specs[col.name] = tf.TensorSpec((None, col.value_count.max), dtype, name=col.name)
+            else:
+                specs[col.name] = tf.TensorSpec((None,), dtype, name=col.name)
+        return specs
+
+    def export(self, path: Path) -> None:
+        """SavedModel with a ``serving_default`` signature: RANKER_FEATURES in; one output per task + ``score``."""
+        model, weights = self.model, dict(self.config.score_weights)
+
+        @tf.function(input_signature=[self.signature_specs()])
+        def serve(features):
+            predictions = model(features, training=False)
+            return {**predictions, "score": combined_score(predictions, weights)}
+
+        tf.saved_model.save(model, str(path), signatures={"serving_default": serve})
+
+
+class ExportedRanker:
+    def __init__(self, path: Path):
+        self._fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+        self.inputs = dict(self._fn.structured_input_signature[1])
+
+    def __call__(self, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tensors = {n: tf.convert_to_tensor(features[n], dtype=s.dtype) for n, s in self.inputs.items()}
+        return {k: v.numpy() for k, v in self._fn(**tensors).items()}

@@ -1,0 +1,202 @@
+"""``reels train``: features -> trained two-tower + MMoE -> a versioned artifact directory.
+
+Layout (integer versions, as Triton's model repository expects)::
+
+    <root>/<version>/
+        query_tower/            SavedModel, serving_default over QUERY_FEATURES -> query embedding
+        item_embeddings.parquet raw_video_id, video_id, embedding (float32 x output_dim), whole catalog
+        items.faiss             FAISS inner-product index keyed by raw_video_id
+        ranker/                 SavedModel, serving_default over RANKER_FEATURES -> tasks + score
+        manifest.json           schema, configs, metrics, data fingerprints, library versions, workflow ref
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from reels.models.config import IndexConfig, RankerConfig, TwoTowerConfig
+from reels.models.index import build_and_measure, save_index
+from reels.models.inputs import feature_schema
+from reels.models.ranker import Ranker
+from reels.models.two_tower import TwoTower
+from reels.workflows.pipeline import FeatureArtifacts, library_versions
+
+Progress = Callable[[str], None]
+LIBRARIES_EXTRA = ("merlin-models", "tensorflow-cpu", "faiss-cpu", "implicit", "scikit-learn")
+
+
+@dataclass
+class TrainedModels:
+    two_tower: TwoTower
+    ranker: Ranker
+    item_ids: np.ndarray  # raw video ids, catalog order
+    item_embeddings: np.ndarray
+    directory: Path
+    manifest: dict
+
+
+def next_version(root: Path) -> int:
+    versions = [int(p.name) for p in root.glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def item_view_counts(train: pd.DataFrame, cardinality: int) -> np.ndarray:
+    return np.bincount(train.loc[train["view"] == 1, "video_id"].to_numpy(), minlength=cardinality)
+
+
+def _workflow_hash(features: FeatureArtifacts) -> str:
+    digest = hashlib.sha256()
+    for f in sorted(features.workflow_dir.rglob("*")):
+        if f.is_file():
+            digest.update(f.relative_to(features.workflow_dir).as_posix().encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def schema_summary(schema) -> list[dict]:
+    out = []
+    for col in schema:
+        entry = {"name": col.name, "dtype": str(col.dtype.name), "tags": sorted(t.value for t in col.tags)}
+        if col.is_list:
+            entry["length"] = col.value_count.max
+        if col.properties.get("embedding_sizes"):
+            entry["cardinality"] = col.properties["embedding_sizes"]["cardinality"]
+        out.append(entry)
+    return out
+
+
+def train(
+    features: FeatureArtifacts,
+    root: str | Path,
+    two_tower_config: TwoTowerConfig | None = None,
+    ranker_config: RankerConfig | None = None,
+    index_config: IndexConfig | None = None,
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> TrainedModels:
+    say = progress or (lambda _m: None)
+    two_tower_config = two_tower_config or TwoTowerConfig()
+    ranker_config = ranker_config or RankerConfig()
+    index_config = index_config or IndexConfig()
+    root = Path(root)
+    version = next_version(root)
+    staging = root / f".{version}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+
+    schema = feature_schema(features)
+    train_rows = features.read_split("train")
+    positives = train_rows[train_rows["view"] == 1]
+    if positives.empty:
+        raise ValueError("the training window has no viewed events: nothing to train the two-tower on")
+    counts = item_view_counts(train_rows, schema["video_id"].int_domain.max + 1)
+
+    say(f"two-tower: {len(positives):,} positive pairs x {two_tower_config.epochs} epochs")
+    two_tower = TwoTower(schema, two_tower_config, counts)
+    tt_report = two_tower.fit(positives)
+    two_tower.save_query_tower(staging / "query_tower")
+    catalog = pd.read_parquet(features.videos_path)
+    embeddings = two_tower.item_embeddings(catalog)
+    item_ids = catalog["raw_video_id"].to_numpy()
+    pd.DataFrame(
+        {"raw_video_id": item_ids, "video_id": catalog["video_id"].to_numpy(), "embedding": list(embeddings)}
+    ).to_parquet(staging / "item_embeddings.parquet", index=False)
+
+    say("FAISS index")
+    valid = features.read_split("valid")
+    sample = (valid if len(valid) else train_rows).sample(
+        min(index_config.recall_queries, max(len(valid), 1)), random_state=0
+    )
+    queries = two_tower.query_embeddings(sample)
+    index, index_report = build_and_measure(embeddings, item_ids, queries, index_config)
+    save_index(index, staging / "items.faiss")
+    say(f"index {index_report.kind}: recall@{index_report.k} vs exact = {index_report.recall_at_k:.3f}")
+
+    say(f"MMoE ranker: {len(train_rows):,} impressions x {ranker_config.epochs} epochs")
+    ranker = Ranker(schema, ranker_config, "mmoe")
+    rk_report = ranker.fit(train_rows)
+    ranker.export(staging / "ranker")
+
+    data_manifest = features.manifest()
+    manifest = {
+        "version": version,
+        "created": pd.Timestamp.utcnow().isoformat(),
+        "device": device,
+        "features": {
+            "path": str(features.root.resolve()),
+            "workflow": str(features.workflow_dir.resolve()),
+            "workflow_hash": _workflow_hash(features),
+            "store_fingerprint": data_manifest["store_fingerprint"],
+            "split": data_manifest["split"],
+            "rows": data_manifest["rows"],
+        },
+        "schema": schema_summary(schema),
+        "config": {
+            "two_tower": asdict(two_tower_config),
+            "ranker": asdict(ranker_config),
+            "index": asdict(index_config),
+        },
+        "metrics": {
+            "two_tower": {
+                "examples": tt_report.examples, "epochs": tt_report.epochs,
+                "seconds": round(tt_report.seconds, 2), "examples_per_s": round(tt_report.examples_per_s, 1),
+                "final_loss": tt_report.final_loss,
+            },
+            "ranker": {
+                "examples": rk_report.examples, "epochs": rk_report.epochs,
+                "seconds": round(rk_report.seconds, 2), "examples_per_s": round(rk_report.examples_per_s, 1),
+                "final_loss": rk_report.final_loss,
+            },
+            "index": asdict(index_report),
+        },
+        "libraries": {**library_versions(), **_extra_versions()},
+    }  # fmt: skip
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    final = root / str(version)
+    staging.rename(final)
+    say(f"artifacts in {final}")
+    return TrainedModels(two_tower, ranker, item_ids, embeddings, final, manifest)
+
+
+def _extra_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for name in LIBRARIES_EXTRA:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def load_manifest(directory: Path) -> dict:
+    path = Path(directory) / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{directory} is not a model artifact directory (no manifest.json)")
+    return json.loads(path.read_text())
+
+
+def check_manifest(directory: Path) -> dict:
+    """Load a manifest and verify the workflow it was trained with is still the one it points to."""
+    manifest = load_manifest(directory)
+    features = FeatureArtifacts(Path(manifest["features"]["path"]))
+    if not features.workflow_dir.exists():
+        raise FileNotFoundError(
+            f"the workflow {features.workflow_dir} these models were trained with is gone"
+        )
+    current = _workflow_hash(features)
+    if current != manifest["features"]["workflow_hash"]:
+        raise ValueError(
+            f"the workflow at {features.workflow_dir} changed since training (hash {current} != "
+            f"{manifest['features']['workflow_hash']}): retrain or restore the features"
+        )
+    return manifest
