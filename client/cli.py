@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import warnings
@@ -11,6 +12,7 @@ from pathlib import Path
 
 # Quiet TensorFlow's C++ start-up chatter before anything imports it (merlin does, transitively).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+logging.getLogger("tensorflow").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=".*PyTorch dtype mappings.*")
 warnings.filterwarnings("ignore", message=".*NVTabular Dataset in CPU mode.*")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -210,10 +212,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from reels.client.bench.data import main as bench_main
+def cmd_tune(args: argparse.Namespace) -> int:
+    import time as _time
 
-    return bench_main(args)
+    from rich.console import Console
+
+    from reels.client.bench.data import machine
+    from reels.models.tune import markdown, tune_two_tower
+
+    config = _config(args)
+    console = Console()
+    features = _ensure_features(config, args.source, console)
+    with console.status("tuning on the validation window") as status:
+        result = tune_two_tower(features, config.two_tower, progress=lambda m: status.update(m))
+    header = (
+        f"### Two-tower on {args.source}, validation window — {_time.strftime('%Y-%m-%d')}\n\n"
+        f"Machine: {machine()}. Command: `reels tune {args.source}`."
+    )
+    text = markdown(result, header)
+    console.print(text)
+    if args.record:
+        path = Path("docs") / "TUNING.md"
+        existing = path.read_text() if path.exists() else "# Tuning (validation windows only)\n"
+        path.write_text(existing.rstrip("\n") + "\n\n" + text)
+        console.print(f"recorded in {path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.bench == "models":
+        from reels.client.bench.models import main as bench_models
+
+        return bench_models(args)
+    from reels.client.bench.data import main as bench_data
+
+    return bench_data(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", default="docs", help="where RESULTS.md/.json and plots/ go ('' to skip writing)")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("tune", help="light two-tower tuning on the validation window (never the test window)")
+    p.add_argument("source", choices=["synthetic", "movielens"], nargs="?", default="movielens")
+    p.add_argument("--record", action="store_true", help="append the table to docs/TUNING.md")
+    p.set_defaults(func=cmd_tune)
+
     p = sub.add_parser("bench", help="benchmarks; results go to docs/BENCHMARKS.md and docs/BENCHMARKS.json")
     bench = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
     b = bench.add_parser("data", help="generation events/s and NVTabular fit+transform time and peak memory")
@@ -277,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--events", type=int, nargs="+", default=[1_000_000, 10_000_000], help="event counts to run"
     )
     b.add_argument("--workdir", default="build/bench", help="scratch folder for stores and features")
+    b.add_argument("--record", action="store_true", help="append the results to docs/BENCHMARKS.md and .json")
+    b.set_defaults(func=cmd_bench)
+    b = bench.add_parser("models", help="training examples/s; FAISS build, latency and recall per index type")
+    b.add_argument("--features", default="data/synthetic/features", help="feature artifacts to train on")
+    b.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="catalog sizes")
     b.add_argument("--record", action="store_true", help="append the results to docs/BENCHMARKS.md and .json")
     b.set_defaults(func=cmd_bench)
     return parser

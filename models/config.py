@@ -21,10 +21,10 @@ class TwoTowerConfig:
     output_dim: int = 64  # embedding size shared by query and item towers (FAISS dimension)
     feature_dim: int = 32  # categorical embedding size inside each tower
     hidden_units: tuple[int, ...] = (128,)
-    epochs: int = 5
+    epochs: int = 10
     batch_size: int = 1024
-    learning_rate: float = 0.001
-    temperature: float = 0.1
+    learning_rate: float = 0.003
+    temperature: float = 0.5
     logq_correction: bool = True  # subtract log(item popularity) from in-batch logits (Yi et al. 2019)
     seed: int = 42
 

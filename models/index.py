@@ -16,6 +16,7 @@ import faiss
 import numpy as np
 
 from reels.models.config import IndexConfig
+from reels.workflows.device import resolve_device
 
 
 @dataclass(frozen=True)
@@ -70,23 +71,41 @@ def recall_against_exact(
 
 
 def build_and_measure(
-    embeddings: np.ndarray, ids: np.ndarray, queries: np.ndarray, config: IndexConfig, kind: str | None = None
+    embeddings: np.ndarray,
+    ids: np.ndarray,
+    queries: np.ndarray,
+    config: IndexConfig,
+    kind: str | None = None,
+    device: str = "cpu",
 ) -> tuple[faiss.Index, IndexReport]:
+    """Build the index (on CPU: that is the copy that gets saved) and measure its recall against exact
+    search, on a GPU copy when ``device`` resolves to gpu and faiss has GPU support."""
     started = time.perf_counter()
     index = build_index(embeddings, ids, config, kind)
     build_s = time.perf_counter() - started
     chosen = kind or _kind(config, len(ids))
     sample = queries[: config.recall_queries]
+    searcher = index
+    if device != "cpu" and resolve_device(device) == "gpu":
+        if faiss_has_gpu():
+            searcher = to_device(index, "gpu")
+        elif device == "gpu":
+            raise RuntimeError("--device gpu: this faiss build has no GPU support (install faiss-gpu)")
     recall = (
-        1.0 if chosen == "flat" else recall_against_exact(index, embeddings, ids, sample, config.recall_k)
+        1.0 if chosen == "flat" else recall_against_exact(searcher, embeddings, ids, sample, config.recall_k)
     )
     return index, IndexReport(chosen, len(ids), build_s, recall, config.recall_k)
 
 
+def faiss_has_gpu() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
 def to_device(index: faiss.Index, device: str) -> faiss.Index:
+    """The index itself on CPU; a GPU copy (faiss-gpu) on GPU. ``auto`` must be resolved first."""
     if device != "gpu":
         return index
-    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
+    if not faiss_has_gpu():
         raise RuntimeError("faiss has no GPU support here: install faiss-gpu (see deploy/README.md)")
     return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
 

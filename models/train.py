@@ -116,7 +116,7 @@ def train(
         min(index_config.recall_queries, max(len(valid), 1)), random_state=0
     )
     queries = two_tower.query_embeddings(sample)
-    index, index_report = build_and_measure(embeddings, item_ids, queries, index_config)
+    index, index_report = build_and_measure(embeddings, item_ids, queries, index_config, device=device)
     save_index(index, staging / "items.faiss")
     say(f"index {index_report.kind}: recall@{index_report.k} vs exact = {index_report.recall_at_k:.3f}")
 

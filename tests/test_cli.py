@@ -46,3 +46,18 @@ def test_gpu_request_without_gpu_is_a_clear_error(tmp_path, capsys):
     assert main([*base, "data", "synthetic", "--events", "2000"]) == 0
     assert main([*base, "--device", "gpu", "features", "synthetic"]) == 2
     assert "needs an NVIDIA GPU" in capsys.readouterr().err
+
+
+def test_bad_model_config_fails_before_any_work(tmp_path, capsys):
+    assert main(["--set", f"data.root={tmp_path}", "--set", "two_tower.epochs=0", "train", "movielens"]) == 2
+    assert "epochs" in capsys.readouterr().err
+    assert not (tmp_path / "movielens").exists()
+
+
+def test_list_and_mapping_overrides(capsys):
+    assert (
+        main(["--set", "ranker.expert_units=[32,16]", "--set", "ranker.score_weights={view: 1}", "config"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "- 32" in out and "view: 1.0" in out

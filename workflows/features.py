@@ -222,11 +222,20 @@ def _log_standardise(columns: tuple[str, ...]):
     return list(columns) >> ops.LogOp() >> ops.Normalize(out_dtype=np.float32)
 
 
-def build_workflow(config: FeatureConfig) -> nvt.Workflow:
-    """The unfitted workflow; fit it on enriched training events (``enrich_events``)."""
+def build_workflow(config: FeatureConfig, stats_dir: str | None = None) -> nvt.Workflow:
+    """The unfitted workflow; fit it on enriched training events (``enrich_events``).
+
+    ``stats_dir``: where Categorify writes its vocabularies while fitting. NVTabular's default is the
+    current directory (``./categories``), which concurrent fits would share; ``Workflow.save`` copies the
+    vocabularies next to the saved graph, so this folder can be deleted after saving.
+    """
+
+    def Categorify(**kwargs) -> ops.Categorify:  # noqa: N802 - reads like the op it builds
+        return ops.Categorify(out_path=stats_dir, **kwargs) if stats_dir else ops.Categorify(**kwargs)
+
     user = (
-        (["user_id"] >> ops.Categorify(freq_threshold=config.user_freq_threshold) >> ops.TagAsUserID())
-        + (["age_bucket", "country", "user_language"] >> ops.Categorify() >> ops.TagAsUserFeatures())
+        (["user_id"] >> Categorify(freq_threshold=config.user_freq_threshold) >> ops.TagAsUserID())
+        + (["age_bucket", "country", "user_language"] >> Categorify() >> ops.TagAsUserFeatures())
         + (
             (
                 _log_standardise(("user_event_count",))
@@ -239,15 +248,15 @@ def build_workflow(config: FeatureConfig) -> nvt.Workflow:
         )
     )
     video = (
-        (["video_id"] >> ops.Categorify(freq_threshold=config.video_freq_threshold) >> ops.TagAsItemID())
+        (["video_id"] >> Categorify(freq_threshold=config.video_freq_threshold) >> ops.TagAsItemID())
         + (
             (
-                (["creator_id"] >> ops.Categorify(freq_threshold=config.creator_freq_threshold))
-                + (["category", "audio_track_id", "video_language"] >> ops.Categorify())
+                (["creator_id"] >> Categorify(freq_threshold=config.creator_freq_threshold))
+                + (["category", "audio_track_id", "video_language"] >> Categorify())
                 + (
                     ["duration_bucket"]
                     >> ops.Bucketize({"duration_bucket": list(DURATION_BUCKETS_S)})
-                    >> ops.Categorify()
+                    >> Categorify()
                 )
             )
             >> ops.TagAsItemFeatures()
@@ -269,8 +278,8 @@ def build_workflow(config: FeatureConfig) -> nvt.Workflow:
         return col.clip(upper=max_position)
 
     context = (
-        (["device", "hour", "day_of_week"] >> ops.Categorify())
-        + (["position"] >> ops.LambdaOp(clip_position) >> ops.Categorify())
+        (["device", "hour", "day_of_week"] >> Categorify())
+        + (["position"] >> ops.LambdaOp(clip_position) >> Categorify())
         + _log_standardise(("video_age",))
     ) >> ops.AddTags([Tags.CONTEXT])
 

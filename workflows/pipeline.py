@@ -213,10 +213,11 @@ def build_features(
 
     say(f"fitting the NVTabular workflow on {dev}")
     t0 = time.perf_counter()
-    workflow = build_workflow(config)
+    workflow = build_workflow(config, stats_dir=str(staging / "_stats"))
     train_files = sorted(str(f) for f in window_dirs["train"].glob("part-*.parquet"))
     workflow.fit(Dataset(train_files, engine="parquet", cpu=dev == "cpu"))
     workflow.save(str(staging / "workflow"))
+    shutil.rmtree(staging / "_stats", ignore_errors=True)
     timings["fit_s"] = time.perf_counter() - t0
 
     say("transforming all windows, adding history and sessions")
