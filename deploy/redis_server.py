@@ -1,0 +1,89 @@
+"""Start and stop a real ``redis-server`` (Debian's package, installed by deploy/setup.sh) for serving,
+tests and benchmarks: loopback only by default, its own data directory, optional password."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+
+class RedisNotInstalled(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RedisServer:
+    data_dir: Path
+    port: int = 6379
+    bind: str = "127.0.0.1"
+    password: str | None = None
+    maxmemory: str = "2gb"
+    process: subprocess.Popen | None = field(default=None, init=False)
+
+    def command(self) -> list[str]:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RedisNotInstalled(
+                "redis-server not found: run `bash deploy/setup.sh` (installs Debian's redis-server) "
+                "or `apt-get install redis-server`"
+            )
+        cmd = [
+            binary, "--port", str(self.port), "--bind", self.bind, "--dir", str(self.data_dir),
+            "--save", "", "--appendonly", "no", "--maxmemory", self.maxmemory, "--daemonize", "no",
+            "--protected-mode", "yes" if self.password is None else "no",
+        ]  # fmt: skip
+        if self.password:
+            cmd += ["--requirepass", self.password]
+        return cmd
+
+    def client(self, timeout_s: float = 0.5) -> redis.Redis:
+        return redis.Redis(
+            host=self.bind, port=self.port, password=self.password, socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+        )  # fmt: skip
+
+    def start(self, timeout_s: float = 10.0) -> RedisServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / "redis.log", "ab")  # noqa: SIM115 - lives as long as the process
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"redis-server exited with {self.process.returncode}; see {self.data_dir / 'redis.log'}"
+                )
+            try:
+                if self.client().ping():
+                    return self
+            except (redis.ConnectionError, redis.TimeoutError):
+                time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"redis-server did not answer PING within {timeout_s}s on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()

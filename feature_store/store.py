@@ -1,0 +1,230 @@
+"""The Redis online feature store: pipelined bulk load into a fresh namespace, atomic swap, batched reads.
+
+A load writes every record under a new namespace, then points ``{prefix}:active`` at it with one SET
+(atomic), then deletes namespaces older than the previous one (kept for in-flight readers and rollback).
+Readers cache the active namespace for ``namespace_ttl_s`` and fetch a user, their seen list and all
+candidate videos in one round trip (a pipeline of one MGET and one GET).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import redis
+
+from reels.feature_store.layout import DEFAULT_PREFIX, SEEN_DTYPE, VIDEO_RECORD, Keys, user_record
+from reels.workflows.features import (
+    HISTORY,
+    USER_CATEGORICAL,
+    USER_CONTINUOUS,
+    VIDEO_CATEGORICAL,
+    VIDEO_CONTINUOUS,
+)
+from reels.workflows.offline_store import OfflineStore
+from reels.workflows.pipeline import FeatureArtifacts
+
+
+class FeatureStoreError(RuntimeError):
+    """Base class of the online store's errors."""
+
+
+class FeatureStoreUnavailable(FeatureStoreError):
+    """Redis cannot be reached (or timed out): callers serve their documented fallback."""
+
+
+class NoActiveNamespace(FeatureStoreError):
+    """Nothing has been loaded yet."""
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    namespace: str
+    users: int
+    videos: int
+    seen_lists: int
+    seconds: float
+
+    @property
+    def keys_per_s(self) -> float:
+        return (self.users + self.videos + self.seen_lists) / self.seconds
+
+
+@dataclass
+class OnlineRows:
+    """One request's features: ``user`` is None for unknown users; ``videos`` holds only known videos
+    (``video_ids`` are their raw ids, in request order); ``seen`` the raw ids already shown."""
+
+    user: np.void | None
+    video_ids: np.ndarray
+    videos: np.ndarray
+    seen: np.ndarray
+
+
+def connect(
+    host: str = "127.0.0.1", port: int = 6379, password: str | None = None, timeout_s: float = 0.5
+) -> redis.Redis:
+    return redis.Redis(
+        host=host, port=port, password=password, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+        health_check_interval=0,
+    )  # fmt: skip
+
+
+def _pack(frame: pd.DataFrame, dtype: np.dtype) -> np.ndarray:
+    records = np.zeros(len(frame), dtype=dtype)
+    for name in dtype.names:
+        column = frame[name]
+        records[name] = np.stack(column.to_numpy()) if column.dtype == object else column.to_numpy()
+    return records
+
+
+class OnlineStore:
+    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, namespace_ttl_s: float = 1.0):
+        self.client = client
+        self.keys = Keys(prefix)
+        self.namespace_ttl_s = namespace_ttl_s
+        self._namespace: str | None = None
+        self._namespace_read_at = 0.0
+        self._user_dtype: np.dtype | None = None
+
+    # ---- loading ----------------------------------------------------------------------------------------
+    def load(self, features: FeatureArtifacts, seen_limit: int = 500, batch: int = 5_000) -> LoadReport:
+        """Load transformed users, videos and seen lists from a feature build, then swap namespaces."""
+        try:
+            return self._load(features, seen_limit, batch)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise FeatureStoreUnavailable(f"Redis unreachable during load: {exc}") from exc
+
+    def _load(self, features: FeatureArtifacts, seen_limit: int, batch: int) -> LoadReport:
+        started = time.perf_counter()
+        manifest = features.manifest()
+        history_length = manifest["feature_config"]["history_length"]
+        users = pd.read_parquet(features.users_path)
+        videos = pd.read_parquet(features.videos_path)
+        offline = OfflineStore(manifest["store"])
+        upload = offline.read_table("videos").set_index("video_id")["upload_time"]
+        videos["upload_time"] = upload.reindex(videos["raw_video_id"]).astype("int64").to_numpy() // 10**9
+        user_dtype = user_record(history_length)
+        user_records = _pack(users, user_dtype)
+        video_records = _pack(videos, VIDEO_RECORD)
+        events = offline.read_events(columns=["user_id", "video_id", "timestamp"]).compute()
+        events = events.sort_values("timestamp", kind="stable")
+        recent = (
+            events.groupby("user_id").tail(seen_limit).sort_values(["user_id", "timestamp"], kind="stable")
+        )
+        seen_users = recent["user_id"].to_numpy()
+        bounds = np.flatnonzero(np.diff(seen_users)) + 1
+        seen = dict(
+            zip(
+                seen_users[np.r_[0, bounds]] if len(seen_users) else [],
+                np.split(recent["video_id"].to_numpy(dtype=SEEN_DTYPE), bounds),
+                strict=False,
+            )
+        )
+
+        namespace = f"v{int(self.client.incr(f'{self.keys.prefix}:load_counter'))}"
+        pipe = self.client.pipeline(transaction=False)
+        pending = 0
+
+        def flush_if(full: bool) -> None:
+            nonlocal pending
+            if pending and (full or pending >= batch):
+                pipe.execute()
+                pending = 0
+
+        for raw, record in zip(users["raw_user_id"].to_numpy(), user_records, strict=True):
+            pipe.set(self.keys.user(namespace, int(raw)), record.tobytes())
+            pending += 1
+            flush_if(False)
+        for raw, record in zip(videos["raw_video_id"].to_numpy(), video_records, strict=True):
+            pipe.set(self.keys.video(namespace, int(raw)), record.tobytes())
+            pending += 1
+            flush_if(False)
+        for raw, ids in seen.items():
+            pipe.set(self.keys.seen(namespace, int(raw)), ids.tobytes())
+            pending += 1
+            flush_if(False)
+        flush_if(True)
+        meta = {
+            "user_record": json.dumps(user_dtype.descr),
+            "video_record": json.dumps(VIDEO_RECORD.descr),
+            "history_length": history_length,
+            "users": len(users),
+            "videos": len(videos),
+            "seen_lists": len(seen),
+            "store_fingerprint": manifest["store_fingerprint"],
+            "features": str(features.root.resolve()),
+            "loaded_at": pd.Timestamp.utcnow().isoformat(),
+        }
+        self.client.hset(self.keys.meta(namespace), mapping={k: str(v) for k, v in meta.items()})
+        previous = self.client.get(self.keys.active)
+        self.client.set(self.keys.active, namespace)  # the atomic swap
+        self._drop_older_than(previous.decode() if previous else None, namespace)
+        self._namespace = None  # re-read on next access
+        return LoadReport(namespace, len(users), len(videos), len(seen), time.perf_counter() - started)
+
+    def _drop_older_than(self, keep_previous: str | None, current: str) -> None:
+        keep = {current, keep_previous}
+        prefix = self.keys.prefix + ":"
+        stale = set()
+        for key in self.client.scan_iter(match=f"{prefix}v*:meta", count=1000):
+            ns = key.decode().removeprefix(prefix).split(":")[0]
+            if ns not in keep:
+                stale.add(ns)
+        for ns in stale:
+            batch = []
+            for key in self.client.scan_iter(match=self.keys.namespace_pattern(ns), count=5000):
+                batch.append(key)
+                if len(batch) >= 5000:
+                    self.client.unlink(*batch)
+                    batch = []
+            if batch:
+                self.client.unlink(*batch)
+
+    # ---- reading ----------------------------------------------------------------------------------------
+    def namespace(self) -> str:
+        now = time.monotonic()
+        if self._namespace is None or now - self._namespace_read_at > self.namespace_ttl_s:
+            try:
+                value = self.client.get(self.keys.active)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise FeatureStoreUnavailable(f"Redis unreachable: {exc}") from exc
+            if value is None:
+                raise NoActiveNamespace("the online store is empty: run `reels serve` or `reels load` first")
+            namespace = value.decode()
+            if namespace != self._namespace or self._user_dtype is None:
+                meta = self.client.hget(self.keys.meta(namespace), "user_record")
+                self._user_dtype = np.dtype(
+                    [tuple(f) if len(f) == 2 else (f[0], f[1], tuple(f[2])) for f in json.loads(meta)]
+                )
+            self._namespace, self._namespace_read_at = namespace, now
+        return self._namespace
+
+    def read(self, raw_user_id: int, raw_video_ids: np.ndarray) -> OnlineRows:
+        """The user's record, their seen list and every known candidate video in one round trip."""
+        ns = self.namespace()
+        raw_video_ids = np.asarray(raw_video_ids, dtype=np.int64)
+        keys = [self.keys.user(ns, raw_user_id)] + [self.keys.video(ns, int(v)) for v in raw_video_ids]
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.mget(keys)
+            pipe.get(self.keys.seen(ns, raw_user_id))
+            values, seen_blob = pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise FeatureStoreUnavailable(f"Redis unreachable: {exc}") from exc
+        user = np.frombuffer(values[0], dtype=self._user_dtype)[0] if values[0] is not None else None
+        found = [i for i, v in enumerate(values[1:]) if v is not None]
+        videos = np.frombuffer(b"".join(values[1 + i] for i in found), dtype=VIDEO_RECORD)
+        seen = np.frombuffer(seen_blob, dtype=SEEN_DTYPE) if seen_blob else np.array([], dtype=SEEN_DTYPE)
+        return OnlineRows(user, raw_video_ids[found], videos, seen)
+
+    def read_user(self, raw_user_id: int) -> tuple[np.void | None, np.ndarray]:
+        rows = self.read(raw_user_id, np.array([], dtype=np.int64))
+        return rows.user, rows.seen
+
+
+USER_FIELDS = USER_CATEGORICAL + USER_CONTINUOUS + (HISTORY,)
+VIDEO_FIELDS = VIDEO_CATEGORICAL + VIDEO_CONTINUOUS
