@@ -1,0 +1,84 @@
+"""Request-time feature encoding with the fitted workflow's own vocabularies and statistics.
+
+User and video features arrive already transformed from Redis; only the request context (device, hour,
+day of week) and freshness (video age at request time) are encoded per request. They are encoded with
+vectorised lookups into the *fitted* workflow's Categorify vocabularies and Normalize statistics — the same
+numbers the offline transform used (a parity test checks it) — never with a per-request
+``workflow.transform`` (tens of milliseconds on CPU).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import nvtabular as nvt
+import pandas as pd
+from nvtabular import ops
+
+PAD, NULL, OOV = 0, 1, 2
+FIRST_ID = 3  # Categorify 23.08: row i of unique.<col>.parquet has id FIRST_ID + i
+
+
+class Vocabulary:
+    """One Categorify vocabulary: raw value -> id, unknown -> OOV, null -> NULL."""
+
+    def __init__(self, workflow_dir: Path, column: str):
+        path = Path(workflow_dir) / "categories" / f"unique.{column}.parquet"
+        if not path.exists():
+            raise FileNotFoundError(f"no vocabulary for {column!r} in {workflow_dir} (expected {path.name})")
+        values = pd.read_parquet(path)[column]
+        self.column = column
+        self.index = pd.Index(values)
+
+    def __len__(self) -> int:
+        return len(self.index) + FIRST_ID
+
+    def encode(self, values) -> np.ndarray:
+        series = pd.Series(values)
+        positions = self.index.get_indexer(series.astype(self.index.dtype, errors="ignore"))
+        ids = np.where(positions >= 0, positions + FIRST_ID, OOV).astype(np.int64)
+        ids[series.isna().to_numpy()] = NULL
+        return ids
+
+
+def normalize_stats(workflow: nvt.Workflow, column: str) -> tuple[float, float]:
+    """The fitted (mean, std) of a Normalize op over ``column``, searched through every subgraph."""
+    seen: set[int] = set()
+    stack = [workflow.output_node]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node.op, ops.Normalize) and column in (node.op.means or {}):
+            return float(node.op.means[column]), float(node.op.stds[column])
+        if hasattr(node.op, "graph"):  # Subgraph
+            stack.append(node.op.graph.output_node)
+        stack.extend(node.parents_with_dependencies)
+    raise KeyError(f"the workflow has no fitted Normalize over {column!r}")
+
+
+class RequestEncoder:
+    """Encodes request context and freshness exactly as the fitted workflow does."""
+
+    def __init__(self, workflow_dir: str | Path):
+        workflow_dir = Path(workflow_dir)
+        self.vocabularies = {c: Vocabulary(workflow_dir, c) for c in ("device", "hour", "day_of_week")}
+        self.age_mean, self.age_std = normalize_stats(nvt.Workflow.load(str(workflow_dir)), "video_age")
+
+    def context(self, device, request_time_s) -> dict[str, np.ndarray]:
+        """device: strings (None = unknown); request_time_s: unix seconds (UTC). Arrays of equal length."""
+        times = pd.to_datetime(np.asarray(request_time_s, dtype=np.int64), unit="s")
+        return {
+            "device": self.vocabularies["device"].encode(device),
+            "hour": self.vocabularies["hour"].encode(times.hour.to_numpy(dtype=np.int64)),
+            "day_of_week": self.vocabularies["day_of_week"].encode(times.dayofweek.to_numpy(dtype=np.int64)),
+        }
+
+    def video_age(self, request_time_s, upload_time_s) -> np.ndarray:
+        """Hours since upload at request time -> log1p -> standardise (LogOp >> Normalize)."""
+        hours = np.clip((np.asarray(request_time_s, np.float64) - np.asarray(upload_time_s, np.float64)) / 3600.0, 0, None)
+        logged = np.log(hours.astype(np.float32) + 1)
+        std = self.age_std if self.age_std > 0 else 1.0
+        return ((logged - self.age_mean) / std).astype(np.float32)
