@@ -221,6 +221,18 @@ class OnlineStore:
         seen = np.frombuffer(seen_blob, dtype=SEEN_DTYPE) if seen_blob else np.array([], dtype=SEEN_DTYPE)
         return OnlineRows(user, raw_video_ids[found], videos, seen)
 
+    def read_videos(self, raw_video_ids: np.ndarray) -> OnlineRows:
+        """Known videos among ``raw_video_ids`` (one MGET); ``user`` and ``seen`` are left empty."""
+        ns = self.namespace()
+        raw_video_ids = np.asarray(raw_video_ids, dtype=np.int64)
+        try:
+            values = self.client.mget([self.keys.video(ns, int(v)) for v in raw_video_ids])
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise FeatureStoreUnavailable(f"Redis unreachable: {exc}") from exc
+        found = [i for i, v in enumerate(values) if v is not None]
+        videos = np.frombuffer(b"".join(values[i] for i in found), dtype=VIDEO_RECORD)
+        return OnlineRows(None, raw_video_ids[found], videos, np.array([], dtype=SEEN_DTYPE))
+
     def read_user(self, raw_user_id: int) -> tuple[np.void | None, np.ndarray]:
         rows = self.read(raw_user_id, np.array([], dtype=np.int64))
         return rows.user, rows.seen

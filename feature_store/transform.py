@@ -78,7 +78,9 @@ class RequestEncoder:
 
     def video_age(self, request_time_s, upload_time_s) -> np.ndarray:
         """Hours since upload at request time -> log1p -> standardise (LogOp >> Normalize)."""
-        hours = np.clip((np.asarray(request_time_s, np.float64) - np.asarray(upload_time_s, np.float64)) / 3600.0, 0, None)
+        hours = np.clip(
+            (np.asarray(request_time_s, np.float64) - np.asarray(upload_time_s, np.float64)) / 3600.0, 0, None
+        )
         logged = np.log(hours.astype(np.float32) + 1)
         std = self.age_std if self.age_std > 0 else 1.0
         return ((logged - self.age_mean) / std).astype(np.float32)

@@ -1,0 +1,124 @@
+"""Run a real ``tritonserver`` on CPU from the nvidia-pytriton wheel (see DESIGN.md for why each step):
+
+- the wheel ships ``tritonserver`` 2.51, the python backend and per-Python stubs; the 3.11 stub is copied
+  into a backend folder of ours, passed as ``--backend-directory``;
+- ``LD_LIBRARY_PATH`` holds ``nvidia_pytriton.libs`` and the base interpreter's LIBDIR (libpython3.11);
+- the stub ignores PYTHONPATH and resolves ``python3`` through PATH, so the venv's ``bin/`` goes first:
+  python models then import ``reels`` and the pinned stack from the venv.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _pytriton_root() -> Path:
+    import pytriton
+
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def backend_directory(build: Path) -> Path:
+    """``build/triton_backends/python`` = the wheel's python backend + this interpreter's stub."""
+    root = _pytriton_root()
+    target = build / "triton_backends"
+    python_dir = target / "python"
+    stub = root / "python_backend_stubs" / PY_VERSION / "triton_python_backend_stub"
+    if not stub.exists():
+        raise FileNotFoundError(
+            f"nvidia-pytriton has no python backend stub for Python {PY_VERSION} ({stub})"
+        )
+    if not (python_dir / "triton_python_backend_stub").exists():
+        shutil.copytree(root / "backends" / "python", python_dir, dirs_exist_ok=True)
+        shutil.copy2(stub, python_dir / "triton_python_backend_stub")
+    return target
+
+
+def server_environment() -> dict[str, str]:
+    site = Path(_pytriton_root()).parents[1]
+    libs = [str(site / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = ":".join([*libs, env.get("LD_LIBRARY_PATH", "")]).strip(":")
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+@dataclass
+class TritonServer:
+    repository: Path
+    build: Path
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    process: subprocess.Popen | None = field(default=None, init=False)
+
+    def command(self) -> list[str]:
+        binary = _pytriton_root() / "bin" / "tritonserver"
+        return [
+            str(binary), f"--model-repository={self.repository}",
+            f"--backend-directory={backend_directory(self.build)}",
+            f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}",
+            "--allow-http=true", "--allow-grpc=true", "--allow-metrics=true", "--log-verbose=0",
+            "--exit-on-error=false", "--strict-readiness=true", "--exit-timeout-secs=5",
+        ]  # fmt: skip
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self, timeout_s: float = 240.0) -> TritonServer:
+        import tritonclient.http as http
+
+        self.build.mkdir(parents=True, exist_ok=True)
+        log = open(self.build / "tritonserver.log", "ab")  # noqa: SIM115 - lives as long as the process
+        self.process = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, env=server_environment()
+        )
+        client = http.InferenceServerClient(self.http_url)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"tritonserver exited with {self.process.returncode}; see {self.build / 'tritonserver.log'}"
+                )
+            try:
+                if client.is_server_ready():
+                    return self
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(
+            f"tritonserver not ready within {timeout_s}s; see {self.build / 'tritonserver.log'}"
+        )
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()

@@ -1,0 +1,21 @@
+"""diversity_rerank: MMR, creator/category caps, exploration slots, explanations."""
+
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+from reels.models.triton_python import execute
+from reels.models.triton_steps import DiversityRerankStep, Runtime
+
+INPUTS = (
+    "ranked_ids", "ranking_scores", "candidate_task_predictions", "history_video_ids", "k",
+    "request_time_s", "ranking_fallback",
+)  # fmt: skip
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.step = DiversityRerankStep(Runtime(Path(args["model_repository"]).parent))
+
+    def execute(self, requests):
+        return execute(pb_utils, requests, INPUTS, self.step)

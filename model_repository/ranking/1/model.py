@@ -1,0 +1,21 @@
+"""ranking: candidate video features from Redis, MMoE over all candidates in one batch."""
+
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+from reels.models.triton_python import execute
+from reels.models.triton_steps import RankingStep, Runtime
+
+INPUTS = (
+    "query_categorical", "query_continuous", "history_video_ids", "fallback", "request_time_s",
+    "candidate_ids", "retrieval_scores",
+)  # fmt: skip
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.step = RankingStep(Runtime(Path(args["model_repository"]).parent))
+
+    def execute(self, requests):
+        return execute(pb_utils, requests, INPUTS, self.step)

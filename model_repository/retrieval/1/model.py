@@ -1,0 +1,25 @@
+"""retrieval: query tower + FAISS top-N, minus seen videos; trending videos for fallbacks."""
+
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+from reels.models.triton_python import execute
+from reels.models.triton_steps import RetrievalStep, Runtime
+
+INPUTS = (
+    "query_categorical",
+    "query_continuous",
+    "history_video_ids",
+    "seen_video_ids",
+    "fallback",
+    "request_time_s",
+)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.step = RetrievalStep(Runtime(Path(args["model_repository"]).parent))
+
+    def execute(self, requests):
+        return execute(pb_utils, requests, INPUTS, self.step)
