@@ -10,6 +10,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 warnings.filterwarnings("ignore", message=".*NVTabular Dataset in CPU mode.*")
 
+from reels.models.config import IndexConfig, RankerConfig, TwoTowerConfig  # noqa: E402
+from reels.models.train import train  # noqa: E402
 from reels.workflows.features import FeatureConfig  # noqa: E402
 from reels.workflows.ingest import generate_synthetic  # noqa: E402
 from reels.workflows.offline_store import OfflineStore  # noqa: E402
@@ -20,6 +22,18 @@ TINY = SyntheticConfig(
     seed=7, n_events=40_000, n_users=800, n_creators=120, n_videos=1_500, new_videos_per_day=60, n_days=6
 )
 TINY_FEATURES = FeatureConfig(history_length=5, video_freq_threshold=2)
+TINY_TWO_TOWER = TwoTowerConfig(
+    epochs=3,
+    batch_size=512,
+    output_dim=32,
+    feature_dim=16,
+    hidden_units=(64,),
+    temperature=0.1,
+    learning_rate=0.001,
+)
+TINY_RANKER = RankerConfig(
+    epochs=4, batch_size=512, learning_rate=0.003, expert_units=(32,), tower_units=(16,), num_experts=3
+)
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +47,8 @@ def tiny_store(tmp_path_factory) -> OfflineStore:
 def tiny_features(tiny_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_features") / "features"
     return build_features(tiny_store, out, TINY_FEATURES, valid_days=1, test_days=1, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_features, tmp_path_factory):
+    return train(tiny_features, tmp_path_factory.mktemp("models"), TINY_TWO_TOWER, TINY_RANKER, IndexConfig())

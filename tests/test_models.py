@@ -11,7 +11,7 @@ from reels.models.config import IndexConfig, RankerConfig, TwoTowerConfig
 from reels.models.evaluate import build_queries
 from reels.models.index import build_and_measure, load_index
 from reels.models.ranker import ExportedRanker
-from reels.models.train import check_manifest, train
+from reels.models.train import check_manifest
 from reels.models.two_tower import QueryTower, query_inputs
 
 TT = TwoTowerConfig(epochs=3, batch_size=512, output_dim=32, feature_dim=16, hidden_units=(64,))
