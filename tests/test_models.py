@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY_RANKER, TINY_TWO_TOWER
 
 from reels.models import baselines, metrics
 from reels.models.config import IndexConfig, RankerConfig, TwoTowerConfig
@@ -14,15 +15,12 @@ from reels.models.ranker import ExportedRanker
 from reels.models.train import check_manifest
 from reels.models.two_tower import QueryTower, query_inputs
 
-TT = TwoTowerConfig(epochs=3, batch_size=512, output_dim=32, feature_dim=16, hidden_units=(64,))
-RK = RankerConfig(
-    epochs=4, batch_size=512, learning_rate=0.003, expert_units=(32,), tower_units=(16,), num_experts=3
-)
+TT, RK = TINY_TWO_TOWER, TINY_RANKER
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_features, tmp_path_factory):
-    return train(tiny_features, tmp_path_factory.mktemp("models"), TT, RK, IndexConfig())
+def trained(tiny_models):
+    return tiny_models
 
 
 @pytest.fixture(scope="module")
