@@ -13,6 +13,7 @@ from pathlib import Path
 # Quiet TensorFlow's C++ start-up chatter before anything imports it (merlin does, transitively).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 logging.getLogger("tensorflow").setLevel(logging.ERROR)
+logging.getLogger("absl").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=".*PyTorch dtype mappings.*")
 warnings.filterwarnings("ignore", message=".*NVTabular Dataset in CPU mode.*")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -103,20 +104,44 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import pandas as pd
     from rich.console import Console
 
-    from reels.client.summary import print_feature_summary
+    from reels.client.summary import print_feature_summary, print_recommendations, print_training_summary
+    from reels.client.triton_client import ReelsClient
 
     config = _config(args)
     console = Console()
     for source in args.sources:
-        console.rule(f"[bold]{source}")
+        console.rule(f"[bold]{source}: data and features")
         report = _ingest(config, source, overwrite=True, console=console)
         console.print(
             f"{report.events:,} events in {report.seconds:.1f}s ({report.events_per_s:,.0f} events/s)"
         )
         artifacts = _features(config, source, console)
         print_feature_summary(artifacts, console)
+        if args.no_train:
+            continue
+        console.rule(f"[bold]{source}: training")
+        _, trained = _train(config, source, console)
+        print_training_summary(trained.manifest, trained.directory, console)
+    if args.no_train or args.no_serve:
+        return 0
+    source = args.sources[0]
+    console.rule(f"[bold]{source}: serving with Redis + Triton")
+    users = pd.read_parquet(config.source_dir(source) / "features" / "users.parquet")
+    active = users.loc[users["user_id"] > 2, "raw_user_id"].head(2).tolist()
+    videos = _video_table(config, source)
+    with _stack(config, source, console) as (_, triton):
+        with ReelsClient(triton.http_url, "http") as client:
+            for user in active:
+                print_recommendations(client.recommend(int(user), k=10, device="ios"), videos, console)
+            print_recommendations(
+                client.recommend(10**9, k=5), videos, console, title="A brand-new user (cold start)"
+            )
+        with ReelsClient(triton.grpc_url, "grpc") as client:
+            recs = client.recommend(int(active[0]), k=10, device="ios")
+            console.print(f"same request over gRPC: {list(recs.video_ids)}")
     return 0
 
 
@@ -212,6 +237,81 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stack(config, source: str, console):
+    from reels.deploy.stack import serving_stack
+
+    build = Path(config.server.build_dir) / source
+    return serving_stack(
+        config.source_dir(source), build, config.server, config.serving, progress=console.print
+    )
+
+
+def _video_table(config, source: str):
+    from reels.workflows.offline_store import OfflineStore
+
+    return OfflineStore(config.source_dir(source) / "store").read_table("videos").set_index("video_id")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from reels.deploy.repository import export_repository, latest_model_dir
+
+    config = _config(args)
+    s = config.server
+    target = Path(config.server.build_dir) / args.source / "repository"
+    repo = export_repository(
+        latest_model_dir(config.source_dir(args.source) / "models"), target,
+        {"host": s.redis_host, "port": s.redis_port, "password": s.redis_password or None}, config.serving,
+    )  # fmt: skip
+    print(f"model repository written to {repo}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import time as _time
+
+    from rich.console import Console
+
+    config = _config(args)
+    console = Console()
+    with _stack(config, args.source, console) as (_, triton):
+        console.print(
+            f"[bold green]serving[/]: HTTP {triton.http_url}, gRPC {triton.grpc_url}, "
+            f"metrics http://127.0.0.1:{config.server.metrics_port}/metrics — Ctrl-C to stop"
+        )
+        try:
+            deadline = _time.monotonic() + args.seconds if args.seconds else None
+            while deadline is None or _time.monotonic() < deadline:
+                _time.sleep(0.5)
+        except KeyboardInterrupt:
+            console.print("stopping")
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from reels.client.summary import print_recommendations
+    from reels.client.triton_client import ClientError, ReelsClient
+
+    config = _config(args)
+    port = config.server.http_port if args.protocol == "http" else config.server.grpc_port
+    url = args.url or f"127.0.0.1:{port}"
+    try:
+        with ReelsClient(url, args.protocol) as client:
+            recs = client.recommend(args.user, k=args.k, device=args.device, hour=args.hour)
+    except ClientError as exc:
+        print(f"reels: the server rejected the request: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - connection refused and friends
+        print(
+            f"reels: cannot reach Triton at {url} over {args.protocol}: {exc} (is `reels serve` running?)",
+            file=sys.stderr,
+        )
+        return 1
+    print_recommendations(recs, _video_table(config, args.source), Console())
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     import time as _time
 
@@ -240,6 +340,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.bench == "serving":
+        from reels.client.bench.serving import main as bench_serving
+
+        return bench_serving(args, _config(args))
     if args.bench == "models":
         from reels.client.bench.models import main as bench_models
 
@@ -280,7 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", choices=["synthetic", "movielens"], nargs="?", default="synthetic")
     p.set_defaults(func=cmd_features)
 
-    p = sub.add_parser("demo", help="end to end: build data, fit and run the workflows, print a summary")
+    p = sub.add_parser(
+        "demo", help="end to end: data, features, training, then Redis + Triton serving and recommendations"
+    )
+    p.add_argument("--no-train", action="store_true", help="stop after the feature workflows")
+    p.add_argument("--no-serve", action="store_true", help="stop after training")
     p.add_argument(
         "--sources", nargs="+", choices=["synthetic", "movielens"], default=["synthetic", "movielens"],
         help="which data sets to run (default: both)",
@@ -303,6 +411,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", default="docs", help="where RESULTS.md/.json and plots/ go ('' to skip writing)")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser(
+        "export", help="fill a Triton model repository (build/<source>/repository) from the latest models"
+    )
+    p.add_argument("source", choices=["synthetic", "movielens"], nargs="?", default="synthetic")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "serve", help="start redis-server + tritonserver (CPU) with the latest models; Ctrl-C stops"
+    )
+    p.add_argument("source", choices=["synthetic", "movielens"], nargs="?", default="synthetic")
+    p.add_argument(
+        "--seconds", type=float, default=0, help="stop after this many seconds (default: run until Ctrl-C)"
+    )
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("recommend", help="ask the running ensemble for a user's feed and print it")
+    p.add_argument("user", type=int, help="raw user id")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--device", choices=["ios", "android", "web"])
+    p.add_argument("--hour", type=int, help="0-23 (UTC); default: now")
+    p.add_argument("--protocol", choices=["http", "grpc"], default="http")
+    p.add_argument("--url", help="host:port (default: 127.0.0.1 and the configured port)")
+    p.add_argument(
+        "--source", choices=["synthetic", "movielens"], default="synthetic", help="for video metadata"
+    )
+    p.set_defaults(func=cmd_recommend)
+
     p = sub.add_parser("tune", help="light two-tower tuning on the validation window (never the test window)")
     p.add_argument("source", choices=["synthetic", "movielens"], nargs="?", default="movielens")
     p.add_argument("--record", action="store_true", help="append the table to docs/TUNING.md")
@@ -320,6 +455,15 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("models", help="training examples/s; FAISS build, latency and recall per index type")
     b.add_argument("--features", default="data/synthetic/features", help="feature artifacts to train on")
     b.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="catalog sizes")
+    b.add_argument("--record", action="store_true", help="append the results to docs/BENCHMARKS.md and .json")
+    b.set_defaults(func=cmd_bench)
+    b = bench.add_parser(
+        "serving", help="perf_analyzer on the ensemble (HTTP/gRPC) vs in-process vs compute floor"
+    )
+    b.add_argument("--source", choices=["synthetic", "movielens"], default="synthetic")
+    b.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    b.add_argument("--seconds", type=float, default=5.0, help="perf_analyzer measurement window")
+    b.add_argument("--requests", type=int, default=1000, help="distinct requests in the input data")
     b.add_argument("--record", action="store_true", help="append the results to docs/BENCHMARKS.md and .json")
     b.set_defaults(func=cmd_bench)
     return parser

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from reels.models.config import EvaluationConfig, IndexConfig, RankerConfig, TwoTowerConfig
+from reels.models.serving import ServingConfig
 from reels.workflows.features import FeatureConfig
 from reels.workflows.synthetic import SyntheticConfig
 
@@ -38,6 +39,17 @@ class MovieLensConfig:
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    redis_host: str = "127.0.0.1"
+    redis_port: int = 6379
+    redis_password: str = ""
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    build_dir: str = "build"  # the exported model repository and server logs go here
+
+
+@dataclass(frozen=True)
 class Config:
     device: str = "auto"
     data: DataConfig = DataConfig()
@@ -48,6 +60,8 @@ class Config:
     ranker: RankerConfig = RankerConfig()
     index: IndexConfig = IndexConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    serving: ServingConfig = ServingConfig()
+    server: ServerConfig = ServerConfig()
 
     def split_days(self, source: str) -> tuple[int, int]:
         if source == "movielens":

@@ -82,3 +82,25 @@ def print_training_summary(manifest: dict, directory, console: Console) -> None:
     console.print(
         f"artifacts: [bold]{directory}[/] (manifest.json lists schema, configs, data and library versions)"
     )
+
+
+def print_recommendations(recs, videos: pd.DataFrame, console: Console, title: str | None = None) -> None:
+    """A feed as a table: video, category, creator, score, per-task predictions, explanation."""
+    from reels.client.triton_client import FALLBACKS
+
+    table = Table(
+        title=title or f"For user {recs.user_id} (fallback: {FALLBACKS.get(recs.fallback, recs.fallback)})"
+    )
+    for col in ("#", "video", "category", "creator", "score", "p(view)", "p(like)", "because you watched"):
+        table.add_column(col, justify="right" if col not in ("category",) else "left")
+    meta = videos.reindex(recs.video_ids)
+    for i, vid in enumerate(recs.video_ids):
+        because = recs.explanation_ids[i]
+        because_text = "—" if because < 0 else f"{because} ({videos['category'].get(because, '?')})"
+        view, like = recs.task_predictions["view"][i], recs.task_predictions["liked"][i]
+        table.add_row(
+            str(i + 1), str(vid), str(meta["category"].iloc[i]), str(meta["creator_id"].iloc[i]),
+            f"{recs.scores[i]:.3f}", "—" if np.isnan(view) else f"{view:.2f}", "—" if np.isnan(like) else f"{like:.2f}",
+            because_text,
+        )  # fmt: skip
+    console.print(table)

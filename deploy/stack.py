@@ -1,0 +1,62 @@
+"""Redis + Triton together, as `reels serve` and the demo run them: start redis-server (or reuse one
+that already answers on the configured port), load the online store, export the model repository,
+start tritonserver, and stop everything it started on exit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+
+from reels.deploy.redis_server import RedisServer
+from reels.deploy.repository import export_repository, latest_model_dir
+from reels.deploy.triton_server import TritonServer
+from reels.feature_store.store import OnlineStore
+from reels.models.serving import ServingConfig
+from reels.workflows.pipeline import FeatureArtifacts
+
+
+@contextmanager
+def serving_stack(
+    source_dir: Path,
+    build_dir: Path,
+    server,  # reels.client.config.ServerConfig
+    serving: ServingConfig,
+    progress: Callable[[str], None] | None = None,
+) -> Iterator[tuple[RedisServer | None, TritonServer]]:
+    say = progress or (lambda _m: None)
+    features = FeatureArtifacts(source_dir / "features")
+    model_dir = latest_model_dir(source_dir / "models")
+    password = server.redis_password or None
+    started_redis = None
+    probe = redis.Redis(host=server.redis_host, port=server.redis_port, password=password, socket_timeout=0.5)
+    try:
+        probe.ping()
+        say(f"using the redis-server already on {server.redis_host}:{server.redis_port}")
+    except redis.RedisError:
+        say(f"starting redis-server on {server.redis_host}:{server.redis_port}")
+        started_redis = RedisServer(
+            build_dir / "redis", port=server.redis_port, bind=server.redis_host, password=password
+        )
+        started_redis.start()
+    triton = None
+    try:
+        client = started_redis.client() if started_redis else probe
+        report = OnlineStore(client).load(features)
+        say(f"online store: {report.users:,} users, {report.videos:,} videos in namespace {report.namespace}")
+        repo = export_repository(
+            model_dir, build_dir / "repository",
+            {"host": server.redis_host, "port": server.redis_port, "password": password}, serving,
+        )  # fmt: skip
+        say(f"starting tritonserver (models from {model_dir})")
+        triton = TritonServer(
+            repo, build_dir, server.http_port, server.grpc_port, server.metrics_port
+        ).start()
+        yield started_redis, triton
+    finally:
+        if triton is not None:
+            triton.stop()
+        if started_redis is not None:
+            started_redis.stop()

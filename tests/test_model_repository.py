@@ -1,0 +1,66 @@
+"""The model repository's config.pbtxt files are the contract: parse them all and check them against
+each other, the python models and the feature spec (no server needed)."""
+
+import ast
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from reels.deploy.repository import MODELS, SOURCE
+from reels.models.triton_steps import QUERY_CATEGORICAL
+from reels.workflows.features import USER_CONTINUOUS
+
+
+def _config(name: str) -> model_config_pb2.ModelConfig:
+    config = model_config_pb2.ModelConfig()
+    text_format.Parse((SOURCE / name / "config.pbtxt").read_text(), config)
+    return config
+
+
+CONFIGS = {name: _config(name) for name in MODELS}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_folder_name_is_the_config_name(name):
+    assert CONFIGS[name].name == name
+
+
+@pytest.mark.parametrize("name", [m for m in MODELS if m != "reels"])
+def test_python_models_read_exactly_their_declared_inputs(name):
+    tree = ast.parse((SOURCE / name / "1" / "model.py").read_text())
+    declared = next(
+        ast.literal_eval(node.value) for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "INPUTS"
+    )  # fmt: skip
+    assert set(declared) == {i.name for i in CONFIGS[name].input}
+
+
+def test_packed_query_tensors_match_the_feature_spec():
+    outputs = {o.name: list(o.dims) for o in CONFIGS["feature_transform"].output}
+    assert outputs["query_categorical"] == [len(QUERY_CATEGORICAL)]
+    assert outputs["query_continuous"] == [len(USER_CONTINUOUS)]
+
+
+def test_ensemble_maps_point_at_real_tensors_in_order():
+    ensemble = CONFIGS["reels"]
+    available = {i.name: i.data_type for i in ensemble.input}
+    for step in ensemble.ensemble_scheduling.step:
+        model = CONFIGS[step.model_name]
+        inputs = {i.name: i.data_type for i in model.input}
+        outputs = {o.name: o.data_type for o in model.output}
+        assert set(step.input_map) == set(inputs), f"{step.model_name}: every input mapped"
+        for model_input, tensor in step.input_map.items():
+            assert tensor in available, f"{step.model_name}.{model_input} <- {tensor} is produced earlier"
+            assert available[tensor] == inputs[model_input], f"{tensor} dtype"
+        for model_output, tensor in step.output_map.items():
+            assert model_output in outputs
+            available[tensor] = outputs[model_output]
+    for output in ensemble.output:
+        assert output.name in available and available[output.name] == output.data_type
+
+
+def test_source_repository_has_no_artifacts():
+    files = {p.suffix for p in Path(SOURCE).rglob("*") if p.is_file()}
+    assert files <= {".pbtxt", ".py", ""}
