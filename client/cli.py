@@ -344,6 +344,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from reels.client.bench.serving import main as bench_serving
 
         return bench_serving(args, _config(args))
+    if args.bench == "store":
+        from reels.client.bench.store import main as bench_store
+
+        return bench_store(args)
     if args.bench == "models":
         from reels.client.bench.models import main as bench_models
 

@@ -107,9 +107,6 @@ class OnlineStore:
         offline = OfflineStore(manifest["store"])
         upload = offline.read_table("videos").set_index("video_id")["upload_time"]
         videos["upload_time"] = upload.reindex(videos["raw_video_id"]).astype("int64").to_numpy() // 10**9
-        user_dtype = user_record(history_length)
-        user_records = _pack(users, user_dtype)
-        video_records = _pack(videos, VIDEO_RECORD)
         events = offline.read_events(columns=["user_id", "video_id", "timestamp"]).compute()
         events = events.sort_values("timestamp", kind="stable")
         recent = (
@@ -124,7 +121,27 @@ class OnlineStore:
                 strict=False,
             )
         )
+        source = {
+            "store_fingerprint": manifest["store_fingerprint"],
+            "features": str(features.root.resolve()),
+        }
+        return self.load_frames(users, videos, seen, history_length, source, batch, started)
 
+    def load_frames(
+        self,
+        users: pd.DataFrame,
+        videos: pd.DataFrame,
+        seen: dict[int, np.ndarray],
+        history_length: int,
+        source: dict[str, str] | None = None,
+        batch: int = 5_000,
+        started: float | None = None,
+    ) -> LoadReport:
+        """Load already-transformed frames (spec columns + raw ids; videos with upload_time in unix s)."""
+        started = time.perf_counter() if started is None else started
+        user_dtype = user_record(history_length)
+        user_records = _pack(users, user_dtype)
+        video_records = _pack(videos, VIDEO_RECORD)
         namespace = f"v{int(self.client.incr(f'{self.keys.prefix}:load_counter'))}"
         pipe = self.client.pipeline(transaction=False)
         pending = 0
@@ -155,8 +172,7 @@ class OnlineStore:
             "users": len(users),
             "videos": len(videos),
             "seen_lists": len(seen),
-            "store_fingerprint": manifest["store_fingerprint"],
-            "features": str(features.root.resolve()),
+            **(source or {}),
             "loaded_at": pd.Timestamp.utcnow().isoformat(),
         }
         self.client.hset(self.keys.meta(namespace), mapping={k: str(v) for k, v in meta.items()})

@@ -30,11 +30,21 @@ class Vocabulary:
         values = pd.read_parquet(path)[column]
         self.column = column
         self.index = pd.Index(values)
+        self._ids = {v: i + FIRST_ID for i, v in enumerate(self.index.tolist())}  # per-request lookups
 
     def __len__(self) -> int:
         return len(self.index) + FIRST_ID
 
     def encode(self, values) -> np.ndarray:
+        values = np.asarray(values, dtype=object if isinstance(values, list) else None).reshape(-1)
+        if len(values) <= 64:  # a request's few values: dict lookups beat building a pandas index
+            out = np.empty(len(values), dtype=np.int64)
+            for i, v in enumerate(values):
+                if v is None or (isinstance(v, float) and np.isnan(v)):
+                    out[i] = NULL
+                else:
+                    out[i] = self._ids.get(v.item() if hasattr(v, "item") else v, OOV)
+            return out
         series = pd.Series(values)
         positions = self.index.get_indexer(series.astype(self.index.dtype, errors="ignore"))
         ids = np.where(positions >= 0, positions + FIRST_ID, OOV).astype(np.int64)
@@ -69,11 +79,13 @@ class RequestEncoder:
 
     def context(self, device, request_time_s) -> dict[str, np.ndarray]:
         """device: strings (None = unknown); request_time_s: unix seconds (UTC). Arrays of equal length."""
-        times = pd.to_datetime(np.asarray(request_time_s, dtype=np.int64), unit="s")
+        seconds = np.asarray(request_time_s, dtype=np.int64).reshape(-1)
+        hour = (seconds // 3600) % 24
+        day_of_week = (seconds // 86400 + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0 as in pandas
         return {
-            "device": self.vocabularies["device"].encode(device),
-            "hour": self.vocabularies["hour"].encode(times.hour.to_numpy(dtype=np.int64)),
-            "day_of_week": self.vocabularies["day_of_week"].encode(times.dayofweek.to_numpy(dtype=np.int64)),
+            "device": self.vocabularies["device"].encode(list(device)),
+            "hour": self.vocabularies["hour"].encode(hour),
+            "day_of_week": self.vocabularies["day_of_week"].encode(day_of_week),
         }
 
     def video_age(self, request_time_s, upload_time_s) -> np.ndarray:

@@ -85,6 +85,17 @@ def _train_matrix(train: pd.DataFrame, catalog_ids: np.ndarray):
     return matrix
 
 
+def catalog_popularity(train: pd.DataFrame, catalog_ids: np.ndarray) -> np.ndarray:
+    """Training views per catalog position (the popularity baseline's scores and novelty's p)."""
+    popularity = np.zeros(len(catalog_ids))
+    counts = train.loc[train["view"] == 1, "raw_video_id"].value_counts()
+    position_of = pd.Series(np.arange(len(catalog_ids)), index=catalog_ids)
+    position_of = position_of[~position_of.index.duplicated()]
+    counts = counts[counts.index.isin(position_of.index)]
+    popularity[position_of.loc[counts.index].to_numpy()] = counts.to_numpy()
+    return popularity
+
+
 def _beyond_accuracy(top: np.ndarray, category: np.ndarray, popularity: np.ndarray, k: int = 20) -> dict:
     return {
         f"coverage@{k}": metrics.coverage(top[:, :k], len(category)),
@@ -119,10 +130,7 @@ def evaluate_retrieval(
     ids = catalog["raw_video_id"].to_numpy()
     n_items = len(ids)
     category = catalog["category"].to_numpy()
-    popularity = np.zeros(n_items)
-    counts = train[train["view"] == 1]["raw_video_id"].value_counts()
-    position_of = pd.Series(np.arange(n_items), index=ids)
-    popularity[position_of.loc[counts.index].to_numpy()] = counts.to_numpy()
+    popularity = catalog_popularity(train, ids)
     train_matrix = _train_matrix(train, ids)
 
     say("tuning ALS on the validation window")

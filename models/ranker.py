@@ -17,7 +17,6 @@ shared-bottom baseline, built from Merlin Models' TensorFlow blocks.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import merlin.models.tf as mm
@@ -29,6 +28,7 @@ from merlin.schema import Schema, Tags
 
 from reels.models.config import RANKER_TASKS, RankerConfig
 from reels.models.inputs import RANKER_FEATURES, dataset
+from reels.models.two_tower import TrainReport
 
 BINARY_TASKS = tuple(t for t in RANKER_TASKS if t != "watch_fraction")
 
@@ -106,19 +106,6 @@ class MultiTaskRanker(tf.keras.Model):
         return {t: tf.sigmoid(v) for t, v in self.task_logits(features, training=training).items()}
 
 
-@dataclass
-class RankerReport:
-    architecture: str
-    examples: int
-    epochs: int
-    seconds: float
-    final_loss: float
-
-    @property
-    def examples_per_s(self) -> float:
-        return self.examples * self.epochs / self.seconds
-
-
 class Ranker:
     """Training, prediction and export around ``MultiTaskRanker``."""
 
@@ -140,7 +127,7 @@ class Ranker:
         data = dataset(frame, self.schema, columns)
         return Loader(data, batch_size=self.config.batch_size, shuffle=shuffle)
 
-    def fit(self, train: pd.DataFrame) -> RankerReport:
+    def fit(self, train: pd.DataFrame) -> TrainReport:
         loader = self._loader(train, shuffle=True)
         loader = loader.map(
             lambda x, y: (x, {t: tf.cast(tf.reshape(y[t], (-1,)), tf.float32) for t in RANKER_TASKS})
@@ -148,13 +135,8 @@ class Ranker:
         started = time.perf_counter()
         history = self.model.fit(loader, epochs=self.config.epochs, verbose=0)
         seconds = time.perf_counter() - started
-        return RankerReport(
-            self.model.architecture,
-            len(train),
-            self.config.epochs,
-            seconds,
-            float(history.history["loss"][-1]),
-        )
+        loss = float(history.history["loss"][-1])
+        return TrainReport(len(train), self.config.epochs, seconds, loss, self.model.architecture)
 
     def predict(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         """Per-task predictions (served path: no position-bias tower) and the combined score."""

@@ -70,6 +70,8 @@ class Catalog:
         raw = raw.reindex(self.raw_ids)
         self.creator = raw["creator_id"].fillna(-1).to_numpy(dtype=np.int64)
         self.category = raw["category"].fillna("").to_numpy()
+        categories, self.category_code = np.unique(self.category, return_inverse=True)
+        self.n_categories = len(categories)
         self.upload_s = raw["upload_time"].astype("int64").to_numpy() // 10**9
         encoded = stored["video_id"].to_numpy()
         known = encoded > 2  # OOV/null ids are shared by many videos: no unique raw id to explain with
@@ -177,32 +179,39 @@ class DiversityRerank:
         unit = cat.unit[rows]
         span = scores.max() - scores.min()
         relevance = (scores - scores.min()) / span if span > 0 else np.ones(n)
-        creators, categories = cat.creator[rows], cat.category[rows]
+        # Caps are counted per creator / category code, vectorised (no per-candidate Python loop).
+        creator_code = np.unique(cat.creator[rows], return_inverse=True)[1]
+        category_code = cat.category_code[rows]
+        creator_count = np.zeros(creator_code.max() + 1, dtype=np.int64)
+        category_count = np.zeros(cat.n_categories, dtype=np.int64)
         fresh = (request_time_s - cat.upload_s[rows]) < cfg.fresh_hours * 3600
         n_explore = min(cfg.exploration_slots, int(fresh.sum()), max(k - 1, 0))
         selected: list[int] = []
-        max_sim = np.full(n, -np.inf)
-        creator_count: dict[int, int] = {}
-        category_count: dict[str, int] = {}
+        max_sim = np.zeros(n)  # similarity to the closest selected item (0 before the first pick)
         available = np.ones(n, dtype=bool)
+        base = cfg.mmr_lambda * relevance
 
         def pick(mask: np.ndarray, strict: bool) -> int | None:
             allowed = available & mask
             if strict:
-                allowed &= np.array([creator_count.get(c, 0) < cfg.max_per_creator for c in creators])
-                allowed &= np.array([category_count.get(g, 0) < cfg.max_per_category for g in categories])
+                allowed &= (creator_count[creator_code] < cfg.max_per_creator) & (
+                    category_count[category_code] < cfg.max_per_category
+                )
             if not allowed.any():
                 return None
-            diversity = np.where(np.isfinite(max_sim), max_sim, 0.0)
-            mmr = cfg.mmr_lambda * relevance - (1 - cfg.mmr_lambda) * diversity
+            mmr = base - (1 - cfg.mmr_lambda) * max_sim
             return int(np.argmax(np.where(allowed, mmr, -np.inf)))
 
         def take(i: int) -> None:
             selected.append(i)
             available[i] = False
-            creator_count[creators[i]] = creator_count.get(creators[i], 0) + 1
-            category_count[categories[i]] = category_count.get(categories[i], 0) + 1
-            np.maximum(max_sim, unit @ unit[i], out=max_sim)
+            creator_count[creator_code[i]] += 1
+            category_count[category_code[i]] += 1
+            similarity = unit @ unit[i]
+            if len(selected) == 1:
+                max_sim[:] = similarity
+            else:
+                np.maximum(max_sim, similarity, out=max_sim)
 
         everything = np.ones(n, dtype=bool)
         while len(selected) < min(k - n_explore, n):

@@ -157,25 +157,13 @@ def train(
             },
             "index": asdict(index_report),
         },
-        "libraries": {**library_versions(), **_extra_versions()},
+        "libraries": library_versions(LIBRARIES_EXTRA),
     }  # fmt: skip
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     final = root / str(version)
     staging.rename(final)
     say(f"artifacts in {final}")
     return TrainedModels(two_tower, ranker, item_ids, embeddings, final, manifest)
-
-
-def _extra_versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for name in LIBRARIES_EXTRA:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def load_manifest(directory: Path) -> dict:

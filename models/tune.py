@@ -9,12 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-import numpy as np
 import pandas as pd
 
 from reels.models import baselines, metrics
 from reels.models.config import TwoTowerConfig
-from reels.models.evaluate import build_queries
+from reels.models.evaluate import build_queries, catalog_popularity
 from reels.models.inputs import feature_schema
 from reels.models.train import item_view_counts
 from reels.models.two_tower import TwoTower
@@ -48,10 +47,7 @@ def tune_two_tower(
     counts = item_view_counts(train, schema["video_id"].int_domain.max + 1)
     positives = train[train["view"] == 1]
 
-    views = positives["raw_video_id"].value_counts()
-    popularity = np.zeros(len(ids))
-    position_of = pd.Series(np.arange(len(ids)), index=ids)
-    popularity[position_of.loc[views.index].to_numpy()] = views.to_numpy()
+    popularity = catalog_popularity(train, ids)
     top = baselines.top_k(baselines.popularity_scorer(popularity), len(queries.frame), queries.seen, k)
     rows = [
         {

@@ -38,6 +38,7 @@ class TrainReport:
     epochs: int
     seconds: float
     final_loss: float
+    architecture: str = "two_tower"
 
     @property
     def examples_per_s(self) -> float:

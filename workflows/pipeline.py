@@ -98,9 +98,9 @@ class FeatureArtifacts:
         return pd.concat([pd.read_parquet(f, columns=columns) for f in files], ignore_index=True)
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
+    for name in LIBRARIES + extra:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-DOCS = Path("docs")
+from reels.client.bench import DOCS, record
 
 
 def world_for(n_events: int):
@@ -143,22 +143,11 @@ def table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def record(report: dict) -> None:
-    DOCS.mkdir(exist_ok=True)
-    json_path = DOCS / "BENCHMARKS.json"
-    data = json.loads(json_path.read_text()) if json_path.exists() else {}
-    data["data"] = report
-    json_path.write_text(json.dumps(data, indent=2) + "\n")
-    md_path = DOCS / "BENCHMARKS.md"
-    text = md_path.read_text() if md_path.exists() else "# Benchmarks\n\n"
-    md_path.write_text(text.rstrip("\n") + "\n\n" + table(report))
-
-
 def main(args: argparse.Namespace) -> int:
     report = run(args.events, Path(args.workdir))
     print(table(report))
     if args.record:
-        record(report)
+        record("data", report, table(report))
         print(f"recorded in {DOCS / 'BENCHMARKS.md'} and {DOCS / 'BENCHMARKS.json'}")
     return 0
 

@@ -12,16 +12,14 @@ than on random vectors. The exact IndexFlatIP is the baseline every approximate 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from reels.client.bench import DOCS, record
 from reels.client.bench.data import machine
-
-DOCS = Path("docs")
 
 
 def _latencies_ms(index: faiss.Index, queries: np.ndarray, k: int, batch: int, repeats: int) -> np.ndarray:
@@ -146,21 +144,10 @@ def table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def record(report: dict) -> None:
-    DOCS.mkdir(exist_ok=True)
-    json_path = DOCS / "BENCHMARKS.json"
-    data = json.loads(json_path.read_text()) if json_path.exists() else {}
-    data["models"] = report
-    json_path.write_text(json.dumps(data, indent=2) + "\n")
-    md_path = DOCS / "BENCHMARKS.md"
-    text = md_path.read_text() if md_path.exists() else "# Benchmarks\n\n"
-    md_path.write_text(text.rstrip("\n") + "\n\n" + table(report))
-
-
 def main(args: argparse.Namespace) -> int:
     report = run(Path(args.features), args.sizes)
     print(table(report))
     if args.record:
-        record(report)
+        record("models", report, table(report))
         print(f"recorded in {DOCS / 'BENCHMARKS.md'} and {DOCS / 'BENCHMARKS.json'}")
     return 0

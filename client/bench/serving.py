@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from reels.client.bench import DOCS, record
 from reels.client.bench.data import machine
-
-DOCS = Path("docs")
 
 
 def perf_analyzer_env() -> dict[str, str]:
@@ -237,16 +236,6 @@ def table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def record(report: dict) -> None:
-    json_path = DOCS / "BENCHMARKS.json"
-    data = json.loads(json_path.read_text()) if json_path.exists() else {}
-    data["serving"] = {**report["serving"], "date": report["date"], "machine": report["machine"],
-                       "command": report["command"], "settings": report["settings"]}  # fmt: skip
-    json_path.write_text(json.dumps(data, indent=2) + "\n")
-    md_path = DOCS / "BENCHMARKS.md"
-    md_path.write_text(md_path.read_text().rstrip("\n") + "\n\n" + table(report))
-
-
 def main(args: argparse.Namespace, config) -> int:
     from rich.console import Console
 
@@ -254,6 +243,7 @@ def main(args: argparse.Namespace, config) -> int:
     report = run(config, args.source, args.concurrency, args.seconds, args.requests, console)
     print(table(report))
     if args.record:
-        record(report)
+        section = {**report["serving"], **{k: report[k] for k in ("date", "machine", "command", "settings")}}
+        record("serving", section, table(report))
         print(f"recorded in {DOCS / 'BENCHMARKS.md'} and {DOCS / 'BENCHMARKS.json'}")
     return 0
