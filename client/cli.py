@@ -462,11 +462,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--record", action="store_true", help="append the results to docs/BENCHMARKS.md and .json")
     b.set_defaults(func=cmd_bench)
     b = bench.add_parser(
+        "store", help="Redis online store: bulk-load keys/s and one-user+500-videos read latency"
+    )
+    b.add_argument("--users", type=int, default=100_000)
+    b.add_argument("--videos", type=int, default=100_000)
+    b.add_argument("--reads", type=int, default=1000)
+    b.add_argument("--record", action="store_true", help="append the results to docs/BENCHMARKS.md and .json")
+    b.set_defaults(func=cmd_bench)
+    b = bench.add_parser(
         "serving", help="perf_analyzer on the ensemble (HTTP/gRPC) vs in-process vs compute floor"
     )
     b.add_argument("--source", choices=["synthetic", "movielens"], default="synthetic")
     b.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
     b.add_argument("--seconds", type=float, default=5.0, help="perf_analyzer measurement window")
+    b.add_argument(
+        "--instances", type=int, nargs="+", default=[1], help="instances per model; the first is the full run"
+    )
     b.add_argument("--requests", type=int, default=1000, help="distinct requests in the input data")
     b.add_argument("--record", action="store_true", help="append the results to docs/BENCHMARKS.md and .json")
     b.set_defaults(func=cmd_bench)

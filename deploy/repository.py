@@ -18,8 +18,15 @@ MODELS = ("feature_transform", "retrieval", "ranking", "diversity_rerank", "reel
 
 
 def export_repository(
-    model_dir: Path, target: Path, redis: dict, config: ServingConfig | None = None, source: Path = SOURCE
+    model_dir: Path,
+    target: Path,
+    redis: dict,
+    config: ServingConfig | None = None,
+    source: Path = SOURCE,
+    instances: int = 1,
 ) -> Path:
+    """``instances``: execution instances per python model (``instance_group { count }``), the knob the
+    serving benchmark tunes; the source configs say 1."""
     manifest = check_manifest(model_dir)
     config = config or ServingConfig()
     features_dir = Path(manifest["features"]["path"])
@@ -31,6 +38,13 @@ def export_repository(
             source / name, target / name, ignore=shutil.ignore_patterns("__pycache__", ".gitkeep")
         )
         (target / name / "1").mkdir(exist_ok=True)
+        config_path = target / name / "config.pbtxt"
+        if instances != 1:
+            config_path.write_text(
+                config_path.read_text().replace(
+                    "count: 1 kind: KIND_CPU", f"count: {instances} kind: KIND_CPU"
+                )
+            )
     history_length = json.loads((features_dir / "manifest.json").read_text())["feature_config"][
         "history_length"
     ]

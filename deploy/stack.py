@@ -25,6 +25,7 @@ def serving_stack(
     server,  # reels.client.config.ServerConfig
     serving: ServingConfig,
     progress: Callable[[str], None] | None = None,
+    instances: int = 1,
 ) -> Iterator[tuple[RedisServer | None, TritonServer]]:
     say = progress or (lambda _m: None)
     features = FeatureArtifacts(source_dir / "features")
@@ -49,6 +50,7 @@ def serving_stack(
         repo = export_repository(
             model_dir, build_dir / "repository",
             {"host": server.redis_host, "port": server.redis_port, "password": password}, serving,
+            instances=instances,
         )  # fmt: skip
         say(f"starting tritonserver (models from {model_dir})")
         triton = TritonServer(

@@ -163,7 +163,9 @@ def in_process(model_dir: Path, redis_client, users: np.ndarray, k: int) -> tupl
     return full, floor
 
 
-def run(config, source: str, concurrency: list[int], seconds: float, requests: int, console) -> dict:
+def run(
+    config, source: str, concurrency: list[int], seconds: float, requests: int, console, instances: list[int]
+) -> dict:
     from reels.deploy.repository import latest_model_dir
     from reels.deploy.stack import serving_stack
 
@@ -174,17 +176,30 @@ def run(config, source: str, concurrency: list[int], seconds: float, requests: i
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
-        "command": f"reels bench serving --source {source} --concurrency {' '.join(map(str, concurrency))}",
+        "command": f"reels bench serving --source {source} --concurrency {' '.join(map(str, concurrency))}"
+        + (f" --instances {' '.join(map(str, instances))}" if len(instances) > 1 else ""),
         "settings": {
-            "k": k, "candidates": config.serving.candidates, "instances_per_model": 1, "dynamic_batching": False,
+            "k": k, "candidates": config.serving.candidates, "instances_per_model": instances[0], "dynamic_batching": False,
             "OMP_NUM_THREADS": 1, "catalog": int(len(pd.read_parquet(source_dir / "features" / "videos.parquet"))),
         },
         "serving": {"grpc": {}, "http": {}},
     }  # fmt: skip
-    with serving_stack(source_dir, build, config.server, config.serving, progress=console.print) as (
-        redis_server,
-        triton,
-    ):
+    for extra in instances[1:]:  # other instance counts: same requests, lowest and a loaded concurrency
+        with serving_stack(source_dir, build, config.server, config.serving, console.print, extra) as (
+            _,
+            triton,
+        ):
+            with tempfile.TemporaryDirectory() as tmp:
+                input_data = Path(tmp) / "requests.json"
+                write_input_data(input_data, users, k)
+                for c in sorted({min(concurrency), 8}):
+                    console.print(f"perf_analyzer grpc concurrency {c}, {extra} instances per model")
+                    result = run_perf_analyzer(
+                        "grpc", triton.grpc_url, triton.http_url, input_data, c, seconds
+                    )
+                    report.setdefault("instances", {}).setdefault(str(extra), {})[str(c)] = result
+    stack = serving_stack(source_dir, build, config.server, config.serving, console.print, instances[0])
+    with stack as (redis_server, triton):
         with tempfile.TemporaryDirectory() as tmp:
             input_data = Path(tmp) / "requests.json"
             write_input_data(input_data, users, k)
@@ -230,6 +245,11 @@ def table(report: dict) -> str:
         lines.append(
             f"| {name.replace('_', '-')} | 1 | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['rps']:.1f} | {r['p50_ms'] / floor:.1f} |"
         )
+    for n, runs in report.get("instances", {}).items():
+        for c, r in runs.items():
+            lines.append(
+                f"| Triton grpc, {n} instances/model | {c} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['rps']:.1f} | {r['p50_ms'] / floor:.1f} |"
+            )
     first = next(iter(s["grpc"].values()))
     lines += ["", "Server-side compute per model (gRPC, lowest concurrency), ms per request: "
               + ", ".join(f"{m} {b['compute_ms']:.1f}" for m, b in first["server_breakdown"].items())]  # fmt: skip
@@ -240,10 +260,11 @@ def main(args: argparse.Namespace, config) -> int:
     from rich.console import Console
 
     console = Console()
-    report = run(config, args.source, args.concurrency, args.seconds, args.requests, console)
+    report = run(config, args.source, args.concurrency, args.seconds, args.requests, console, args.instances)
     print(table(report))
     if args.record:
         section = {**report["serving"], **{k: report[k] for k in ("date", "machine", "command", "settings")}}
+        section["instances"] = report.get("instances", {})
         record("serving", section, table(report))
         print(f"recorded in {DOCS / 'BENCHMARKS.md'} and {DOCS / 'BENCHMARKS.json'}")
     return 0
