@@ -50,7 +50,11 @@ def server_environment() -> dict[str, str]:
     env["LD_LIBRARY_PATH"] = ":".join([*libs, env.get("LD_LIBRARY_PATH", "")]).strip(":")
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # One thread per op pool in every python-backend process: with four pipeline processes on two cores,
+    # this gave +14% requests/s at concurrency 8 and the same latency at concurrency 1 (docs/BENCHMARKS.md).
     env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+    env.setdefault("TF_NUM_INTEROP_THREADS", "1")
     return env
 
 

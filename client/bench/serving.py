@@ -180,7 +180,7 @@ def run(
         + (f" --instances {' '.join(map(str, instances))}" if len(instances) > 1 else ""),
         "settings": {
             "k": k, "candidates": config.serving.candidates, "instances_per_model": instances[0], "dynamic_batching": False,
-            "OMP_NUM_THREADS": 1, "catalog": int(len(pd.read_parquet(source_dir / "features" / "videos.parquet"))),
+            "OMP_NUM_THREADS": 1, "TF_NUM_INTRAOP_THREADS": 1, "TF_NUM_INTEROP_THREADS": 1, "catalog": int(len(pd.read_parquet(source_dir / "features" / "videos.parquet"))),
         },
         "serving": {"grpc": {}, "http": {}},
     }  # fmt: skip
