@@ -312,6 +312,50 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _online_store(config):
+    from reels.feature_store.store import OnlineStore, connect
+
+    s = config.server
+    return OnlineStore(connect(s.redis_host, s.redis_port, s.redis_password or None, timeout_s=2.0))
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    import json as _json
+
+    from reels.feature_store.stream import IngestWorker
+    from reels.feature_store.transform import Vocabulary
+
+    config = _config(args)
+    features = config.source_dir(args.source) / "features"
+    history_length = _json.loads((features / "manifest.json").read_text())["feature_config"]["history_length"]
+    worker = IngestWorker(
+        _online_store(config), Vocabulary(features / "workflow", "video_id"), history_length,
+        consumer=args.consumer, claim_idle_ms=args.claim_idle_ms,
+    )  # fmt: skip
+    stats = worker.run(seconds=args.seconds or None, idle_exit=args.drain)
+    print(
+        f"read {stats.read:,}, applied {stats.applied:,}, duplicates {stats.duplicates:,}, "
+        f"dead-lettered {stats.dead_lettered:,}, claimed from dead consumers {stats.claimed:,}"
+    )
+    return 0
+
+
+def cmd_send_events(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from reels.feature_store.stream import EventProducer
+    from reels.workflows.offline_store import OfflineStore
+
+    config = _config(args)
+    store = OfflineStore(config.source_dir(args.source) / "store")
+    recent = store.read_events().tail(args.count, compute=True).reset_index(drop=True)
+    recent["event_id"] = recent["event_id"] + 10**12 + int(pd.Timestamp.utcnow().timestamp()) * 10**3
+    recent["timestamp"] = pd.Timestamp.utcnow().tz_localize(None).floor("s")
+    ids = EventProducer(_online_store(config).client).send(recent.to_dict("records"))
+    print(f"sent {len(ids):,} events (replays of the store's latest, re-stamped now) to the stream")
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     import time as _time
 
@@ -441,6 +485,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--source", choices=["synthetic", "movielens"], default="synthetic", help="for video metadata"
     )
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser(
+        "ingest", help="consume the event stream into the online store (a consumer-group worker)"
+    )
+    p.add_argument("source", choices=["synthetic", "movielens"], nargs="?", default="synthetic")
+    p.add_argument("--consumer", default=f"worker-{os.getpid()}", help="consumer name within the group")
+    p.add_argument("--seconds", type=float, default=0, help="stop after this long (default: run forever)")
+    p.add_argument("--drain", action="store_true", help="stop once the stream has nothing new")
+    p.add_argument(
+        "--claim-idle-ms", type=int, default=10_000, help="claim messages a dead worker left pending"
+    )
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("send-events", help="send interaction events to the stream (replays of recent ones)")
+    p.add_argument("source", choices=["synthetic", "movielens"], nargs="?", default="synthetic")
+    p.add_argument("--count", type=int, default=1000)
+    p.set_defaults(func=cmd_send_events)
 
     p = sub.add_parser("tune", help="light two-tower tuning on the validation window (never the test window)")
     p.add_argument("source", choices=["synthetic", "movielens"], nargs="?", default="movielens")

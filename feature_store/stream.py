@@ -1,0 +1,220 @@
+"""Interaction events in real time: clients append to a Redis Stream; ``IngestWorker``s in one consumer
+group validate them, dead-letter the malformed ones, and apply the rest to the online features.
+
+Keys (``{p}`` = prefix, ``{ns}`` = the active namespace at apply time)::
+
+    {p}:events                       STREAM  one entry per event, field ``event`` = the event as JSON
+    {p}:events:dead                  STREAM  malformed events: ``event``, ``reason``, ``source_id``
+    {p}:applied:{event_id}           STRING  dedupe marker (TTL ``dedupe_ttl_s``)
+    {p}:{ns}:counters:{raw_video_id} HASH    events / views / likes / completions / hides since the load
+    {p}:trending                     ZSET    views per raw video id (streamed trending scores)
+
+Delivery is at-least-once (a message is acknowledged only after it was applied; a worker that dies
+leaves its messages pending, and ``claim_idle_ms`` later another worker claims them). Updates are
+idempotent: one Lua script per event sets the dedupe marker and applies every update atomically, so a
+re-delivered event is skipped and an event is never half-applied.
+
+Per event: the raw video id is appended to the user's seen list (so it — and a "not interested" hide —
+is excluded from the very next request), a viewed video's encoded id is pushed to the front of the
+history inside the user's packed record, and the video's counters and trending score are incremented.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import redis
+
+from reels.feature_store.layout import user_record
+from reels.feature_store.store import OnlineStore
+from reels.feature_store.transform import Vocabulary
+from reels.workflows.features import HISTORY
+from reels.workflows.schema import EVENTS
+from reels.workflows.validate import ValidationError, validate
+
+GROUP = "ingest"
+
+APPLY = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+local seen = (redis.call('GET', KEYS[3]) or '') .. ARGV[5]
+local cap = tonumber(ARGV[6])
+if #seen > cap then seen = string.sub(seen, #seen - cap + 1) end
+redis.call('SET', KEYS[3], seen)
+if ARGV[7] == '1' then
+  local user = redis.call('GET', KEYS[2])
+  if user then
+    local offset = tonumber(ARGV[2])
+    local length = tonumber(ARGV[3])
+    local history = string.sub(user, offset + 1, offset + length)
+    redis.call('SETRANGE', KEYS[2], offset, ARGV[4] .. string.sub(history, 1, length - 8))
+  end
+  redis.call('HINCRBY', KEYS[4], 'views', 1)
+  redis.call('ZINCRBY', KEYS[5], 1, ARGV[11])
+end
+redis.call('HINCRBY', KEYS[4], 'events', 1)
+if ARGV[8] == '1' then redis.call('HINCRBY', KEYS[4], 'likes', 1) end
+if ARGV[9] == '1' then redis.call('HINCRBY', KEYS[4], 'completions', 1) end
+if ARGV[10] == '1' then redis.call('HINCRBY', KEYS[4], 'hides', 1) end
+return 1
+"""
+
+
+def _event_json(event: dict) -> str:
+    return json.dumps(
+        {k: (str(v) if isinstance(v, pd.Timestamp) else v) for k, v in event.items()}, default=str
+    )
+
+
+class EventProducer:
+    """What a client (or the simulator) uses to send interaction events."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "reels", maxlen: int = 1_000_000):
+        self.client = client
+        self.stream = f"{prefix}:events"
+        self.maxlen = maxlen
+
+    def send(self, events: list[dict]) -> list[bytes]:
+        pipe = self.client.pipeline(transaction=False)
+        for event in events:
+            pipe.xadd(self.stream, {"event": _event_json(event)}, maxlen=self.maxlen, approximate=True)
+        return pipe.execute()
+
+
+@dataclass
+class IngestStats:
+    read: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    claimed: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+
+class IngestWorker:
+    def __init__(
+        self,
+        store: OnlineStore,
+        video_vocabulary: Vocabulary,
+        history_length: int,
+        consumer: str,
+        batch: int = 500,
+        claim_idle_ms: int = 10_000,
+        seen_limit: int = 500,
+        dedupe_ttl_s: int = 7 * 86400,
+    ):
+        self.store = store
+        self.client = store.client
+        self.vocabulary = video_vocabulary
+        self.consumer = consumer
+        self.batch = batch
+        self.claim_idle_ms = claim_idle_ms
+        self.seen_bytes = seen_limit * 8
+        self.dedupe_ttl_s = dedupe_ttl_s
+        record = user_record(history_length)
+        self.history_offset = record.fields[HISTORY][1]  # byte offset of the history inside a user record
+        self.history_bytes = history_length * 8
+        prefix = store.keys.prefix
+        self.stream, self.dead = f"{prefix}:events", f"{prefix}:events:dead"
+        self.prefix = prefix
+        self._apply = self.client.register_script(APPLY)
+        try:
+            self.client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def step(self, block_ms: int = 200) -> IngestStats:
+        """Claim messages a dead consumer left pending, then read new ones; apply and acknowledge."""
+        stats = IngestStats()
+        _, claimed, _ = self.client.xautoclaim(
+            self.stream,
+            GROUP,
+            self.consumer,
+            min_idle_time=self.claim_idle_ms,
+            start_id="0-0",
+            count=self.batch,
+        )
+        stats.claimed = len(claimed)
+        messages = list(claimed)
+        fresh = self.client.xreadgroup(
+            GROUP, self.consumer, {self.stream: ">"}, count=self.batch, block=block_ms
+        )
+        for _, entries in fresh or []:
+            messages.extend(entries)
+        self.process(messages, stats)
+        return stats
+
+    def read_only(self, count: int) -> list:
+        """Read without processing — what a consumer that dies mid-batch leaves behind (tests use it)."""
+        fresh = self.client.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=count)
+        return [entry for _, entries in fresh or [] for entry in entries]
+
+    def process(self, messages: list, stats: IngestStats) -> None:
+        stats.read += len(messages)
+        good, good_ids = self.validated(messages, stats)
+        if good:
+            applied = self.apply(good)
+            stats.applied += int(sum(applied))
+            stats.duplicates += len(applied) - int(sum(applied))
+            self.client.xack(self.stream, GROUP, *good_ids)  # only after the updates are in Redis
+
+    def validated(self, messages: list, stats: IngestStats) -> tuple[list, list]:
+        """Valid events and their message ids; invalid ones are dead-lettered (with the reason) and acked."""
+        good, good_ids = [], []
+        for message_id, fields in messages:
+            raw = fields.get(b"event", b"")
+            try:
+                frame = pd.DataFrame([json.loads(raw)])
+                if "timestamp" in frame:
+                    frame["timestamp"] = pd.to_datetime(frame["timestamp"])
+                good.append(validate(frame, EVENTS).iloc[0])
+                good_ids.append(message_id)
+            except (ValidationError, ValueError, TypeError, KeyError) as exc:
+                reason = str(exc)[:500]
+                self.client.xadd(self.dead, {"event": raw, "reason": reason, "source_id": message_id})
+                self.client.xack(self.stream, GROUP, message_id)
+                stats.dead_lettered += 1
+                stats.reasons.append(reason)
+        return good, good_ids
+
+    def apply(self, events: list) -> list[int]:
+        """Apply validated events (1 = applied, 0 = already applied before: a duplicate or a re-delivery)."""
+        ns = self.store.namespace()
+        keys = self.store.keys
+        encoded = self.vocabulary.encode(np.array([int(e["video_id"]) for e in events], dtype=np.int64))
+        pipe = self.client.pipeline(transaction=False)
+        for event, video_code in zip(events, encoded, strict=True):
+            user, video = int(event["user_id"]), int(event["video_id"])
+            duration = float(event["video_duration_s"]) or 1.0
+            viewed = float(event["watch_time_s"]) / duration >= 0.5 and not bool(event["skipped"])
+            self._apply(
+                keys=[
+                    f"{self.prefix}:applied:{int(event['event_id'])}", keys.user(ns, user), keys.seen(ns, user),
+                    f"{self.prefix}:{ns}:counters:{video}", f"{self.prefix}:trending",
+                ],
+                args=[
+                    self.dedupe_ttl_s, self.history_offset, self.history_bytes, struct.pack("<q", int(video_code)),
+                    struct.pack("<q", video), self.seen_bytes, int(viewed), int(bool(event["liked"])),
+                    int(bool(event["completed"])), int(bool(event["hidden"])), video,
+                ],
+                client=pipe,
+            )  # fmt: skip
+        return [int(r) for r in pipe.execute()]
+
+    def run(self, seconds: float | None = None, idle_exit: bool = False) -> IngestStats:
+        """Work until ``seconds`` pass (or forever); with ``idle_exit``, stop once the stream is drained."""
+        total = IngestStats()
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while deadline is None or time.monotonic() < deadline:
+            stats = self.step()
+            for name in ("read", "applied", "duplicates", "dead_lettered", "claimed"):
+                setattr(total, name, getattr(total, name) + getattr(stats, name))
+            total.reasons.extend(stats.reasons)
+            if idle_exit and stats.read == 0:
+                break
+        return total
