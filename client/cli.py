@@ -328,9 +328,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     config = _config(args)
     features = config.source_dir(args.source) / "features"
     history_length = _json.loads((features / "manifest.json").read_text())["feature_config"]["history_length"]
+    from reels.workflows.offline_store import OfflineStore
+
+    offline = None if args.no_offline else OfflineStore(config.source_dir(args.source) / "store")
     worker = IngestWorker(
         _online_store(config), Vocabulary(features / "workflow", "video_id"), history_length,
-        consumer=args.consumer, claim_idle_ms=args.claim_idle_ms,
+        consumer=args.consumer, claim_idle_ms=args.claim_idle_ms, offline=offline,
     )  # fmt: skip
     stats = worker.run(seconds=args.seconds or None, idle_exit=args.drain)
     print(
@@ -388,6 +391,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from reels.client.bench.serving import main as bench_serving
 
         return bench_serving(args, _config(args))
+    if args.bench == "ingest":
+        from reels.client.bench.ingest import main as bench_ingest
+
+        return bench_ingest(args, _config(args))
     if args.bench == "store":
         from reels.client.bench.store import main as bench_store
 
@@ -399,6 +406,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from reels.client.bench.data import main as bench_data
 
     return bench_data(args)
+
+
+SOURCES = ("synthetic", "movielens")
+
+
+def _add_source(parser: argparse.ArgumentParser, default: str = "synthetic") -> None:
+    parser.add_argument(
+        "source", choices=SOURCES, nargs="?", default=default, help=f"data set (default: {default})"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -429,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "features", help="fit the NVTabular workflow on the training window and write features"
     )
-    p.add_argument("source", choices=["synthetic", "movielens"], nargs="?", default="synthetic")
+    _add_source(p)
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser(
@@ -446,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train", help="train the two-tower and MMoE models and write a versioned artifact directory"
     )
-    p.add_argument("source", choices=["synthetic", "movielens"], nargs="?", default="synthetic")
+    _add_source(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -462,13 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export", help="fill a Triton model repository (build/<source>/repository) from the latest models"
     )
-    p.add_argument("source", choices=["synthetic", "movielens"], nargs="?", default="synthetic")
+    _add_source(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
         "serve", help="start redis-server + tritonserver (CPU) with the latest models; Ctrl-C stops"
     )
-    p.add_argument("source", choices=["synthetic", "movielens"], nargs="?", default="synthetic")
+    _add_source(p)
     p.add_argument(
         "--seconds", type=float, default=0, help="stop after this many seconds (default: run until Ctrl-C)"
     )
@@ -489,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "ingest", help="consume the event stream into the online store (a consumer-group worker)"
     )
-    p.add_argument("source", choices=["synthetic", "movielens"], nargs="?", default="synthetic")
+    _add_source(p)
     p.add_argument("--consumer", default=f"worker-{os.getpid()}", help="consumer name within the group")
     p.add_argument("--seconds", type=float, default=0, help="stop after this long (default: run forever)")
     p.add_argument("--drain", action="store_true", help="stop once the stream has nothing new")
@@ -499,12 +515,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("send-events", help="send interaction events to the stream (replays of recent ones)")
-    p.add_argument("source", choices=["synthetic", "movielens"], nargs="?", default="synthetic")
+    _add_source(p)
     p.add_argument("--count", type=int, default=1000)
     p.set_defaults(func=cmd_send_events)
 
     p = sub.add_parser("tune", help="light two-tower tuning on the validation window (never the test window)")
-    p.add_argument("source", choices=["synthetic", "movielens"], nargs="?", default="movielens")
+    _add_source(p, default="movielens")
     p.add_argument("--record", action="store_true", help="append the table to docs/TUNING.md")
     p.set_defaults(func=cmd_tune)
 

@@ -34,6 +34,7 @@ from reels.feature_store.layout import user_record
 from reels.feature_store.store import OnlineStore
 from reels.feature_store.transform import Vocabulary
 from reels.workflows.features import HISTORY
+from reels.workflows.offline_store import OfflineStore
 from reels.workflows.schema import EVENTS
 from reels.workflows.validate import ValidationError, validate
 
@@ -106,8 +107,12 @@ class IngestWorker:
         claim_idle_ms: int = 10_000,
         seen_limit: int = 500,
         dedupe_ttl_s: int = 7 * 86400,
+        offline: OfflineStore | None = None,
     ):
+        """``offline``: also append applied events to this offline store (one part per batch), so the
+        next retraining sees them; acknowledged only once both are written."""
         self.store = store
+        self.offline = offline
         self.client = store.client
         self.vocabulary = video_vocabulary
         self.consumer = consumer
@@ -157,50 +162,100 @@ class IngestWorker:
     def process(self, messages: list, stats: IngestStats) -> None:
         stats.read += len(messages)
         good, good_ids = self.validated(messages, stats)
-        if good:
-            applied = self.apply(good)
-            stats.applied += int(sum(applied))
-            stats.duplicates += len(applied) - int(sum(applied))
-            self.client.xack(self.stream, GROUP, *good_ids)  # only after the updates are in Redis
+        if len(good):
+            applied = np.array(self.apply(good), dtype=bool)
+            stats.applied += int(applied.sum())
+            stats.duplicates += int((~applied).sum())
+            if self.offline is not None:
+                self._append_offline(good, applied)
+            self.client.xack(
+                self.stream, GROUP, *good_ids
+            )  # only after Redis (and the offline store) have them
 
-    def validated(self, messages: list, stats: IngestStats) -> tuple[list, list]:
-        """Valid events and their message ids; invalid ones are dead-lettered (with the reason) and acked."""
-        good, good_ids = [], []
+    def _append_offline(self, events: pd.DataFrame, applied: np.ndarray) -> None:
+        """Append events not yet in the offline store. An event applied to Redis by a worker that died
+        before writing it offline has no offline marker, so a re-delivery writes it then: a crash can
+        at worst duplicate an event offline (the marker is set after the write), never lose it."""
+        markers = [f"{self.prefix}:offline:{int(e)}" for e in events["event_id"]]
+        written = np.array([v is not None for v in self.client.mget(markers)], dtype=bool)
+        todo = events[~written].drop_duplicates("event_id")
+        if todo.empty:
+            return
+        self.offline.append("events", todo)
+        pipe = self.client.pipeline(transaction=False)
+        for event_id in todo["event_id"]:
+            pipe.set(f"{self.prefix}:offline:{int(event_id)}", 1, ex=self.dedupe_ttl_s)
+        pipe.execute()
+
+    def validated(self, messages: list, stats: IngestStats) -> tuple[pd.DataFrame, list]:
+        """Valid events and their message ids; invalid ones are dead-lettered (with the reason) and acked.
+
+        The whole batch is validated at once (one frame); only when that fails is each event checked on
+        its own to find the bad ones, so the common case costs one vectorised validation."""
+        parsed, ids = [], []
         for message_id, fields in messages:
             raw = fields.get(b"event", b"")
             try:
-                frame = pd.DataFrame([json.loads(raw)])
-                if "timestamp" in frame:
-                    frame["timestamp"] = pd.to_datetime(frame["timestamp"])
-                good.append(validate(frame, EVENTS).iloc[0])
+                parsed.append(json.loads(raw))
+                ids.append(message_id)
+            except ValueError as exc:
+                self._dead(message_id, raw, f"not JSON: {exc}", stats)
+        if not parsed:
+            return pd.DataFrame(columns=EVENTS.names), []
+        try:
+            return validate(self._frame(parsed), EVENTS), ids
+        except (ValidationError, ValueError, TypeError, KeyError):
+            pass
+        good, good_ids = [], []
+        for event, message_id in zip(parsed, ids, strict=True):
+            try:
+                good.append(validate(self._frame([event]), EVENTS))
                 good_ids.append(message_id)
             except (ValidationError, ValueError, TypeError, KeyError) as exc:
-                reason = str(exc)[:500]
-                self.client.xadd(self.dead, {"event": raw, "reason": reason, "source_id": message_id})
-                self.client.xack(self.stream, GROUP, message_id)
-                stats.dead_lettered += 1
-                stats.reasons.append(reason)
-        return good, good_ids
+                self._dead(message_id, json.dumps(event, default=str).encode(), str(exc)[:500], stats)
+        frame = pd.concat(good, ignore_index=True) if good else pd.DataFrame(columns=EVENTS.names)
+        return frame, good_ids
 
-    def apply(self, events: list) -> list[int]:
+    @staticmethod
+    def _frame(events: list[dict]) -> pd.DataFrame:
+        frame = pd.DataFrame(events)
+        if "timestamp" in frame:
+            frame["timestamp"] = pd.to_datetime(frame["timestamp"])
+        return frame
+
+    def _dead(self, message_id, raw: bytes, reason: str, stats: IngestStats) -> None:
+        self.client.xadd(self.dead, {"event": raw, "reason": reason, "source_id": message_id})
+        self.client.xack(self.stream, GROUP, message_id)
+        stats.dead_lettered += 1
+        stats.reasons.append(reason)
+
+    def apply(self, events: pd.DataFrame) -> list[int]:
         """Apply validated events (1 = applied, 0 = already applied before: a duplicate or a re-delivery)."""
         ns = self.store.namespace()
         keys = self.store.keys
-        encoded = self.vocabulary.encode(np.array([int(e["video_id"]) for e in events], dtype=np.int64))
+        users = events["user_id"].to_numpy(dtype=np.int64)
+        videos = events["video_id"].to_numpy(dtype=np.int64)
+        codes = self.vocabulary.encode(videos)
+        duration = np.where(
+            events["video_duration_s"].to_numpy() > 0, events["video_duration_s"].to_numpy(), 1.0
+        )
+        viewed = (events["watch_time_s"].to_numpy() / duration >= 0.5) & ~events["skipped"].to_numpy(
+            dtype=bool
+        )
+        flags = {c: events[c].to_numpy(dtype=bool) for c in ("liked", "completed", "hidden")}
+        event_ids = events["event_id"].to_numpy(dtype=np.int64)
         pipe = self.client.pipeline(transaction=False)
-        for event, video_code in zip(events, encoded, strict=True):
-            user, video = int(event["user_id"]), int(event["video_id"])
-            duration = float(event["video_duration_s"]) or 1.0
-            viewed = float(event["watch_time_s"]) / duration >= 0.5 and not bool(event["skipped"])
+        for i in range(len(events)):
+            user, video = int(users[i]), int(videos[i])
             self._apply(
                 keys=[
-                    f"{self.prefix}:applied:{int(event['event_id'])}", keys.user(ns, user), keys.seen(ns, user),
+                    f"{self.prefix}:applied:{int(event_ids[i])}", keys.user(ns, user), keys.seen(ns, user),
                     f"{self.prefix}:{ns}:counters:{video}", f"{self.prefix}:trending",
                 ],
                 args=[
-                    self.dedupe_ttl_s, self.history_offset, self.history_bytes, struct.pack("<q", int(video_code)),
-                    struct.pack("<q", video), self.seen_bytes, int(viewed), int(bool(event["liked"])),
-                    int(bool(event["completed"])), int(bool(event["hidden"])), video,
+                    self.dedupe_ttl_s, self.history_offset, self.history_bytes, struct.pack("<q", int(codes[i])),
+                    struct.pack("<q", video), self.seen_bytes, int(viewed[i]), int(flags["liked"][i]),
+                    int(flags["completed"][i]), int(flags["hidden"][i]), video,
                 ],
                 client=pipe,
             )  # fmt: skip

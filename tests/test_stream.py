@@ -118,3 +118,17 @@ def test_a_consumer_that_dies_mid_batch_loses_nothing_and_doubles_nothing(online
     assert counted == 40
     assert stats.claimed >= 15
     assert online.client.xpending("reels:events", "ingest")["pending"] == 0
+
+
+def test_applied_events_reach_the_offline_store_once(online, tiny_features, tiny_store, tmp_path):
+    from reels.workflows.offline_store import OfflineStore
+
+    offline = OfflineStore(tmp_path / "offline")
+    batch = events(tiny_store, 30, start_id=6 * 10**9)
+    EventProducer(online.client).send(batch + batch[:7])
+    vocabulary = Vocabulary(tiny_features.workflow_dir, "video_id")
+    IngestWorker(online, vocabulary, HISTORY_LENGTH, consumer="w-offline", batch=10, offline=offline).run(
+        idle_exit=True
+    )
+    written = offline.read_events().compute()
+    assert sorted(written["event_id"]) == sorted(e["event_id"] for e in batch)
