@@ -14,6 +14,12 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 logging.getLogger("tensorflow").setLevel(logging.ERROR)
 logging.getLogger("absl").setLevel(logging.ERROR)
+try:  # absl (used by TF's SavedModel writer) logs through its own handler
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+except ImportError:  # pragma: no cover - absl comes with TensorFlow
+    pass
 warnings.filterwarnings("ignore", message=".*PyTorch dtype mappings.*")
 warnings.filterwarnings("ignore", message=".*NVTabular Dataset in CPU mode.*")
 warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -73,13 +73,13 @@ def run(source_dir: Path, n_events: int, freshness_samples: int) -> dict:
         latencies = []
         try:
             for event in _events(store, freshness_samples, 3 * 10**12):
-                event["video_id"] = int(event["video_id"])
-                user = int(event["user_id"])
+                # The marker is set by the same atomic script that updates the user's seen list and history,
+                # so its appearance is the moment the next request sees the event.
+                marker = f"{online.keys.prefix}:applied:{int(event['event_id'])}"
                 started = time.perf_counter()
                 producer.send([event])
                 while True:
-                    seen = online.client.get(online.keys.seen(online.namespace(), user)) or b""
-                    if np.frombuffer(seen, dtype=np.int64)[-1:].tolist() == [event["video_id"]]:
+                    if online.client.exists(marker):
                         break
                     if time.perf_counter() - started > 5:
                         raise TimeoutError("event not visible after 5 s")
