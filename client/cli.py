@@ -564,6 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--requests", type=int, default=1000, help="distinct requests in the input data")
     b.add_argument("--record", action="store_true", help="append the results to docs/BENCHMARKS.md and .json")
     b.set_defaults(func=cmd_bench)
+    b = bench.add_parser("ingest", help="event stream: ingest events/s and event-to-online-feature freshness")
+    b.add_argument("--source", choices=SOURCES, default="synthetic")
+    b.add_argument("--events", type=int, default=20_000)
+    b.add_argument("--samples", type=int, default=300, help="events timed one by one for freshness")
+    b.add_argument("--record", action="store_true", help="append the results to docs/BENCHMARKS.md and .json")
+    b.set_defaults(func=cmd_bench)
     return parser
 
 
