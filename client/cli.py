@@ -568,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--source", choices=SOURCES, default="synthetic")
     b.add_argument("--events", type=int, default=20_000)
     b.add_argument("--samples", type=int, default=300, help="events timed one by one for freshness")
+    b.add_argument("--batch", type=int, default=2_000, help="events per worker read / script call")
     b.add_argument("--record", action="store_true", help="append the results to docs/BENCHMARKS.md and .json")
     b.set_defaults(func=cmd_bench)
     return parser

@@ -7,6 +7,8 @@ Keys (``{ns}`` is a load's namespace, e.g. ``v3``; ``{prefix}`` defaults to ``re
     {prefix}:{ns}:user:{raw_user_id}   STRING  one packed user record (see USER_RECORD)
     {prefix}:{ns}:video:{raw_video_id} STRING  one packed video record (see VIDEO_RECORD)
     {prefix}:{ns}:seen:{raw_user_id}   STRING  packed int64 raw video ids the user has already been shown
+                                               (the newest 500 at load; streamed events append, and the
+                                               list is trimmed back to 500 once it reaches 1,000)
 
 Records are fixed-layout little-endian numpy structured records (``dtype.tobytes()``), so one ``MGET``
 of a user and 500 videos decodes with a single ``np.frombuffer`` per kind: no per-field parsing. Field
