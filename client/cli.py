@@ -365,6 +365,31 @@ def cmd_send_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drift(args: argparse.Namespace) -> int:
+    import pandas as pd
+    from rich.console import Console
+    from rich.table import Table
+
+    from reels.workflows.drift import drift_table
+
+    config = _config(args)
+    features = _ensure_features(config, args.source, Console())
+    train = features.read_split("train")
+    recent = pd.concat([features.read_split(w) for w in args.windows], ignore_index=True)
+    table = drift_table(train, recent)
+    out = Table(title=f"PSI: training window vs {'+'.join(args.windows)} (threshold {args.threshold})")
+    for col in ("feature", "kind", "psi", ""):
+        out.add_column(col, justify="right" if col == "psi" else "left")
+    for row in table.itertuples():
+        out.add_row(row.feature, row.kind, f"{row.psi:.4f}", "DRIFT" if row.psi > args.threshold else "")
+    Console().print(out)
+    drifted = table.loc[table["psi"] > args.threshold, "feature"].tolist()
+    if drifted:
+        print(f"reels: drift above {args.threshold} in {drifted}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     import time as _time
 
@@ -524,6 +549,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source(p)
     p.add_argument("--count", type=int, default=1000)
     p.set_defaults(func=cmd_send_events)
+
+    p = sub.add_parser(
+        "drift", help="PSI per feature, training window vs recent windows; exit 1 above the threshold"
+    )
+    _add_source(p)
+    p.add_argument("--windows", nargs="+", choices=["valid", "test"], default=["valid", "test"])
+    p.add_argument("--threshold", type=float, default=0.25)
+    p.set_defaults(func=cmd_drift)
 
     p = sub.add_parser("tune", help="light two-tower tuning on the validation window (never the test window)")
     _add_source(p, default="movielens")
