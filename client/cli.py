@@ -390,6 +390,48 @@ def cmd_drift(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_exposure(args: argparse.Namespace) -> int:
+    import tempfile
+    import time as _time
+
+    import numpy as np
+    import pandas as pd
+    from rich.console import Console
+    from rich.table import Table
+
+    from reels.deploy.redis_server import RedisServer, free_port
+    from reels.deploy.repository import latest_model_dir
+    from reels.feature_store.store import OnlineStore
+    from reels.models.exposure import exposure_report
+    from reels.models.serving import InProcessPipeline
+    from reels.workflows.pipeline import FeatureArtifacts
+
+    config = _config(args)
+    source_dir = config.source_dir(args.source)
+    users = pd.read_parquet(source_dir / "features" / "users.parquet")["raw_user_id"].to_numpy()
+    sample = np.random.default_rng(0).choice(users, min(args.users, len(users)), replace=False)
+    with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp), port=free_port()) as srv:
+        store = OnlineStore(srv.client(timeout_s=5.0))
+        store.load(FeatureArtifacts(source_dir / "features"))
+        pipeline = InProcessPipeline(latest_model_dir(source_dir / "models"), store, config.serving)
+        report = exposure_report(pipeline, sample, args.k, int(_time.time()))
+    table = Table(
+        title=f"Creator exposure over {report['requests']} feeds of {report['k']} ({report['creators']} creators)"
+    )
+    for col in ("", "Gini", "top-1% creators' share", "creators exposed"):
+        table.add_column(col, justify="right")
+    for name in ("catalog", "before_rerank", "after_rerank"):
+        r = report[name]
+        table.add_row(
+            name.replace("_", " "),
+            f"{r['gini']:.3f}",
+            f"{r['top1pct_share']:.1%}",
+            f"{r['creators_exposed']:,}",
+        )
+    Console().print(table)
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     import time as _time
 
@@ -557,6 +599,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--windows", nargs="+", choices=["valid", "test"], default=["valid", "test"])
     p.add_argument("--threshold", type=float, default=0.25)
     p.set_defaults(func=cmd_drift)
+
+    p = sub.add_parser(
+        "exposure", help="creator-exposure concentration (Gini, top-1% share) before/after re-rank"
+    )
+    _add_source(p)
+    p.add_argument("--users", type=int, default=300, help="feeds to generate")
+    p.add_argument("--k", type=int, default=20)
+    p.set_defaults(func=cmd_exposure)
 
     p = sub.add_parser("tune", help="light two-tower tuning on the validation window (never the test window)")
     _add_source(p, default="movielens")
