@@ -12,6 +12,8 @@ from pathlib import Path
 
 import redis
 
+from reels.deploy.process import ManagedProcess
+
 
 class RedisNotInstalled(RuntimeError):
     pass
@@ -24,13 +26,14 @@ def free_port() -> int:
 
 
 @dataclass
-class RedisServer:
+class RedisServer(ManagedProcess):
     data_dir: Path
     port: int = 6379
     bind: str = "127.0.0.1"
     password: str | None = None
     maxmemory: str = "2gb"
     process: subprocess.Popen | None = field(default=None, init=False)
+    stop_timeout_s: float = field(default=10.0, init=False)
 
     def command(self) -> list[str]:
         binary = shutil.which("redis-server")
@@ -71,19 +74,3 @@ class RedisServer:
                 time.sleep(0.05)
         self.stop()
         raise TimeoutError(f"redis-server did not answer PING within {timeout_s}s on port {self.port}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(self, *_exc) -> None:
-        self.stop()

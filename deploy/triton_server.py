@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reels.deploy.process import ManagedProcess
+
 PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
@@ -59,13 +61,14 @@ def server_environment() -> dict[str, str]:
 
 
 @dataclass
-class TritonServer:
+class TritonServer(ManagedProcess):
     repository: Path
     build: Path
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
     process: subprocess.Popen | None = field(default=None, init=False)
+    stop_timeout_s: float = field(default=30.0, init=False)
 
     def command(self) -> list[str]:
         binary = _pytriton_root() / "bin" / "tritonserver"
@@ -110,19 +113,3 @@ class TritonServer:
         raise TimeoutError(
             f"tritonserver not ready within {timeout_s}s; see {self.build / 'tritonserver.log'}"
         )
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def __enter__(self) -> TritonServer:
-        return self.start()
-
-    def __exit__(self, *_exc) -> None:
-        self.stop()
