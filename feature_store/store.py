@@ -17,13 +17,6 @@ import pandas as pd
 import redis
 
 from reels.feature_store.layout import DEFAULT_PREFIX, SEEN_DTYPE, VIDEO_RECORD, Keys, user_record
-from reels.workflows.features import (
-    HISTORY,
-    USER_CATEGORICAL,
-    USER_CONTINUOUS,
-    VIDEO_CATEGORICAL,
-    VIDEO_CONTINUOUS,
-)
 from reels.workflows.offline_store import OfflineStore
 from reels.workflows.pipeline import FeatureArtifacts
 
@@ -79,6 +72,12 @@ def _pack(frame: pd.DataFrame, dtype: np.dtype) -> np.ndarray:
         column = frame[name]
         records[name] = np.stack(column.to_numpy()) if column.dtype == object else column.to_numpy()
     return records
+
+
+def _known_videos(raw_video_ids: np.ndarray, values: list) -> tuple[np.ndarray, np.ndarray]:
+    """The ids found in Redis (request order) and their decoded records; missing videos are skipped."""
+    found = [i for i, v in enumerate(values) if v is not None]
+    return raw_video_ids[found], np.frombuffer(b"".join(values[i] for i in found), dtype=VIDEO_RECORD)
 
 
 class OnlineStore:
@@ -232,10 +231,8 @@ class OnlineStore:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise FeatureStoreUnavailable(f"Redis unreachable: {exc}") from exc
         user = np.frombuffer(values[0], dtype=self._user_dtype)[0] if values[0] is not None else None
-        found = [i for i, v in enumerate(values[1:]) if v is not None]
-        videos = np.frombuffer(b"".join(values[1 + i] for i in found), dtype=VIDEO_RECORD)
         seen = np.frombuffer(seen_blob, dtype=SEEN_DTYPE) if seen_blob else np.array([], dtype=SEEN_DTYPE)
-        return OnlineRows(user, raw_video_ids[found], videos, seen)
+        return OnlineRows(user, *_known_videos(raw_video_ids, values[1:]), seen)
 
     def read_videos(self, raw_video_ids: np.ndarray) -> OnlineRows:
         """Known videos among ``raw_video_ids`` (one MGET); ``user`` and ``seen`` are left empty."""
@@ -245,14 +242,8 @@ class OnlineStore:
             values = self.client.mget([self.keys.video(ns, int(v)) for v in raw_video_ids])
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise FeatureStoreUnavailable(f"Redis unreachable: {exc}") from exc
-        found = [i for i, v in enumerate(values) if v is not None]
-        videos = np.frombuffer(b"".join(values[i] for i in found), dtype=VIDEO_RECORD)
-        return OnlineRows(None, raw_video_ids[found], videos, np.array([], dtype=SEEN_DTYPE))
+        return OnlineRows(None, *_known_videos(raw_video_ids, values), np.array([], dtype=SEEN_DTYPE))
 
     def read_user(self, raw_user_id: int) -> tuple[np.void | None, np.ndarray]:
         rows = self.read(raw_user_id, np.array([], dtype=np.int64))
         return rows.user, rows.seen
-
-
-USER_FIELDS = USER_CATEGORICAL + USER_CONTINUOUS + (HISTORY,)
-VIDEO_FIELDS = VIDEO_CATEGORICAL + VIDEO_CONTINUOUS

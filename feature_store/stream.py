@@ -41,9 +41,9 @@ GROUP = "ingest"
 
 # One call applies a whole batch: ARGV = ttl, history offset, history bytes, seen-list bytes, prefix,
 # namespace, and the packed batch (BATCH_RECORD per event). Per event, atomically: set the dedupe marker
-# or skip; append to the seen list (trimmed back to the newest entries once it doubles); push a viewed video's encoded id to the front of the history
-# inside the user record; bump the video's counters and trending score. Ids must stay below 2^53 (Lua
-# numbers are doubles).
+# or skip; append to the seen list (trimmed back to the newest entries once it doubles); push a viewed
+# video's encoded id to the front of the history inside the user record; bump the video's counters and
+# trending score. Ids must stay below 2^53 (Lua numbers are doubles).
 APPLY = """
 local ttl, offset, length, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local prefix, ns, blob = ARGV[5], ARGV[6], ARGV[7]
@@ -189,12 +189,11 @@ class IngestWorker:
             stats.applied += int(applied.sum())
             stats.duplicates += int((~applied).sum())
             if self.offline is not None:
-                self._append_offline(good, applied)
-            self.client.xack(
-                self.stream, GROUP, *good_ids
-            )  # only after Redis (and the offline store) have them
+                self._append_offline(good)
+            # Acknowledged only once Redis (and the offline store) have them.
+            self.client.xack(self.stream, GROUP, *good_ids)
 
-    def _append_offline(self, events: pd.DataFrame, applied: np.ndarray) -> None:
+    def _append_offline(self, events: pd.DataFrame) -> None:
         """Append events not yet in the offline store. An event applied to Redis by a worker that died
         before writing it offline has no offline marker, so a re-delivery writes it then: a crash can
         at worst duplicate an event offline (the marker is set after the write), never lose it."""
