@@ -36,9 +36,14 @@ class Queries:
     prior_views: pd.DataFrame  # raw_user_id, position: views before the window (for ALS)
 
 
+def catalog_positions(catalog_ids: np.ndarray) -> pd.Series:
+    """Raw video id -> its row in the catalog (the first row where an id repeats)."""
+    positions = pd.Series(np.arange(len(catalog_ids)), index=catalog_ids)
+    return positions[~positions.index.duplicated()]
+
+
 def build_queries(before: pd.DataFrame, window: pd.DataFrame, catalog_ids: np.ndarray) -> Queries:
-    position_of = pd.Series(np.arange(len(catalog_ids)), index=catalog_ids)
-    position_of = position_of[~position_of.index.duplicated()]
+    position_of = catalog_positions(catalog_ids)
     before = before[before["raw_video_id"].isin(position_of.index)]
     window = window[window["raw_video_id"].isin(position_of.index)]
     seen_sets = before.groupby("raw_user_id")["raw_video_id"].agg(set)
@@ -74,8 +79,7 @@ def _als_scorer(model: baselines.ALS, queries: Queries, n_items: int) -> baselin
 
 
 def _train_matrix(train: pd.DataFrame, catalog_ids: np.ndarray):
-    position_of = pd.Series(np.arange(len(catalog_ids)), index=catalog_ids)
-    position_of = position_of[~position_of.index.duplicated()]
+    position_of = catalog_positions(catalog_ids)
     views = train[(train["view"] == 1) & train["raw_video_id"].isin(position_of.index)]
     users = views["raw_user_id"].astype("category")
     matrix = baselines.interaction_matrix(
@@ -89,8 +93,7 @@ def catalog_popularity(train: pd.DataFrame, catalog_ids: np.ndarray) -> np.ndarr
     """Training views per catalog position (the popularity baseline's scores and novelty's p)."""
     popularity = np.zeros(len(catalog_ids))
     counts = train.loc[train["view"] == 1, "raw_video_id"].value_counts()
-    position_of = pd.Series(np.arange(len(catalog_ids)), index=catalog_ids)
-    position_of = position_of[~position_of.index.duplicated()]
+    position_of = catalog_positions(catalog_ids)
     counts = counts[counts.index.isin(position_of.index)]
     popularity[position_of.loc[counts.index].to_numpy()] = counts.to_numpy()
     return popularity
