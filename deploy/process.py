@@ -1,8 +1,12 @@
-"""A child server process that starts, is waited for, and stops cleanly (SIGTERM, then SIGKILL)."""
+"""A child server process that starts, is waited for until ready, and stops cleanly (SIGTERM, then
+SIGKILL); its output goes to a log file that the errors point at."""
 
 from __future__ import annotations
 
 import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 
 class ManagedProcess:
@@ -14,6 +18,33 @@ class ManagedProcess:
 
     def start(self):  # pragma: no cover - each launcher defines it
         raise NotImplementedError
+
+    def _launch(
+        self,
+        name: str,
+        command: list[str],
+        log_path: Path,
+        ready: Callable[[], bool],
+        timeout_s: float,
+        poll_s: float,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """Start ``command`` and wait until ``ready()`` (exceptions count as not ready yet); a process
+        that exits or a timeout raises, naming the log."""
+        with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {self.process.returncode}; see {log_path}")
+            try:
+                if ready():
+                    return
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            time.sleep(poll_s)
+        self.stop()
+        raise TimeoutError(f"{name} not ready within {timeout_s}s; see {log_path}")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

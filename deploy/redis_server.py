@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,18 +58,8 @@ class RedisServer(ManagedProcess):
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir / "redis.log", "ab")  # noqa: SIM115 - lives as long as the process
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"redis-server exited with {self.process.returncode}; see {self.data_dir / 'redis.log'}"
-                )
-            try:
-                if self.client().ping():
-                    return self
-            except (redis.ConnectionError, redis.TimeoutError):
-                time.sleep(0.05)
-        self.stop()
-        raise TimeoutError(f"redis-server did not answer PING within {timeout_s}s on port {self.port}")
+        client = self.client()
+        self._launch(
+            "redis-server", self.command(), self.data_dir / "redis.log", client.ping, timeout_s, 0.05
+        )
+        return self

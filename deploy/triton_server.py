@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,24 +91,9 @@ class TritonServer(ManagedProcess):
         import tritonclient.http as http
 
         self.build.mkdir(parents=True, exist_ok=True)
-        log = open(self.build / "tritonserver.log", "ab")  # noqa: SIM115 - lives as long as the process
-        self.process = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, env=server_environment()
-        )
         client = http.InferenceServerClient(self.http_url)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"tritonserver exited with {self.process.returncode}; see {self.build / 'tritonserver.log'}"
-                )
-            try:
-                if client.is_server_ready():
-                    return self
-            except Exception:  # noqa: BLE001 - not listening yet
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(
-            f"tritonserver not ready within {timeout_s}s; see {self.build / 'tritonserver.log'}"
-        )
+        self._launch(
+            "tritonserver", self.command(), self.build / "tritonserver.log", client.is_server_ready, timeout_s, 0.5,
+            env=server_environment(),
+        )  # fmt: skip
+        return self
