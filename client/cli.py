@@ -259,13 +259,13 @@ def _video_table(config, source: str):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from reels.deploy.repository import export_repository, latest_model_dir
+    from reels.deploy.repository import export_repository, serving_model_dir
 
     config = _config(args)
     s = config.server
     target = Path(config.server.build_dir) / args.source / "repository"
     repo = export_repository(
-        latest_model_dir(config.source_dir(args.source) / "models"), target,
+        serving_model_dir(config.source_dir(args.source) / "models"), target,
         {"host": s.redis_host, "port": s.redis_port, "password": s.redis_password or None}, config.serving,
     )  # fmt: skip
     print(f"model repository written to {repo}")
@@ -400,7 +400,7 @@ def cmd_exposure(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from reels.deploy.redis_server import RedisServer, free_port
-    from reels.deploy.repository import latest_model_dir
+    from reels.deploy.repository import serving_model_dir
     from reels.feature_store.store import OnlineStore
     from reels.models.exposure import exposure_report
     from reels.models.serving import InProcessPipeline
@@ -413,7 +413,7 @@ def cmd_exposure(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp), port=free_port()) as srv:
         store = OnlineStore(srv.client(timeout_s=5.0))
         store.load(FeatureArtifacts(source_dir / "features"))
-        pipeline = InProcessPipeline(latest_model_dir(source_dir / "models"), store, config.serving)
+        pipeline = InProcessPipeline(serving_model_dir(source_dir / "models"), store, config.serving)
         report = exposure_report(pipeline, sample, args.k, int(_time.time()))
     table = Table(
         title=f"Creator exposure over {report['requests']} feeds of {report['k']} ({report['creators']} creators)"
@@ -459,11 +459,136 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _triton_answers(config) -> bool:
+    import tritonclient.http as http
+
+    try:
+        client = http.InferenceServerClient(f"127.0.0.1:{config.server.http_port}", connection_timeout=2.0)
+        ready = client.is_server_ready()
+        client.close()
+        return bool(ready)
+    except Exception:  # noqa: BLE001 - connection refused and friends: no server
+        return False
+
+
+def _promote(config, source: str, model_dir: Path, console) -> int:
+    """Hot-swap ``model_dir`` into the running `reels serve` of ``source`` (its repository and Redis) and
+    mark it serving; with no server running, only mark it (the next `reels serve` loads it)."""
+    from reels.deploy.promotion import PromotionFailed, promote
+    from reels.deploy.repository import mark_serving
+
+    models_root, version = model_dir.parent, int(model_dir.name)
+    s = config.server
+    repository = Path(s.build_dir) / source / "repository"
+    if not repository.exists() or not _triton_answers(config):
+        console.print(
+            f"no `reels serve` answering on port {s.http_port} with a repository in {repository}: "
+            f"version {version} is marked serving and is what the next `reels serve` loads"
+        )
+        mark_serving(models_root, version)
+        return 0
+    redis = {"host": s.redis_host, "port": s.redis_port, "password": s.redis_password or None}
+    try:
+        report = promote(
+            repository, model_dir, f"127.0.0.1:{s.grpc_port}", _online_store(config), redis, config.serving,
+            progress=console.print,
+        )  # fmt: skip
+    except PromotionFailed as exc:
+        print(f"reels: {exc}", file=sys.stderr)
+        return 1
+    mark_serving(models_root, version)
+    console.print(
+        f"hot swap {report.previous} -> {report.version} in {report.seconds:.1f} s (features "
+        f"{report.features_load_s:.1f} s, models {report.models_load_s:.1f} s)"
+    )
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from reels.deploy.retrain import retrain
+
+    config = _config(args)
+    console = Console()
+    if args.if_drift:
+        import pandas as pd
+
+        from reels.deploy.repository import serving_model_dir
+        from reels.models.train import check_manifest
+        from reels.workflows.drift import drift_table
+        from reels.workflows.pipeline import FeatureArtifacts
+
+        served = FeatureArtifacts(
+            Path(
+                check_manifest(serving_model_dir(config.source_dir(args.source) / "models"))["features"][
+                    "path"
+                ]
+            )
+        )
+        recent = pd.concat([served.read_split("valid"), served.read_split("test")], ignore_index=True)
+        table = drift_table(served.read_split("train"), recent)
+        worst = table.iloc[0]
+        if worst["psi"] <= config.retrain.drift_threshold:
+            console.print(
+                f"no drift above {config.retrain.drift_threshold} (largest: {worst['feature']} {worst['psi']:.3f}): not retraining"
+            )
+            return 0
+        console.print(
+            f"drift: {worst['feature']} PSI {worst['psi']:.3f} > {config.retrain.drift_threshold}: retraining"
+        )
+    with console.status("retraining") as status:
+
+        def say(message: str) -> None:
+            status.update(message)
+            console.log(message)
+
+        result = retrain(config, args.source, args.scheduler, progress=say)
+    table = Table(title=f"promotion gate: candidate {result.candidate_dir.name} vs serving "
+                        f"{result.serving_dir.name if result.serving_dir else '(none)'} on the latest window")  # fmt: skip
+    for column in ("metric", "candidate", "serving", "threshold", "passed"):
+        table.add_column(column)
+    for name, check in result.decision.checks.items():
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        table.add_row(name, fmt(check["candidate"]), fmt(check["serving"]), fmt(check["threshold"]),
+                      "yes" if check["passed"] else "[red]no")  # fmt: skip
+    console.print(table)
+    console.print("timings: " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
+    if not result.promoted:
+        console.print(
+            f"[yellow]version {result.candidate_dir.name} is worse than the serving one: not promoted"
+        )
+        return 3
+    console.print(f"[green]version {result.candidate_dir.name} passed the gate")
+    if args.no_promote:
+        from reels.deploy.repository import mark_serving
+
+        mark_serving(result.candidate_dir.parent, int(result.candidate_dir.name))
+        return 0
+    return _promote(config, args.source, result.candidate_dir, console)
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from reels.models.train import check_manifest
+
+    config = _config(args)
+    model_dir = config.source_dir(args.source) / "models" / str(args.version)
+    check_manifest(model_dir)
+    return _promote(config, args.source, model_dir, Console())
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench == "serving":
         from reels.client.bench.serving import main as bench_serving
 
         return bench_serving(args, _config(args))
+    if args.bench == "swap":
+        from reels.client.bench.swap import main as bench_swap
+
+        return bench_swap(args, _config(args))
     if args.bench == "ingest":
         from reels.client.bench.ingest import main as bench_ingest
 
@@ -613,6 +738,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", action="store_true", help="append the table to docs/TUNING.md")
     p.set_defaults(func=cmd_tune)
 
+    p = sub.add_parser(
+        "retrain",
+        help="features on Dask + both models from the offline store, gate on the latest window, hot-swap promotion",
+    )
+    _add_source(p)
+    p.add_argument("--scheduler", help="an existing Dask scheduler address (default: config retrain.scheduler, "
+                   "else a LocalCluster, or a LocalCUDACluster on GPUs)")  # fmt: skip
+    p.add_argument(
+        "--if-drift",
+        action="store_true",
+        help="retrain only when a feature drifted (retrain.drift_threshold)",
+    )
+    p.add_argument(
+        "--no-promote", action="store_true", help="mark the version serving but do not hot-swap it"
+    )
+    p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("promote", help="serve a trained version: hot-swap it into a running `reels serve`")
+    _add_source(p)
+    p.add_argument("version", type=int, help="the model version (data/<source>/models/<version>)")
+    p.set_defaults(func=cmd_promote)
+
     p = sub.add_parser("bench", help="benchmarks; results go to docs/BENCHMARKS.md and docs/BENCHMARKS.json")
     bench = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
     b = bench.add_parser("data", help="generation events/s and NVTabular fit+transform time and peak memory")
@@ -645,6 +792,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--instances", type=int, nargs="+", default=[1], help="instances per model; the first is the full run"
     )
     b.add_argument("--requests", type=int, default=1000, help="distinct requests in the input data")
+    b.add_argument("--record", action="store_true", help="append the results to docs/BENCHMARKS.md and .json")
+    b.set_defaults(func=cmd_bench)
+    b = bench.add_parser(
+        "swap", help="promote a trained version into a running Triton under perf_analyzer load"
+    )
+    b.add_argument("--source", choices=SOURCES, default="synthetic")
+    b.add_argument("--version", type=int, help="the version to promote (default: the newest trained one)")
+    b.add_argument("--seconds", type=float, default=30.0, help="length of the steady-state window")
+    b.add_argument("--concurrency", type=int, default=2, help="perf_analyzer concurrency")
     b.add_argument("--record", action="store_true", help="append the results to docs/BENCHMARKS.md and .json")
     b.set_defaults(func=cmd_bench)
     b = bench.add_parser("ingest", help="event stream: ingest events/s and event-to-online-feature freshness")

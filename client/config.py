@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from reels.models.config import EvaluationConfig, IndexConfig, RankerConfig, TwoTowerConfig
+from reels.models.config import EvaluationConfig, IndexConfig, RankerConfig, RetrainConfig, TwoTowerConfig
 from reels.models.serving import ServingConfig
 from reels.workflows.features import FeatureConfig
 from reels.workflows.synthetic import SyntheticConfig
@@ -62,6 +62,7 @@ class Config:
     evaluation: EvaluationConfig = EvaluationConfig()
     serving: ServingConfig = ServingConfig()
     server: ServerConfig = ServerConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
     def split_days(self, source: str) -> tuple[int, int]:
         if source == "movielens":

@@ -11,10 +11,11 @@ from pathlib import Path
 import redis
 
 from reels.deploy.redis_server import RedisServer
-from reels.deploy.repository import export_repository, latest_model_dir
+from reels.deploy.repository import export_repository, serving_model_dir
 from reels.deploy.triton_server import TritonServer
 from reels.feature_store.store import OnlineStore
 from reels.models.serving import ServingConfig
+from reels.models.train import check_manifest
 from reels.workflows.pipeline import FeatureArtifacts
 
 
@@ -28,8 +29,9 @@ def serving_stack(
     instances: int = 1,
 ) -> Iterator[tuple[RedisServer | None, TritonServer]]:
     say = progress or (lambda _m: None)
-    features = FeatureArtifacts(source_dir / "features")
-    model_dir = latest_model_dir(source_dir / "models")
+    model_dir = serving_model_dir(source_dir / "models")
+    # The features the served models were trained with (a retrain writes its own feature build).
+    features = FeatureArtifacts(Path(check_manifest(model_dir)["features"]["path"]))
     password = server.redis_password or None
     started_redis = None
     probe = redis.Redis(host=server.redis_host, port=server.redis_port, password=password, socket_timeout=0.5)
@@ -50,7 +52,7 @@ def serving_stack(
         repo = export_repository(
             model_dir, build_dir / "repository",
             {"host": server.redis_host, "port": server.redis_port, "password": password}, serving,
-            instances=instances,
+            instances=instances, namespace=report.namespace,
         )  # fmt: skip
         say(f"starting tritonserver (models from {model_dir})")
         triton = TritonServer(

@@ -77,6 +77,9 @@ class TritonServer(ManagedProcess):
             f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}",
             "--allow-http=true", "--allow-grpc=true", "--allow-metrics=true", "--log-verbose=0",
             "--exit-on-error=false", "--strict-readiness=true", "--exit-timeout-secs=5",
+            # Explicit model control: everything in the repository at start, then loads and unloads only
+            # when asked (a promotion loads the next release beside the serving one, see deploy/promotion.py).
+            "--model-control-mode=explicit", "--load-model=*",
         ]  # fmt: skip
 
     @property

@@ -81,8 +81,17 @@ def _known_videos(raw_video_ids: np.ndarray, values: list) -> tuple[np.ndarray, 
 
 
 class OnlineStore:
-    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, namespace_ttl_s: float = 1.0):
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = DEFAULT_PREFIX,
+        namespace_ttl_s: float = 1.0,
+        pinned_namespace: str | None = None,
+    ):
+        """``pinned_namespace``: always read this namespace instead of the active one (a served release
+        reads the features it was loaded with, so two releases can serve side by side during a swap)."""
         self.client = client
+        self.pinned_namespace = pinned_namespace
         self.keys = Keys(prefix)
         self.namespace_ttl_s = namespace_ttl_s
         self._namespace: str | None = None
@@ -90,14 +99,17 @@ class OnlineStore:
         self._user_dtype: np.dtype | None = None
 
     # ---- loading ----------------------------------------------------------------------------------------
-    def load(self, features: FeatureArtifacts, seen_limit: int = 500, batch: int = 5_000) -> LoadReport:
-        """Load transformed users, videos and seen lists from a feature build, then swap namespaces."""
+    def load(
+        self, features: FeatureArtifacts, seen_limit: int = 500, batch: int = 5_000, activate: bool = True
+    ) -> LoadReport:
+        """Load transformed users, videos and seen lists from a feature build into a new namespace, then
+        make it the active one (or leave that to a later ``activate``, as a model promotion does)."""
         try:
-            return self._load(features, seen_limit, batch)
+            return self._load(features, seen_limit, batch, activate)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise FeatureStoreUnavailable(f"Redis unreachable during load: {exc}") from exc
 
-    def _load(self, features: FeatureArtifacts, seen_limit: int, batch: int) -> LoadReport:
+    def _load(self, features: FeatureArtifacts, seen_limit: int, batch: int, activate: bool) -> LoadReport:
         started = time.perf_counter()
         manifest = features.manifest()
         history_length = manifest["feature_config"]["history_length"]
@@ -124,7 +136,7 @@ class OnlineStore:
             "store_fingerprint": manifest["store_fingerprint"],
             "features": str(features.root.resolve()),
         }
-        return self.load_frames(users, videos, seen, history_length, source, batch, started)
+        return self.load_frames(users, videos, seen, history_length, source, batch, started, activate)
 
     def load_frames(
         self,
@@ -135,6 +147,7 @@ class OnlineStore:
         source: dict[str, str] | None = None,
         batch: int = 5_000,
         started: float | None = None,
+        activate: bool = True,
     ) -> LoadReport:
         """Load already-transformed frames (spec columns + raw ids; videos with upload_time in unix s)."""
         started = time.perf_counter() if started is None else started
@@ -175,11 +188,22 @@ class OnlineStore:
             "loaded_at": pd.Timestamp.utcnow().isoformat(),
         }
         self.client.hset(self.keys.meta(namespace), mapping={k: str(v) for k, v in meta.items()})
-        previous = self.client.get(self.keys.active)
-        self.client.set(self.keys.active, namespace)  # the atomic swap
+        if activate:
+            self.activate(namespace)
+        return LoadReport(namespace, len(users), len(videos), len(seen), time.perf_counter() - started)
+
+    def activate(self, namespace: str) -> None:
+        """Make ``namespace`` the one readers and the ingest workers use (one SET: atomic), keep the one it
+        replaces for requests still in flight, and drop everything older."""
+        if not self.client.exists(self.keys.meta(namespace)):
+            raise NoActiveNamespace(f"namespace {namespace!r} was never loaded")
+        previous = self.client.set(self.keys.active, namespace, get=True)
         self._drop_older_than(previous.decode() if previous else None, namespace)
         self._namespace = None  # re-read on next access
-        return LoadReport(namespace, len(users), len(videos), len(seen), time.perf_counter() - started)
+
+    def meta(self, namespace: str | None = None) -> dict[str, str]:
+        raw = self.client.hgetall(self.keys.meta(namespace or self.namespace()))
+        return {k.decode(): v.decode() for k, v in raw.items()}
 
     def _drop_older_than(self, keep_previous: str | None, current: str) -> None:
         keep = {current, keep_previous}
@@ -204,17 +228,21 @@ class OnlineStore:
         now = time.monotonic()
         if self._namespace is None or now - self._namespace_read_at > self.namespace_ttl_s:
             try:
-                value = self.client.get(self.keys.active)
+                value = self.pinned_namespace or self.client.get(self.keys.active)
+                if value is None:
+                    raise NoActiveNamespace(
+                        "the online store is empty: run `reels serve` or `reels load` first"
+                    )
+                namespace = value.decode() if isinstance(value, bytes) else value
+                if namespace != self._namespace or self._user_dtype is None:
+                    meta = self.client.hget(self.keys.meta(namespace), "user_record")
+                    if meta is None:
+                        raise NoActiveNamespace(f"the online store has no namespace {namespace!r}")
+                    self._user_dtype = np.dtype(
+                        [tuple(f) if len(f) == 2 else (f[0], f[1], tuple(f[2])) for f in json.loads(meta)]
+                    )
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 raise FeatureStoreUnavailable(f"Redis unreachable: {exc}") from exc
-            if value is None:
-                raise NoActiveNamespace("the online store is empty: run `reels serve` or `reels load` first")
-            namespace = value.decode()
-            if namespace != self._namespace or self._user_dtype is None:
-                meta = self.client.hget(self.keys.meta(namespace), "user_record")
-                self._user_dtype = np.dtype(
-                    [tuple(f) if len(f) == 2 else (f[0], f[1], tuple(f[2])) for f in json.loads(meta)]
-                )
             self._namespace, self._namespace_read_at = namespace, now
         return self._namespace
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -137,6 +138,7 @@ class IngestWorker:
         self.offline = offline
         self.client = store.client
         self.vocabulary = video_vocabulary
+        self._vocabulary_namespace: str | None = None
         self.consumer = consumer
         self.batch = batch
         self.claim_idle_ms = claim_idle_ms
@@ -256,7 +258,7 @@ class IngestWorker:
         records = np.zeros(len(events), dtype=BATCH_RECORD)
         for name in ("event_id", "user_id", "video_id"):
             records[name] = events[name].to_numpy(dtype=np.int64)
-        records["video_code"] = self.vocabulary.encode(records["video_id"])
+        records["video_code"] = self._vocabulary(ns).encode(records["video_id"])
         duration = events["video_duration_s"].to_numpy(dtype=np.float64)
         watched = events["watch_time_s"].to_numpy(dtype=np.float64) / np.where(duration > 0, duration, 1.0)
         records["viewed"] = (watched >= 0.5) & ~events["skipped"].to_numpy(dtype=bool)
@@ -268,6 +270,17 @@ class IngestWorker:
                   records.tobytes()],
         )  # fmt: skip
         return [int(r) for r in result]
+
+    def _vocabulary(self, namespace: str) -> Vocabulary:
+        """The video vocabulary of the features loaded into ``namespace``: a promotion swaps in features
+        fitted by a new workflow, whose encoded ids differ, so history pushes must follow the swap."""
+        if namespace != self._vocabulary_namespace:
+            features = self.store.meta(namespace).get("features")
+            workflow = Path(features) / "workflow" if features else None
+            if workflow is not None and workflow.exists():
+                self.vocabulary = Vocabulary(workflow, "video_id")
+            self._vocabulary_namespace = namespace
+        return self.vocabulary
 
     def run(self, seconds: float | None = None, idle_exit: bool = False) -> IngestStats:
         """Work until ``seconds`` pass (or forever); with ``idle_exit``, stop once the stream is drained."""

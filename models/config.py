@@ -97,3 +97,25 @@ class EvaluationConfig:
             {"ks": bool(self.ks) and min(self.ks) > 0, "als_iterations": self.als_iterations > 0},
             self,
         )
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    scheduler: str = ""  # an existing Dask scheduler address; empty: start a local cluster
+    n_workers: int = 0  # local cluster workers (0: one per 2 cores)
+    dashboard_address: str = ":8787"
+    gate_metrics: tuple[str, ...] = ("recall@20", "auc_view")
+    gate_tolerance: float = 0.0  # candidate >= serving x (1 - tolerance) on every gate metric
+    drift_threshold: float = 0.2  # `reels retrain --if-drift`: retrain only when a feature's PSI exceeds it
+
+    def __post_init__(self) -> None:
+        _fail_on(
+            "retrain",
+            {
+                "n_workers": self.n_workers >= 0,
+                "gate_metrics": len(self.gate_metrics) > 0,
+                "gate_tolerance": 0.0 <= self.gate_tolerance < 1.0,
+                "drift_threshold": self.drift_threshold > 0,
+            },
+            self,
+        )

@@ -46,7 +46,6 @@ from reels.models.serving import Catalog, DiversityRerank, Ranking, Retrieval, S
 from reels.workflows.features import HISTORY, USER_CATEGORICAL, USER_CONTINUOUS
 
 QUERY_CATEGORICAL = USER_CATEGORICAL + CONTEXT_FIELDS
-SERVING_FILE = "serving.json"
 
 
 def pack(query: QueryFeatures) -> dict[str, np.ndarray]:
@@ -69,22 +68,42 @@ def unpack(t: dict[str, np.ndarray]) -> QueryFeatures:
     return QueryFeatures(features, seen, Fallback(int(t["fallback"][0])), int(t["request_time_s"][0]))
 
 
-class Runtime:
-    """Reads ``serving.json`` (written by ``reels export``) and builds only the parts a step needs."""
+def release_spec(repository: Path, version: int) -> Path:
+    """Where a release's spec lives: a file at the repository root (Triton reads every folder there as a
+    model, so release files must not be folders)."""
+    return Path(repository) / f"serving-{version}.json"
 
-    def __init__(self, repository: Path):
-        spec = json.loads((Path(repository) / SERVING_FILE).read_text())
+
+def release_trending(repository: Path, version: int) -> Path:
+    return Path(repository) / f"trending-{version}.npy"
+
+
+class Runtime:
+    """Reads a release's spec (written by ``reels export`` / a promotion) and builds only the parts a step
+    needs. Every python model version ``N`` reads ``serving-N.json``: model artifacts, feature workflow and
+    the Redis namespace of that release, so two releases can be loaded side by side during a swap."""
+
+    def __init__(self, repository: Path, version: int):
+        spec = json.loads(release_spec(repository, version).read_text())
+        self.version = version
         self.model_dir = Path(spec["model_dir"])
         self.features_dir = Path(spec["features_dir"])
         self.redis = spec["redis"]
+        self.namespace = spec.get("namespace")  # None: follow the store's active namespace
         known = {f.name for f in fields(ServingConfig)}
         self.config = ServingConfig(**{k: v for k, v in spec.get("serving", {}).items() if k in known})
         self.history_length = int(spec["history_length"])
-        self.trending_path = Path(repository) / "trending.npy"
+        self.trending_path = release_trending(repository, version)
+
+    @classmethod
+    def for_model(cls, args: dict) -> Runtime:
+        """From the ``args`` Triton passes to ``initialize``: the model's folder and the version loaded."""
+        return cls(Path(args["model_repository"]).parent, int(args["model_version"]))
 
     def store(self) -> OnlineStore:
         return OnlineStore(
-            connect(self.redis["host"], self.redis["port"], self.redis.get("password"), timeout_s=0.2)
+            connect(self.redis["host"], self.redis["port"], self.redis.get("password"), timeout_s=0.2),
+            pinned_namespace=self.namespace,
         )
 
     def encoder(self) -> RequestEncoder:
@@ -184,11 +203,11 @@ def _features(runtime: Runtime):
     return FeatureArtifacts(runtime.features_dir)
 
 
-def export_trending(repository: Path, features_dir: Path, config: ServingConfig) -> np.ndarray:
+def export_trending(path: Path, features_dir: Path, config: ServingConfig) -> np.ndarray:
     from reels.workflows.offline_store import OfflineStore
     from reels.workflows.pipeline import FeatureArtifacts
 
     store = OfflineStore(FeatureArtifacts(features_dir).manifest()["store"])
     ids = trending(store, config.trending_days, config.trending_size)
-    np.save(repository / "trending.npy", ids)
+    np.save(path, ids)
     return ids

@@ -137,3 +137,44 @@ def test_redis_down_means_flagged_fallback_and_back_means_personal(stack, known_
             if again.fallback == 0:
                 break
         assert again.fallback == 0
+
+
+def test_hot_swap_under_perf_analyzer_load_fails_no_request(stack, tiny_models, tiny_features, tmp_path):
+    """Promote another version while perf_analyzer and a probe client keep the ensemble busy."""
+    import json
+    import shutil
+
+    from reels.client.bench.serving import request_users, write_input_data
+    from reels.client.bench.swap import LoadDuringAction
+    from reels.deploy.promotion import promote
+    from reels.deploy.repository import pinned_version
+
+    repository = stack["triton"].repository
+    serving = pinned_version(repository)
+    new_dir = tmp_path / "models" / str(serving + 1)  # same weights, but a new release: new Triton
+    shutil.copytree(tiny_models.directory, new_dir)  # model versions, a new Redis namespace
+    manifest = json.loads((new_dir / "manifest.json").read_text())
+    manifest["version"] = serving + 1
+    (new_dir / "manifest.json").write_text(json.dumps(manifest))
+    users = request_users(tiny_features.root, 200)
+    write_input_data(tmp_path / "requests.json", users, 10)
+    store = OnlineStore(stack["redis"].client())
+    before = store.namespace()
+    redis = {"host": "127.0.0.1", "port": stack["redis"].port}
+    triton = stack["triton"]
+    with LoadDuringAction(triton.grpc_url, triton.http_url, tmp_path / "requests.json", users) as load:
+        report = promote(repository, new_dir, triton.grpc_url, store, redis, CONFIG)
+    summary = load.report.summary()
+    print(summary, report)
+    assert summary["perf_analyzer_runs"] >= 2, summary
+    assert load.report.perf_analyzer_failed_runs == 0, [
+        r["error"] for r in load.report.perf_analyzer_runs if r["failed"]
+    ]
+    assert load.report.probe_failed == 0, load.report.probe_errors[:3]
+    assert summary["probe_requests"] > 10
+    assert pinned_version(repository) == serving + 1 == report.version
+    assert store.namespace() == report.namespace != before
+    client = http.InferenceServerClient(triton.http_url)
+    assert client.is_model_ready("reels", str(serving + 1))
+    assert all(client.is_model_ready(step, str(serving + 1)) for step in ("retrieval", "ranking"))
+    client.close()

@@ -169,8 +169,13 @@ def build_features(
     test_days: int = 1,
     device: str = "auto",
     progress: Progress | None = None,
+    fitted: FeatureArtifacts | None = None,
 ) -> FeatureArtifacts:
-    """Fit the workflow on the training window and write features for every window (see module doc)."""
+    """Fit the workflow on the training window and write features for every window (see module doc).
+
+    ``fitted``: reuse that build's fitted workflow instead of fitting a new one (its vocabularies and
+    normalisation stats, the aggregates recomputed on this split's training window). The promotion gate
+    uses it to encode the latest window for the serving version; such a build holds no ``workflow/``."""
     config = config or FeatureConfig()
     say = progress or (lambda _msg: None)
     dev = resolve_device(device)
@@ -211,13 +216,17 @@ def build_features(
         )
     timings["aggregates_s"] = time.perf_counter() - started
 
-    say(f"fitting the NVTabular workflow on {dev}")
     t0 = time.perf_counter()
-    workflow = build_workflow(config, stats_dir=str(staging / "_stats"))
-    train_files = sorted(str(f) for f in window_dirs["train"].glob("part-*.parquet"))
-    workflow.fit(Dataset(train_files, engine="parquet", cpu=dev == "cpu"))
-    workflow.save(str(staging / "workflow"))
-    shutil.rmtree(staging / "_stats", ignore_errors=True)
+    if fitted is None:
+        say(f"fitting the NVTabular workflow on {dev}")
+        workflow = build_workflow(config, stats_dir=str(staging / "_stats"))
+        train_files = sorted(str(f) for f in window_dirs["train"].glob("part-*.parquet"))
+        workflow.fit(Dataset(train_files, engine="parquet", cpu=dev == "cpu"))
+        workflow.save(str(staging / "workflow"))
+        shutil.rmtree(staging / "_stats", ignore_errors=True)
+    else:
+        say(f"reusing the workflow fitted in {fitted.root}")
+        workflow = fitted.load_workflow()
     timings["fit_s"] = time.perf_counter() - t0
 
     say("transforming all windows, adding history and sessions")
@@ -261,6 +270,7 @@ def build_features(
         "split": split.as_dict(),
         "rows": {"events": n_rows, **counts, "users": len(user_table), "videos": len(video_table)},
         "feature_config": asdict(config),
+        "workflow_from": str(fitted.root.resolve()) if fitted is not None else None,
         "aggregate_prior": aggregates.prior,
         "columns": {name: schema.column_names for name in SPLITS},
         "timings": {k: round(v, 3) for k, v in timings.items()},

@@ -166,7 +166,7 @@ def in_process(model_dir: Path, redis_client, users: np.ndarray, k: int) -> tupl
 def run(
     config, source: str, concurrency: list[int], seconds: float, requests: int, console, instances: list[int]
 ) -> dict:
-    from reels.deploy.repository import latest_model_dir
+    from reels.deploy.repository import serving_model_dir
     from reels.deploy.stack import serving_stack
 
     source_dir = config.source_dir(source)
@@ -218,7 +218,7 @@ def run(
             else redis.Redis(host=config.server.redis_host, port=config.server.redis_port)
         )
         console.print("in-process pipeline and compute floor")
-        full, floor = in_process(latest_model_dir(source_dir / "models"), client, users, k)
+        full, floor = in_process(serving_model_dir(source_dir / "models"), client, users, k)
     report["serving"]["in_process"] = full
     report["serving"]["floor"] = floor
     return report

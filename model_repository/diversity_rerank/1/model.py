@@ -1,7 +1,5 @@
 """diversity_rerank: MMR, creator/category caps, exploration slots, explanations."""
 
-from pathlib import Path
-
 import triton_python_backend_utils as pb_utils
 
 from reels.models.triton_python import execute
@@ -15,7 +13,7 @@ INPUTS = (
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.step = DiversityRerankStep(Runtime(Path(args["model_repository"]).parent))
+        self.step = DiversityRerankStep(Runtime.for_model(args))
 
     def execute(self, requests):
         return execute(pb_utils, requests, INPUTS, self.step)

@@ -1,8 +1,6 @@
 """feature_transform: user features, history and seen list from Redis + request context (see
 reels.models.triton_steps for the tensor contract)."""
 
-from pathlib import Path
-
 import triton_python_backend_utils as pb_utils
 
 from reels.models.triton_python import execute
@@ -13,7 +11,7 @@ INPUTS = ("user_id", "k", "device", "hour", "request_time")
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.step = FeatureTransformStep(Runtime(Path(args["model_repository"]).parent))
+        self.step = FeatureTransformStep(Runtime.for_model(args))
 
     def execute(self, requests):
         return execute(pb_utils, requests, INPUTS, lambda t: self.step(*(t[n] for n in INPUTS)))

@@ -1,7 +1,5 @@
 """ranking: candidate video features from Redis, MMoE over all candidates in one batch."""
 
-from pathlib import Path
-
 import triton_python_backend_utils as pb_utils
 
 from reels.models.triton_python import execute
@@ -15,7 +13,7 @@ INPUTS = (
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.step = RankingStep(Runtime(Path(args["model_repository"]).parent))
+        self.step = RankingStep(Runtime.for_model(args))
 
     def execute(self, requests):
         return execute(pb_utils, requests, INPUTS, self.step)

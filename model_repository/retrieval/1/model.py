@@ -1,7 +1,5 @@
 """retrieval: query tower + FAISS top-N, minus seen videos; trending videos for fallbacks."""
 
-from pathlib import Path
-
 import triton_python_backend_utils as pb_utils
 
 from reels.models.triton_python import execute
@@ -19,7 +17,7 @@ INPUTS = (
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.step = RetrievalStep(Runtime(Path(args["model_repository"]).parent))
+        self.step = RetrievalStep(Runtime.for_model(args))
 
     def execute(self, requests):
         return execute(pb_utils, requests, INPUTS, self.step)

@@ -1,0 +1,58 @@
+"""The Dask cluster a retrain runs on: an existing scheduler when given, else a LocalCUDACluster (one
+worker per GPU, where GPUs and dask-cuda exist) or a LocalCluster on CPU. While the client is open it is
+Dask's default, so NVTabular's fit/transform and the feature build's ``dask.compute`` run on it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    kind: str  # scheduler | LocalCUDACluster | LocalCluster
+    scheduler: str
+    dashboard: str | None
+    workers: int
+
+
+@contextmanager
+def dask_cluster(
+    scheduler: str | None = None,
+    device: str = "cpu",
+    n_workers: int | None = None,
+    dashboard_address: str = ":8787",
+) -> Iterator[ClusterInfo]:
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        client = Client(scheduler)
+        cluster = None
+        kind = "scheduler"
+    elif device == "gpu":
+        from dask_cuda import LocalCUDACluster  # lazy: only with the GPU stack
+
+        cluster = LocalCUDACluster(dashboard_address=dashboard_address)
+        client = Client(cluster)
+        kind = "LocalCUDACluster"
+    else:
+        # Threads share the pinned numpy/pandas/pyarrow memory without pickling partitions between
+        # processes; one worker process per 2 cores keeps memory accounting per worker meaningful.
+        workers = n_workers or max(1, (os.cpu_count() or 2) // 2)
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=max(1, (os.cpu_count() or 2) // workers),
+            dashboard_address=dashboard_address,
+            silence_logs=40,  # errors only
+        )
+        client = Client(cluster)
+        kind = "LocalCluster"
+    try:
+        info = client.scheduler_info()
+        yield ClusterInfo(kind, client.scheduler.address, client.dashboard_link, len(info.get("workers", {})))
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,131 @@
+"""``reels retrain``: the offline store (new events included) -> features -> both models -> the promotion
+gate on the latest window -> promotion (hot swap into a running Triton + Redis when one answers).
+
+The feature build runs on a Dask cluster (``deploy.dask_cluster``); training runs in this process
+(Keras on CPU, or the GPU). Every retrain writes its own feature build under
+``data/<source>/retrain/features-<stamp>`` and a new model version; ``data/<source>/models/serving``
+names the promoted one, which ``reels serve`` / ``reels export`` serve.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from reels.deploy.dask_cluster import ClusterInfo, dask_cluster
+from reels.deploy.repository import serving_model_dir
+from reels.models.config import RetrainConfig
+from reels.models.gate import GateConfig, GateDecision, decide, score_version
+from reels.models.train import check_manifest, train
+from reels.workflows.offline_store import OfflineStore
+from reels.workflows.pipeline import FeatureArtifacts, build_features
+
+
+@dataclass
+class RetrainResult:
+    cluster: ClusterInfo
+    candidate_dir: Path
+    serving_dir: Path | None
+    decision: GateDecision
+    promoted: bool
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _gate_window(store: OfflineStore, serving: FeatureArtifacts, out: Path, valid_days: int, test_days: int,
+                 device: str, say) -> FeatureArtifacts:  # fmt: skip
+    """The candidate's windows encoded with the serving version's own fitted workflow."""
+    return build_features(
+        store, out, serving.manifest_config(), valid_days=valid_days, test_days=test_days, device=device,
+        progress=say, fitted=serving,
+    )  # fmt: skip
+
+
+def retrain(
+    config,  # reels.client.config.Config
+    source: str,
+    scheduler: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> RetrainResult:
+    say = progress or (lambda _m: None)
+    rc: RetrainConfig = config.retrain
+    source_dir = config.source_dir(source)
+    models_root = source_dir / "models"
+    store = OfflineStore(source_dir / "store")
+    if not store.has("events"):
+        raise FileNotFoundError(f"no events in {store.root}: run `reels data {source}` first")
+    try:
+        serving_dir: Path | None = serving_model_dir(models_root)
+        check_manifest(serving_dir)
+    except FileNotFoundError:
+        serving_dir = None
+    valid_days, test_days = config.split_days(source)
+    device = "gpu" if config.device == "gpu" else "cpu"
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    work = source_dir / "retrain"
+    timings: dict[str, float] = {}
+    with dask_cluster(
+        scheduler or rc.scheduler or None, device, rc.n_workers or None, rc.dashboard_address
+    ) as cluster:
+        say(
+            f"Dask {cluster.kind} at {cluster.scheduler} with {cluster.workers} workers; dashboard {cluster.dashboard}"
+        )
+        t0 = time.perf_counter()
+        features = build_features(
+            store, work / f"features-{stamp}", config.features, valid_days=valid_days, test_days=test_days,
+            device=config.device, progress=say,
+        )  # fmt: skip
+        timings["features_s"] = time.perf_counter() - t0
+        serving_window = None
+        if serving_dir is not None:
+            t0 = time.perf_counter()
+            say(f"encoding the same windows with the workflow of serving version {serving_dir.name}")
+            serving_features = FeatureArtifacts(Path(check_manifest(serving_dir)["features"]["path"]))
+            serving_window = _gate_window(
+                store, serving_features, work / f"gate-{stamp}", valid_days, test_days, config.device, say
+            )
+            timings["gate_features_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    trained = train(
+        features, models_root, config.two_tower, config.ranker, config.index, device=device, progress=say
+    )
+    timings["train_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    gate = GateConfig(rc.gate_metrics, rc.gate_tolerance)
+    catalog = pd.read_parquet(features.videos_path, columns=["raw_video_id"])["raw_video_id"].to_numpy()
+    say(f"gate: scoring candidate version {trained.directory.name} on the latest window")
+    candidate_scores = score_version(trained.directory, features, catalog, gate.ks)
+    serving_scores = None
+    if serving_dir is not None:
+        say(f"gate: scoring serving version {serving_dir.name} on the same window")
+        serving_scores = score_version(serving_dir, serving_window, catalog, gate.ks)
+        shutil.rmtree(serving_window.root, ignore_errors=True)
+    decision = decide(candidate_scores, serving_scores, gate)
+    timings["gate_s"] = time.perf_counter() - t0
+
+    manifest_path = trained.directory / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["gate"] = {
+        "config": asdict(gate),
+        "serving_version": None if serving_dir is None else int(serving_dir.name),
+        "window": features.manifest()["split"],
+        "candidate": candidate_scores,
+        "serving": serving_scores,
+        "checks": decision.checks,
+        "passed": decision.passed,
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=2, default=_json_default))
+    return RetrainResult(cluster, trained.directory, serving_dir, decision, decision.passed, timings)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
