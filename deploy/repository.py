@@ -9,6 +9,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+from reels.models.experiment import Experiment
 from reels.models.serving import ServingConfig
 from reels.models.train import check_manifest
 from reels.models.triton_steps import SERVING_FILE, export_trending
@@ -24,9 +25,11 @@ def export_repository(
     config: ServingConfig | None = None,
     source: Path = SOURCE,
     instances: int = 1,
+    experiment: Experiment | None = None,
 ) -> Path:
     """``instances``: execution instances per python model (``instance_group { count }``), the knob the
-    serving benchmark tunes; the source configs say 1."""
+    serving benchmark tunes; the source configs say 1. ``experiment``: the A/B test the re-rank step runs
+    (None: one variant, "default")."""
     manifest = check_manifest(model_dir)
     config = config or ServingConfig()
     features_dir = Path(manifest["features"]["path"])
@@ -55,6 +58,7 @@ def export_repository(
         "redis": redis,
         "serving": asdict(config),
         "model_version": manifest["version"],
+        "experiment": experiment.as_dict() if experiment else None,
     }
     (target / SERVING_FILE).write_text(json.dumps(spec, indent=2))
     export_trending(target, features_dir, config)

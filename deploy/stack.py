@@ -14,6 +14,7 @@ from reels.deploy.redis_server import RedisServer
 from reels.deploy.repository import export_repository, latest_model_dir
 from reels.deploy.triton_server import TritonServer
 from reels.feature_store.store import OnlineStore
+from reels.models.experiment import Experiment
 from reels.models.serving import ServingConfig
 from reels.workflows.pipeline import FeatureArtifacts
 
@@ -26,6 +27,7 @@ def serving_stack(
     serving: ServingConfig,
     progress: Callable[[str], None] | None = None,
     instances: int = 1,
+    experiment: Experiment | None = None,
 ) -> Iterator[tuple[RedisServer | None, TritonServer]]:
     say = progress or (lambda _m: None)
     features = FeatureArtifacts(source_dir / "features")
@@ -50,7 +52,7 @@ def serving_stack(
         repo = export_repository(
             model_dir, build_dir / "repository",
             {"host": server.redis_host, "port": server.redis_port, "password": password}, serving,
-            instances=instances,
+            instances=instances, experiment=experiment,
         )  # fmt: skip
         say(f"starting tritonserver (models from {model_dir})")
         triton = TritonServer(
