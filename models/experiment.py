@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 if TYPE_CHECKING:
     from reels.models.serving import ServingConfig
@@ -134,27 +137,43 @@ class Exposure:
 
 class ExposureLog:
     """XADDs one entry per served feed to ``{prefix}:exposures`` (field ``exposure`` = JSON), trimmed
-    approximately to ``maxlen``. Logging never fails a request: errors are counted and logged."""
+    approximately to ``maxlen``. Logging never fails a request and never holds it up: the log's client
+    does not retry (redis-py's default retries cost ~4 s per call when Redis is down), and after a
+    failure entries are dropped without trying for ``pause_s``. Lost entries are counted and logged."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "reels", maxlen: int = 1_000_000):
-        self.client = client
+    def __init__(
+        self, client: redis.Redis, prefix: str = "reels", maxlen: int = 1_000_000, pause_s: float = 1.0
+    ):
+        self.client = _without_retries(client)
         self.stream = f"{prefix}:{EXPOSURES}"
         self.maxlen = maxlen
+        self.pause_s = pause_s
         self.written = 0
         self.failed = 0
+        self._paused_until = 0.0
 
     def write(self, exposure: Exposure) -> bool:
+        if time.monotonic() < self._paused_until:
+            self.failed += 1
+            return False
         try:
             self.client.xadd(
                 self.stream, {"exposure": exposure.to_json()}, maxlen=self.maxlen, approximate=True
             )
         except (redis.RedisError, OSError) as exc:
             self.failed += 1
-            if self.failed == 1 or self.failed % 1000 == 0:  # do not flood the log while Redis is down
-                log.warning("exposure log: %d entries lost so far (%s)", self.failed, exc)
+            self._paused_until = time.monotonic() + self.pause_s
+            log.warning("exposure log: %d entries lost so far (%s)", self.failed, exc)
             return False
         self.written += 1
         return True
+
+
+def _without_retries(client: redis.Redis) -> redis.Redis:
+    """A client to the same server whose commands fail at once instead of retrying with backoff."""
+    pool = client.connection_pool
+    kwargs = dict(pool.connection_kwargs, retry=Retry(NoBackoff(), 0))
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
 
 
 def read_exposures(client: redis.Redis, prefix: str = "reels", chunk: int = 5_000) -> pd.DataFrame:
