@@ -440,7 +440,9 @@ def _ab_dir(config, args) -> Path:
 
 def cmd_ab_simulate(args: argparse.Namespace) -> int:
     import contextlib
+    import json
     import tempfile
+    import time as _time
 
     import numpy as np
     import pandas as pd
@@ -458,6 +460,7 @@ def cmd_ab_simulate(args: argparse.Namespace) -> int:
     from reels.workflows.pipeline import FeatureArtifacts
     from reels.workflows.synthetic import GroundTruth
 
+    t0 = _time.time()
     config = _config(args)
     console = Console()
     source_dir = config.source_dir(args.source)
@@ -496,6 +499,13 @@ def cmd_ab_simulate(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     exposures.to_parquet(out / "exposures.parquet", index=False)
     streamed.to_parquet(out / "events.parquet", index=False)
+    run = {
+        "command": f"reels ab-simulate {args.source} --users {args.users} --sessions {args.sessions} "
+        f"--k {args.k} --seed {args.seed}" + (f" --start {args.start}" if args.start else ""),
+        "start": str(start), "feeds": int(exposures["request_id"].nunique()), "events": len(events),
+        "exposures_written": log.written, "exposures_lost": log.failed, "seconds": round(_time.time() - t0, 1),
+    }  # fmt: skip
+    (out / "simulation.json").write_text(json.dumps(run, indent=2))
     split = exposures.drop_duplicates("request_id")["variant"].value_counts().to_dict()
     console.print(
         f"{len(sample):,} users x {args.sessions} session(s): {exposures['request_id'].nunique():,} feeds "
@@ -507,6 +517,7 @@ def cmd_ab_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_ab_report(args: argparse.Namespace) -> int:
+    import json
     import time as _time
 
     import pandas as pd
@@ -519,6 +530,7 @@ def cmd_ab_report(args: argparse.Namespace) -> int:
 
     config = _config(args)
     console = Console()
+    simulated = "live traffic"
     if args.redis:
         client = _online_store(config).client
         exposures, events = read_exposures(client), read_events(client)
@@ -532,6 +544,11 @@ def cmd_ab_report(args: argparse.Namespace) -> int:
         exposures = pd.read_parquet(folder / "exposures.parquet")
         events = pd.read_parquet(folder / "events.parquet")
         origin = str(folder)
+        if (folder / "simulation.json").exists():
+            run = json.loads((folder / "simulation.json").read_text())
+            simulated = (
+                f"`{run['command']}` ({run['feeds']:,} feeds, {run['events']:,} events, {run['seconds']} s)"
+            )
     order = [v for v in config.experiment.names if v in set(exposures["variant"])] or None
     report = ab_report(join(exposures, events), order)
     titles = {"metrics": f"A/B test {report['experiment']!r} per variant (from {origin})",
@@ -547,7 +564,7 @@ def cmd_ab_report(args: argparse.Namespace) -> int:
     if args.record:
         header = (
             f"### {report['experiment']} — {_time.strftime('%Y-%m-%d')}\n\n"
-            f"Machine: {machine()}. Commands: `{args.simulate_command}` then `reels ab-report --record`; "
+            f"Machine: {machine()}. Data: {simulated}; then `reels ab-report --record`; "
             f"control = {report['control']}; "
             f"variants: {config.experiment.variants}; serving: mmr_lambda {config.serving.mmr_lambda}, "
             f"exploration {config.serving.exploration_slots} slots, epsilon {config.serving.exploration_epsilon}."
@@ -757,11 +774,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis", action="store_true", help="read the exposure and event streams from Redis")
     p.add_argument("--record", action="store_true", help="append the tables to docs/EXPERIMENTS.md")
     p.add_argument("--docs", default="docs", help="folder of EXPERIMENTS.md")
-    p.add_argument(
-        "--simulate-command",
-        default="reels ab-simulate",
-        help="recorded with --record: how the data was made",
-    )
     p.set_defaults(func=cmd_ab_report)
 
     p = sub.add_parser("tune", help="light two-tower tuning on the validation window (never the test window)")
