@@ -248,8 +248,9 @@ def _stack(config, source: str, console):
 
     build = Path(config.server.build_dir) / source
     return serving_stack(
-        config.source_dir(source), build, config.server, config.serving, progress=console.print
-    )
+        config.source_dir(source), build, config.server, config.serving, progress=console.print,
+        experiment=config.experiment,
+    )  # fmt: skip
 
 
 def _video_table(config, source: str):
@@ -267,6 +268,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     repo = export_repository(
         serving_model_dir(config.source_dir(args.source) / "models"), target,
         {"host": s.redis_host, "port": s.redis_port, "password": s.redis_password or None}, config.serving,
+        experiment=config.experiment,
     )  # fmt: skip
     print(f"model repository written to {repo}")
     return 0
@@ -429,6 +431,148 @@ def cmd_exposure(args: argparse.Namespace) -> int:
             f"{r['creators_exposed']:,}",
         )
     Console().print(table)
+    return 0
+
+
+def _ab_dir(config, args) -> Path:
+    return Path(args.dir) if args.dir else config.source_dir(args.source) / "ab"
+
+
+def cmd_ab_simulate(args: argparse.Namespace) -> int:
+    import contextlib
+    import json
+    import tempfile
+    import time as _time
+
+    import numpy as np
+    import pandas as pd
+    from rich.console import Console
+    from tqdm import tqdm
+
+    from reels.deploy.redis_server import RedisServer, free_port
+    from reels.deploy.repository import latest_model_dir
+    from reels.feature_store.store import OnlineStore
+    from reels.feature_store.stream import EventProducer
+    from reels.models.abtest import read_events, simulate
+    from reels.models.experiment import read_exposures
+    from reels.models.serving import InProcessPipeline
+    from reels.workflows.offline_store import OfflineStore
+    from reels.workflows.pipeline import FeatureArtifacts
+    from reels.workflows.synthetic import GroundTruth
+
+    t0 = _time.time()
+    config = _config(args)
+    console = Console()
+    source_dir = config.source_dir(args.source)
+    store_root = source_dir / "store"
+    if not (store_root / "ground_truth.npz").exists():
+        raise FileNotFoundError(f"no ground truth in {store_root}: simulation needs `reels data synthetic`")
+    features = FeatureArtifacts(source_dir / "features")
+    users = pd.read_parquet(features.users_path)
+    users = users.loc[users["user_id"] > 2, "raw_user_id"].to_numpy()  # known (non-OOV) users
+    sample = np.sort(
+        np.random.default_rng(args.seed).choice(users, min(args.users, len(users)), replace=False)
+    )
+    start = pd.Timestamp(args.start) if args.start else pd.Timestamp(features.manifest()["split"]["end"])
+    durations = OfflineStore(store_root).read_table("videos").set_index("video_id")["duration_s"]
+    out = _ab_dir(config, args)
+    with contextlib.ExitStack() as stack:
+        if args.redis:  # the configured (e.g. `reels serve`) Redis: streams stay there for ingest/report
+            client = _online_store(config).client
+        else:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            client = stack.enter_context(RedisServer(tmp, port=free_port())).client(timeout_s=5.0)
+            OnlineStore(client).load(features)
+        store = OnlineStore(client)
+        pipeline = InProcessPipeline(
+            latest_model_dir(source_dir / "models"), store, config.serving, config.experiment
+        )
+        with tqdm(total=len(sample) * args.sessions, unit="feed", leave=False) as bar:
+            events = simulate(
+                pipeline, GroundTruth.load(store_root / "ground_truth.npz"), durations, sample, args.k,
+                int(start.timestamp()), seed=args.seed, sessions=args.sessions,
+                position_bias=config.synthetic.position_bias, progress=bar.update,
+            )  # fmt: skip
+        EventProducer(client).send(events.to_dict("records"))
+        log = pipeline.rerank.exposures
+        exposures, streamed = read_exposures(client), read_events(client)
+    out.mkdir(parents=True, exist_ok=True)
+    exposures.to_parquet(out / "exposures.parquet", index=False)
+    streamed.to_parquet(out / "events.parquet", index=False)
+    run = {
+        "command": f"reels ab-simulate {args.source} --users {args.users} --sessions {args.sessions} "
+        f"--k {args.k} --seed {args.seed}" + (f" --start {args.start}" if args.start else ""),
+        "start": str(start), "feeds": int(exposures["request_id"].nunique()), "events": len(events),
+        "exposures_written": log.written, "exposures_lost": log.failed, "seconds": round(_time.time() - t0, 1),
+    }  # fmt: skip
+    (out / "simulation.json").write_text(json.dumps(run, indent=2))
+    split = exposures.drop_duplicates("request_id")["variant"].value_counts().to_dict()
+    console.print(
+        f"{len(sample):,} users x {args.sessions} session(s): {exposures['request_id'].nunique():,} feeds "
+        f"({', '.join(f'{v} {n:,}' for v, n in split.items())}), {len(events):,} events sent to the stream; "
+        f"exposure log: {log.written:,} written, {log.failed:,} lost"
+    )
+    console.print(f"wrote {out / 'exposures.parquet'} and {out / 'events.parquet'}; next: reels ab-report")
+    return 0
+
+
+def cmd_ab_report(args: argparse.Namespace) -> int:
+    import json
+    import time as _time
+
+    import pandas as pd
+    from rich.console import Console
+    from rich.table import Table
+
+    from reels.client.bench.data import machine
+    from reels.models.abtest import ab_report, join, markdown, read_events, rows
+    from reels.models.experiment import read_exposures
+
+    config = _config(args)
+    console = Console()
+    simulated = "live traffic"
+    if args.redis:
+        client = _online_store(config).client
+        exposures, events = read_exposures(client), read_events(client)
+        origin = f"Redis streams on {config.server.redis_host}:{config.server.redis_port}"
+    else:
+        folder = _ab_dir(config, args)
+        if not (folder / "exposures.parquet").exists():
+            raise FileNotFoundError(
+                f"no exposures in {folder}: run `reels ab-simulate` first (or use --redis)"
+            )
+        exposures = pd.read_parquet(folder / "exposures.parquet")
+        events = pd.read_parquet(folder / "events.parquet")
+        origin = str(folder)
+        if (folder / "simulation.json").exists():
+            run = json.loads((folder / "simulation.json").read_text())
+            simulated = (
+                f"`{run['command']}` ({run['feeds']:,} feeds, {run['events']:,} events, {run['seconds']} s)"
+            )
+    order = [v for v in config.experiment.names if v in set(exposures["variant"])] or None
+    report = ab_report(join(exposures, events), order)
+    titles = {"metrics": f"A/B test {report['experiment']!r} per variant (from {origin})",
+              "tests": "Differences vs the control: two-proportion z / Welch t per impression; Welch t per user",
+              "exploration": "Exploration slots: logged outcome and IPS estimates of other slot policies"}  # fmt: skip
+    for name, table in rows(report).items():
+        out = Table(title=titles[name])
+        for i, col in enumerate(table[0]):
+            out.add_column(col, justify="left" if i == 0 else "right")
+        for r in table[1:]:
+            out.add_row(*r)
+        console.print(out)
+    if args.record:
+        header = (
+            f"### {report['experiment']} — {_time.strftime('%Y-%m-%d')}\n\n"
+            f"Machine: {machine()}. Data: {simulated}; then `reels ab-report --record`; "
+            f"control = {report['control']}; "
+            f"variants: {config.experiment.variants}; serving: mmr_lambda {config.serving.mmr_lambda}, "
+            f"exploration {config.serving.exploration_slots} slots, epsilon {config.serving.exploration_epsilon}."
+        )
+        path = Path(args.docs) / "EXPERIMENTS.md"
+        existing = path.read_text() if path.exists() else "# Experiments\n"
+        path.write_text(existing.rstrip("\n") + "\n\n" + markdown(report, header))
+        console.print(f"recorded in {path}")
     return 0
 
 
@@ -732,6 +876,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=300, help="feeds to generate")
     p.add_argument("--k", type=int, default=20)
     p.set_defaults(func=cmd_exposure)
+
+    p = sub.add_parser(
+        "ab-simulate",
+        help="simulated users (synthetic ground truth) get feeds and respond: exposures + events",
+    )
+    _add_source(p)
+    p.add_argument("--users", type=int, default=2000, help="simulated users (known users, sampled)")
+    p.add_argument("--sessions", type=int, default=1, help="feeds per user, one hour apart")
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0, help="user sample and response noise")
+    p.add_argument("--start", help="first request time (default: the end of the data, so fresh videos exist)")
+    p.add_argument("--redis", action="store_true", help="use the configured Redis instead of a temporary one")
+    p.add_argument("--dir", help="where exposures/events parquet go (default: data/<source>/ab)")
+    p.set_defaults(func=cmd_ab_simulate)
+
+    p = sub.add_parser(
+        "ab-report", help="per-variant view/like rate and watch time with CIs, tests, IPS for exploration"
+    )
+    _add_source(p)
+    p.add_argument("--dir", help="folder written by ab-simulate (default: data/<source>/ab)")
+    p.add_argument("--redis", action="store_true", help="read the exposure and event streams from Redis")
+    p.add_argument("--record", action="store_true", help="append the tables to docs/EXPERIMENTS.md")
+    p.add_argument("--docs", default="docs", help="folder of EXPERIMENTS.md")
+    p.set_defaults(func=cmd_ab_report)
 
     p = sub.add_parser("tune", help="light two-tower tuning on the validation window (never the test window)")
     _add_source(p, default="movielens")

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from reels.models.config import EvaluationConfig, IndexConfig, RankerConfig, RetrainConfig, TwoTowerConfig
+from reels.models.experiment import Experiment
 from reels.models.serving import ServingConfig
 from reels.workflows.features import FeatureConfig
 from reels.workflows.synthetic import SyntheticConfig
@@ -61,6 +62,7 @@ class Config:
     index: IndexConfig = IndexConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     serving: ServingConfig = ServingConfig()
+    experiment: Experiment = Experiment()
     server: ServerConfig = ServerConfig()
     retrain: RetrainConfig = RetrainConfig()
 

@@ -89,9 +89,12 @@ def print_recommendations(recs, videos: pd.DataFrame, console: Console, title: s
     from reels.client.triton_client import FALLBACKS
 
     table = Table(
-        title=title or f"For user {recs.user_id} (fallback: {FALLBACKS.get(recs.fallback, recs.fallback)})"
+        title=title
+        or f"For user {recs.user_id} (fallback: {FALLBACKS.get(recs.fallback, recs.fallback)}, "
+        f"variant: {recs.variant})"
     )
-    for col in ("#", "video", "category", "creator", "score", "p(view)", "p(like)", "because you watched"):
+    for col in ("#", "video", "category", "creator", "score", "p(view)", "p(like)", "shown with p",
+                "because you watched"):  # fmt: skip
         table.add_column(col, justify="right" if col not in ("category",) else "left")
     meta = videos.reindex(recs.video_ids)
     for i, vid in enumerate(recs.video_ids):
@@ -101,6 +104,6 @@ def print_recommendations(recs, videos: pd.DataFrame, console: Console, title: s
         table.add_row(
             str(i + 1), str(vid), str(meta["category"].iloc[i]), str(meta["creator_id"].iloc[i]),
             f"{recs.scores[i]:.3f}", "—" if np.isnan(view) else f"{view:.2f}", "—" if np.isnan(like) else f"{like:.2f}",
-            because_text,
+            f"{recs.propensities[i]:.3f}", because_text,
         )  # fmt: skip
     console.print(table)

@@ -9,6 +9,15 @@ import numpy as np
 from reels.models.config import RANKER_TASKS
 
 MODEL = "reels"
+OUTPUTS = (
+    "video_ids",
+    "scores",
+    "task_predictions",
+    "explanation_ids",
+    "fallback",
+    "propensities",
+    "variant",
+)
 FALLBACKS = {0: "none", 1: "cold start (trending)", 2: "feature store unavailable (trending)"}
 
 
@@ -24,6 +33,8 @@ class Recommendations:
     task_predictions: dict[str, np.ndarray]
     explanation_ids: np.ndarray
     fallback: int
+    propensities: np.ndarray  # P(this video in this slot); < 1 only in exploration slots
+    variant: str  # the user's A/B variant ("default" when no experiment runs)
 
     @property
     def fallback_reason(self) -> str:
@@ -82,10 +93,7 @@ class ReelsClient:
     def infer_raw(self, inputs: list) -> dict[str, np.ndarray]:
         from tritonclient.utils import InferenceServerException
 
-        outputs = [
-            self._module.InferRequestedOutput(n)
-            for n in ("video_ids", "scores", "task_predictions", "explanation_ids", "fallback")
-        ]
+        outputs = [self._module.InferRequestedOutput(n) for n in OUTPUTS]
         try:
             result = self._client.infer(MODEL, inputs, outputs=outputs)
         except InferenceServerException as exc:
@@ -116,4 +124,10 @@ class ReelsClient:
             task_predictions={t: tasks[:, i] for i, t in enumerate(RANKER_TASKS)},
             explanation_ids=out["explanation_ids"],
             fallback=int(out["fallback"][0]),
+            propensities=out["propensities"],
+            variant=_text(out["variant"].reshape(-1)[0]),
         )
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -19,6 +19,7 @@ store but not in the new namespace's histories (the next build picks them up).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,8 +35,10 @@ from reels.deploy.repository import (
     remove_release,
 )
 from reels.feature_store.store import OnlineStore
+from reels.models.experiment import Experiment
 from reels.models.serving import ServingConfig
 from reels.models.train import check_manifest
+from reels.models.triton_steps import release_spec
 from reels.workflows.pipeline import FeatureArtifacts
 
 
@@ -79,7 +82,11 @@ def promote(
     features_s = time.perf_counter() - started
 
     t0 = time.perf_counter()
-    add_release(repository, model_dir, redis, config, namespace=loaded.namespace)
+    # The A/B test carries over: same variants and salt, so users keep their buckets across versions.
+    experiment = Experiment.from_dict(
+        json.loads(release_spec(repository, previous).read_text()).get("experiment")
+    )
+    add_release(repository, model_dir, redis, config, namespace=loaded.namespace, experiment=experiment)
     pin_ensemble(repository, version)
     # The repository API over gRPC: a load takes minutes on 2 cores, and an HTTP probe client timed out
     # once while the load request was held on Triton's HTTP front end (never with gRPC control).

@@ -17,6 +17,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+from reels.models.experiment import Experiment
 from reels.models.serving import ServingConfig
 from reels.models.train import check_manifest
 from reels.models.triton_steps import export_trending, release_spec, release_trending
@@ -36,12 +37,14 @@ def export_repository(
     source: Path = SOURCE,
     instances: int = 1,
     namespace: str | None = None,
+    experiment: Experiment | None = None,
 ) -> Path:
     """A fresh repository serving ``model_dir`` as its only release.
 
     ``instances``: execution instances per python model (``instance_group { count }``), the knob the
     serving benchmark tunes; the source configs say 1. ``namespace``: the Redis namespace the release
-    reads (None: whichever is active)."""
+    reads (None: whichever is active). ``experiment``: the A/B test the re-rank step runs (None: one
+    variant, "default")."""
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
@@ -51,7 +54,7 @@ def export_repository(
         if instances != 1:
             config_text = config_text.replace("count: 1 kind: KIND_CPU", f"count: {instances} kind: KIND_CPU")
         (target / name / "config.pbtxt").write_text(config_text)
-    version = add_release(target, model_dir, redis, config, namespace, source)
+    version = add_release(target, model_dir, redis, config, namespace, experiment, source)
     pin_ensemble(target, version)
     return target
 
@@ -62,6 +65,7 @@ def add_release(
     redis: dict,
     config: ServingConfig | None = None,
     namespace: str | None = None,
+    experiment: Experiment | None = None,
     source: Path = SOURCE,
 ) -> int:
     """Write release ``N`` (= the artifact version) into ``repository``: a version folder per step and the
@@ -81,6 +85,7 @@ def add_release(
         "namespace": namespace,
         "serving": asdict(config),
         "model_version": version,
+        "experiment": experiment.as_dict() if experiment else None,
     }
     # Spec and feed first: a step version must never exist without the files its initialize() reads.
     release_spec(repository, version).write_text(json.dumps(spec, indent=2))

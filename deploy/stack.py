@@ -14,6 +14,7 @@ from reels.deploy.redis_server import RedisServer
 from reels.deploy.repository import export_repository, serving_model_dir
 from reels.deploy.triton_server import TritonServer
 from reels.feature_store.store import OnlineStore
+from reels.models.experiment import Experiment
 from reels.models.serving import ServingConfig
 from reels.models.train import check_manifest
 from reels.workflows.pipeline import FeatureArtifacts
@@ -27,6 +28,7 @@ def serving_stack(
     serving: ServingConfig,
     progress: Callable[[str], None] | None = None,
     instances: int = 1,
+    experiment: Experiment | None = None,
 ) -> Iterator[tuple[RedisServer | None, TritonServer]]:
     say = progress or (lambda _m: None)
     model_dir = serving_model_dir(source_dir / "models")
@@ -52,7 +54,7 @@ def serving_stack(
         repo = export_repository(
             model_dir, build_dir / "repository",
             {"host": server.redis_host, "port": server.redis_port, "password": password}, serving,
-            instances=instances, namespace=report.namespace,
+            instances=instances, namespace=report.namespace, experiment=experiment,
         )  # fmt: skip
         say(f"starting tritonserver (models from {model_dir})")
         triton = TritonServer(

@@ -38,8 +38,9 @@ def exposure_report(pipeline: InProcessPipeline, users: np.ndarray, k: int, requ
         ids, scores, tasks, fallback = pipeline.ranking(query, candidates, retrieval_scores)
         ranked = ids[np.argsort(-scores, kind="stable")[:k]]
         served = pipeline.rerank(
-            ids, scores, tasks, query.features["history_video_ids"][0], k, request_time_s, fallback
-        )
+            ids, scores, tasks, query.features["history_video_ids"][0], k, request_time_s, fallback,
+            user_id=int(user),
+        )  # fmt: skip
         for target, videos in ((before, ranked), (after, served.video_ids)):
             rows = catalog.rows(videos)
             rows = rows[~np.isnan(rows)].astype(np.int64)

@@ -20,7 +20,8 @@ request_time_s      INT64 [1]               the request time actually used
 candidate_ids       INT64 [-1]              retrieved raw ids;   retrieval_scores FP32 [-1]
 ranked_ids          INT64 [-1]              rankable raw ids;    ranking_scores FP32 [-1]
 candidate_task_predictions FP32 [-1, 4]     view, liked, completed, watch_fraction per ranked id
-video_ids, scores, task_predictions, explanation_ids: the response (k rows)
+video_ids, scores, task_predictions, explanation_ids, propensities (FP32 [-1]): the response (k rows)
+variant             BYTES [1]               the user's experiment variant ("default" without experiment)
 ==================  ======================  =========================================================
 """
 
@@ -42,6 +43,7 @@ from reels.feature_store.serving import (
 )
 from reels.feature_store.store import OnlineStore, connect
 from reels.feature_store.transform import RequestEncoder
+from reels.models.experiment import Experiment, ExposureLog
 from reels.models.serving import Catalog, DiversityRerank, Ranking, Retrieval, ServingConfig, trending
 from reels.workflows.features import HISTORY, USER_CATEGORICAL, USER_CONTINUOUS
 
@@ -92,6 +94,7 @@ class Runtime:
         self.namespace = spec.get("namespace")  # None: follow the store's active namespace
         known = {f.name for f in fields(ServingConfig)}
         self.config = ServingConfig(**{k: v for k, v in spec.get("serving", {}).items() if k in known})
+        self.experiment = Experiment.from_dict(spec.get("experiment"))  # None: no A/B test
         self.history_length = int(spec["history_length"])
         self.trending_path = release_trending(repository, version)
 
@@ -144,7 +147,7 @@ class RetrievalStep:
 
         self.retrieval = Retrieval(
             QueryTower(runtime.model_dir / "query_tower"), load_index(runtime.model_dir / "items.faiss"),
-            np.load(runtime.trending_path), runtime.config,
+            np.load(runtime.trending_path), runtime.config, Catalog(runtime.model_dir, _features(runtime)),
         )  # fmt: skip
 
     def __call__(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -177,7 +180,13 @@ class RankingStep:
 class DiversityRerankStep:
     def __init__(self, runtime: Runtime):
         self.max_k = runtime.config.max_k
-        self.rerank = DiversityRerank(Catalog(runtime.model_dir, _features(runtime)), runtime.config)
+        exposures = None
+        if runtime.config.log_exposures:
+            store = runtime.store()
+            exposures = ExposureLog(store.client, store.keys.prefix)
+        self.rerank = DiversityRerank(
+            Catalog(runtime.model_dir, _features(runtime)), runtime.config, runtime.experiment, exposures
+        )
 
     def __call__(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         k = int(tensors["k"].reshape(-1)[0])
@@ -186,7 +195,7 @@ class DiversityRerankStep:
         out = self.rerank(
             tensors["ranked_ids"], tensors["ranking_scores"], tensors["candidate_task_predictions"].reshape(-1, 4),
             tensors["history_video_ids"], k, int(tensors["request_time_s"][0]),
-            Fallback(int(tensors["ranking_fallback"][0])),
+            Fallback(int(tensors["ranking_fallback"][0])), user_id=int(tensors["user_id"].reshape(-1)[0]),
         )  # fmt: skip
         return {
             "video_ids": out.video_ids.astype(np.int64),
@@ -194,6 +203,8 @@ class DiversityRerankStep:
             "task_predictions": out.task_predictions.astype(np.float32).reshape(-1, 4),
             "explanation_ids": out.explanation_ids.astype(np.int64),
             "fallback": np.array([int(out.fallback)], dtype=np.int32),
+            "propensities": out.propensities.astype(np.float32),
+            "variant": np.array([out.variant.encode()], dtype=object),
         }
 
 

@@ -11,9 +11,11 @@ from reels.deploy.redis_server import RedisServer, free_port
 from reels.deploy.repository import export_repository
 from reels.deploy.triton_server import TritonServer
 from reels.feature_store.store import OnlineStore
+from reels.models.experiment import Experiment, read_exposures
 from reels.models.serving import ServingConfig
 
 CONFIG = ServingConfig(candidates=200, max_k=50, max_per_creator=2, max_per_category=6)
+EXPERIMENT = Experiment(name="e2e", salt="t", variants={"control": {}, "diverse": {"mmr_lambda": 0.4}})
 WHEN = 1_800_000_000  # a fixed request time keeps freshness, hence scores, deterministic
 
 
@@ -23,8 +25,9 @@ def stack(tiny_models, tiny_features, tmp_path_factory):
     redis_server = RedisServer(root / "redis", port=free_port()).start()
     OnlineStore(redis_server.client()).load(tiny_features)
     repo = export_repository(
-        tiny_models.directory, root / "repository", {"host": "127.0.0.1", "port": redis_server.port}, CONFIG
-    )
+        tiny_models.directory, root / "repository", {"host": "127.0.0.1", "port": redis_server.port}, CONFIG,
+        experiment=EXPERIMENT,
+    )  # fmt: skip
     triton = TritonServer(repo, root / "build", free_port(), free_port(), free_port()).start()
     yield {"redis": redis_server, "triton": triton, "features": tiny_features}
     triton.stop()
@@ -71,6 +74,28 @@ def test_no_seen_videos_and_creator_caps(stack, known_user, tiny_store):
     assert creators.value_counts().max() <= CONFIG.max_per_creator
     explained = recs.explanation_ids[recs.explanation_ids >= 0]
     assert len(explained) > 0
+
+
+def test_response_carries_variant_and_propensities_and_is_logged(stack, tiny_features):
+    users = pd.read_parquet(tiny_features.users_path)
+    users = users.loc[users["user_id"] > 2, "raw_user_id"].to_numpy()[:12]
+    end = int(pd.Timestamp(tiny_features.manifest()["split"]["end"]).timestamp())  # fresh videos exist
+    client_redis = stack["redis"].client()
+    client_redis.delete("reels:exposures")
+    with ReelsClient(stack["triton"].grpc_url, "grpc") as client:
+        served = {int(u): client.recommend(int(u), k=10, request_time=end) for u in users}
+    assert {r.variant for r in served.values()} == {"control", "diverse"}  # 12 users: both variants
+    log = read_exposures(client_redis)
+    for user, recs in served.items():
+        assert recs.variant == EXPERIMENT.assign(user)
+        assert recs.propensities.dtype == np.float32 and len(recs.propensities) == 10
+        assert ((recs.propensities > 0) & (recs.propensities <= 1)).all()
+        entry = log[log["user_id"] == user].sort_values("position")
+        assert (entry["variant"] == recs.variant).all()
+        np.testing.assert_array_equal(entry["video_id"], recs.video_ids)
+        np.testing.assert_allclose(entry["propensity"], recs.propensities)
+    assert (log["pool"] > 0).sum() >= len(users)  # exploration slots filled from fresh candidates
+    assert (log["propensity"] < 1).any()
 
 
 def test_cold_start_user_gets_trending_videos(stack):
@@ -131,6 +156,7 @@ def test_redis_down_means_flagged_fallback_and_back_means_personal(stack, known_
         down = client.recommend(known_user, k=10, request_time=WHEN)
         assert down.fallback == 2
         assert len(down.video_ids) == 10
+        assert down.variant == EXPERIMENT.assign(known_user)  # the exposure log failed, the request did not
         redis_server.start()
         for _ in range(20):
             again = client.recommend(known_user, k=10, request_time=WHEN)

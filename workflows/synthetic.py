@@ -114,6 +114,57 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+@dataclass
+class Responses:
+    """What users did with the videos they were shown, one entry per impression."""
+
+    watch_fraction: np.ndarray
+    watch_time_s: np.ndarray  # float32
+    skipped: np.ndarray
+    completed: np.ndarray
+    liked: np.ndarray
+    shared: np.ndarray
+    commented: np.ndarray
+    followed_creator: np.ndarray
+    hidden: np.ndarray
+
+
+def respond(
+    taste: np.ndarray,
+    favourite: np.ndarray,
+    quality: np.ndarray,
+    position: np.ndarray,
+    duration: np.ndarray,
+    position_bias: float,
+    rng: np.random.Generator,
+) -> Responses:
+    """The ground-truth response model: per impression, the user's taste for the video's category
+    (a row of ``GroundTruth.taste_on_day``), whether its creator is a favourite, its latent quality, its
+    0-based feed position and its duration -> watch time and flags. The generator and the A/B simulator
+    both call this, so simulated experiments answer to the same world the models were trained on.
+    The order of the random draws is part of the contract (it keeps generated data stable by seed)."""
+    n = len(taste)
+    n_cat = len(CATEGORIES)
+    affinity = 2.0 * np.sqrt(taste * n_cat) - 2.0 + 1.2 * favourite + 0.5 * quality + rng.normal(0.0, 0.6, n)
+    engagement = affinity - position_bias * position
+    watch_fraction = _sigmoid(1.6 * engagement - 0.6 + rng.normal(0.0, 0.8, n))
+    replay = (watch_fraction > 0.9) & (rng.random(n) < 0.3)
+    watch_fraction = np.where(replay, 1.0 + rng.exponential(0.5, n), watch_fraction)
+    skipped = watch_fraction < 0.12
+    watched = ~skipped
+    return Responses(
+        watch_fraction=watch_fraction,
+        watch_time_s=(watch_fraction * duration).astype(np.float32),
+        skipped=skipped,
+        completed=watch_fraction >= 0.95,
+        liked=watched & (rng.random(n) < _sigmoid(1.3 * engagement - 3.3)),
+        shared=watched & (rng.random(n) < _sigmoid(engagement - 5.0)),
+        commented=watched & (rng.random(n) < _sigmoid(engagement - 5.3)),
+        followed_creator=watched & (rng.random(n) < _sigmoid(engagement + 1.5 * favourite - 6.5)),
+        hidden=skipped & (rng.random(n) < _sigmoid(-1.5 * affinity - 3.5)),
+    )
+
+
 class SyntheticReels:
     """Builds the world from a config, then yields one day of events at a time."""
 
@@ -311,31 +362,17 @@ class SyntheticReels:
             pick = lo + (rng.random(len(fav_rows)) * np.maximum(hi - lo, 1)).astype(np.int64)
             video[fav_rows[has]] = by_creator[pick[has]]
 
-        # Responses, all driven by affinity, feed position and noise.
+        # Responses, all driven by affinity, feed position and noise (the one response model, shared
+        # with the A/B simulator).
         vcat = self.video_category[video]
         vcreator = self.video_creator[video]
         favourite = (self.truth.favourite_creators[user] == vcreator[:, None]).any(axis=1)
-        affinity = (
-            2.0 * np.sqrt(taste[np.arange(n_events), vcat] * n_cat)
-            - 2.0
-            + 1.2 * favourite
-            + 0.5 * self.video_quality[video]
-            + rng.normal(0.0, 0.6, n_events)
-        )
-        engagement = affinity - cfg.position_bias * position
-        watch_fraction = _sigmoid(1.6 * engagement - 0.6 + rng.normal(0.0, 0.8, n_events))
-        replay = (watch_fraction > 0.9) & (rng.random(n_events) < 0.3)
-        watch_fraction = np.where(replay, 1.0 + rng.exponential(0.5, n_events), watch_fraction)
         duration = self.video_duration[video]
-        watch_time = (watch_fraction * duration).astype(np.float32)
-        skipped = watch_fraction < 0.12
-        completed = watch_fraction >= 0.95
-        watched = ~skipped
-        liked = watched & (rng.random(n_events) < _sigmoid(1.3 * engagement - 3.3))
-        shared = watched & (rng.random(n_events) < _sigmoid(engagement - 5.0))
-        commented = watched & (rng.random(n_events) < _sigmoid(engagement - 5.3))
-        followed = watched & (rng.random(n_events) < _sigmoid(engagement + 1.5 * favourite - 6.5))
-        hidden = skipped & (rng.random(n_events) < _sigmoid(-1.5 * affinity - 3.5))
+        r = respond(
+            taste[np.arange(n_events), vcat], favourite, self.video_quality[video], position, duration,
+            cfg.position_bias, rng,
+        )  # fmt: skip
+        watch_time = r.watch_time_s
 
         # Timestamps: events in a session follow each other by the time watched plus a swipe.
         step = watch_time.astype(np.float64) + 0.5 + rng.exponential(1.0, n_events)
@@ -357,13 +394,13 @@ class SyntheticReels:
                 "device": np.array(list(DEVICE_WEIGHTS))[session_device[session_of_event]],
                 "watch_time_s": watch_time,
                 "video_duration_s": duration,
-                "completed": completed,
-                "liked": liked,
-                "shared": shared,
-                "commented": commented,
-                "skipped": skipped,
-                "followed_creator": followed,
-                "hidden": hidden,
+                "completed": r.completed,
+                "liked": r.liked,
+                "shared": r.shared,
+                "commented": r.commented,
+                "skipped": r.skipped,
+                "followed_creator": r.followed_creator,
+                "hidden": r.hidden,
             }
         )
         frame = frame[keep]

@@ -1,4 +1,5 @@
-"""diversity_rerank: MMR, creator/category caps, exploration slots, explanations."""
+"""diversity_rerank: experiment variant, MMR, creator/category caps, epsilon-greedy exploration slots with
+propensities, explanations; logs each feed to the exposure stream."""
 
 import triton_python_backend_utils as pb_utils
 
@@ -7,7 +8,7 @@ from reels.models.triton_steps import DiversityRerankStep, Runtime
 
 INPUTS = (
     "ranked_ids", "ranking_scores", "candidate_task_predictions", "history_video_ids", "k",
-    "request_time_s", "ranking_fallback",
+    "request_time_s", "ranking_fallback", "user_id",
 )  # fmt: skip
 
 
