@@ -88,8 +88,8 @@ def promote(
     )
     add_release(repository, model_dir, redis, config, namespace=loaded.namespace, experiment=experiment)
     pin_ensemble(repository, version)
-    # The repository API over gRPC: a load takes minutes on 2 cores, and an HTTP probe client timed out
-    # once while the load request was held on Triton's HTTP front end (never with gRPC control).
+    # The repository API over gRPC: with the (minutes long) load request held on Triton's HTTP front
+    # end, one request of an HTTP client timed out in each of two runs here; none did with gRPC control.
     client = grpc.InferenceServerClient(triton_url)
     say(
         f"loading the ensemble pinned to version {version} (its steps load version {version} beside {previous})"

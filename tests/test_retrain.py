@@ -34,7 +34,7 @@ def test_retrain_gates_against_the_serving_version_and_marks_the_winner(
     shutil.copytree(tiny_models.directory, source / "models" / "1")  # the serving version
     mark_serving(source / "models", 1)
 
-    code = main([*_tiny_args(tmp_path), "retrain", "--source", "synthetic", "--no-promote"])
+    code = main([*_tiny_args(tmp_path), "retrain", "synthetic", "--no-promote"])
     out = capsys.readouterr().out
     assert code in (0, 3), out
     assert "LocalCluster" in out and "dashboard" in out
