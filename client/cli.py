@@ -699,6 +699,10 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                       "yes" if check["passed"] else "[red]no")  # fmt: skip
     console.print(table)
     console.print("timings: " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
+    if args.record:
+        from reels.deploy.retrain import record
+
+        console.print(f"recorded in {record(result, ' '.join(['reels', *sys.argv[1:]]))}")
     if not result.promoted:
         console.print(
             f"[yellow]version {result.candidate_dir.name} is worse than the serving one: not promoted"
@@ -921,6 +925,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-promote", action="store_true", help="mark the version serving but do not hot-swap it"
     )
+    p.add_argument("--record", action="store_true", help="append the gate table to docs/RETRAIN.md/.json")
     p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("promote", help="serve a trained version: hot-swap it into a running `reels serve`")

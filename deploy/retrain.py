@@ -129,3 +129,48 @@ def _json_default(value):
     if isinstance(value, np.generic):
         return value.item()
     return str(value)
+
+
+def record(result: RetrainResult, command: str, docs: Path = Path("docs")) -> Path:
+    """Append this retrain's gate to docs/RETRAIN.md (and its numbers to docs/RETRAIN.json)."""
+    from reels.client.bench.data import machine
+
+    gate = json.loads((result.candidate_dir / "manifest.json").read_text())["gate"]
+    entry = {
+        "date": time.strftime("%Y-%m-%d"), "machine": machine(), "command": command,
+        "cluster": {"kind": result.cluster.kind, "workers": result.cluster.workers},
+        "candidate_version": int(result.candidate_dir.name), "gate": gate,
+        "timings_s": {k: round(v, 1) for k, v in result.timings.items()},
+    }  # fmt: skip
+    docs.mkdir(exist_ok=True)
+    json_path = docs / "RETRAIN.json"
+    history = json.loads(json_path.read_text()) if json_path.exists() else []
+    json_path.write_text(json.dumps([*history, entry], indent=2, default=_json_default) + "\n")
+
+    def fmt(v) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
+    lines = [
+        f"### Retrain — {entry['date']}",
+        "",
+        f"Machine: {entry['machine']}. Command: `{command}`. Dask {result.cluster.kind} ({result.cluster.workers} "
+        f"workers). Candidate version {entry['candidate_version']} vs serving version {gate['serving_version']} "
+        f"on the window {gate['window']['test_start']} .. {gate['window']['end']} ({gate['candidate']['test_users']} "
+        f"users, {gate['candidate']['test_impressions']} impressions). Timings (s): {entry['timings_s']}.",
+        "",
+        "| metric | candidate | serving | threshold | passed |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, check in gate["checks"].items():
+        lines.append(f"| {name} | {fmt(check['candidate'])} | {fmt(check['serving'])} | {fmt(check['threshold'])} | "
+                     f"{'yes' if check['passed'] else 'no'} |")  # fmt: skip
+    other = sorted(set(gate["candidate"]) - set(gate["checks"]) - {"test_users", "test_impressions"})
+    serving = gate["serving"] or {}
+    lines += ["", "Other metrics, candidate / serving: "
+              + ", ".join(f"{k} {fmt(gate['candidate'][k])} / {fmt(serving.get(k))}" for k in other)
+              + f". Promoted: {'yes' if gate['passed'] else 'no'}."]  # fmt: skip
+    md_path = docs / "RETRAIN.md"
+    header = "# Retraining runs\n\nWritten by `reels retrain --record`: the promotion gate of each run (docs/SERVING.md).\n"
+    text = md_path.read_text() if md_path.exists() else header
+    md_path.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
+    return md_path

@@ -29,9 +29,11 @@ def serving_stack(
     progress: Callable[[str], None] | None = None,
     instances: int = 1,
     experiment: Experiment | None = None,
+    model_dir: Path | None = None,
 ) -> Iterator[tuple[RedisServer | None, TritonServer]]:
+    """``model_dir``: the version to serve (default: the one marked serving, else the latest)."""
     say = progress or (lambda _m: None)
-    model_dir = serving_model_dir(source_dir / "models")
+    model_dir = model_dir or serving_model_dir(source_dir / "models")
     # The features the served models were trained with (a retrain writes its own feature build).
     features = FeatureArtifacts(Path(check_manifest(model_dir)["features"]["path"]))
     password = server.redis_password or None

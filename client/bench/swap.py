@@ -142,13 +142,13 @@ class LoadDuringAction:
 
 def run(config, source: str, version: int | None, baseline_s: float, concurrency: int, console) -> dict:
     """Serve the serving version, measure a steady window, then promote ``version`` (default: the newest
-    trained one) under the same load, and compare. Leaves ``version`` marked serving."""
+    trained one) under the same load, and compare. The serving pointer is left as it was."""
     import redis as redis_lib
 
     from reels.client.bench.data import machine
     from reels.client.bench.serving import request_users, write_input_data
     from reels.deploy.promotion import promote
-    from reels.deploy.repository import latest_model_dir, mark_serving, serving_model_dir
+    from reels.deploy.repository import latest_model_dir, serving_model_dir
     from reels.deploy.stack import serving_stack
     from reels.feature_store.store import OnlineStore
     from reels.models.train import check_manifest
@@ -157,8 +157,15 @@ def run(config, source: str, version: int | None, baseline_s: float, concurrency
     models_root = source_dir / "models"
     serving = serving_model_dir(models_root)
     candidate = models_root / str(version) if version else latest_model_dir(models_root)
-    if candidate == serving:
-        raise ValueError(f"version {candidate.name} is already serving: train or retrain a new one first")
+    if candidate == serving:  # e.g. `reels retrain --no-promote` marked it: swap in from the one before
+        older = sorted(
+            int(p.name)
+            for p in models_root.glob("*")
+            if p.name.isdigit() and int(p.name) < int(candidate.name)
+        )
+        if not older:
+            raise ValueError(f"no version older than {candidate.name} to swap from: train another one first")
+        serving = models_root / str(older[-1])
     build = Path(config.server.build_dir) / f"bench-swap-{source}"
     users = request_users(Path(check_manifest(serving)["features"]["path"]), 1000)
     s = config.server
@@ -168,7 +175,9 @@ def run(config, source: str, version: int | None, baseline_s: float, concurrency
         "serving_version": int(serving.name), "promoted_version": int(candidate.name),
         "perf_analyzer_concurrency": concurrency,
     }  # fmt: skip
-    with serving_stack(source_dir, build, s, config.serving, console.print) as (redis_server, triton):
+    with serving_stack(
+        source_dir, build, s, config.serving, console.print, experiment=config.experiment, model_dir=serving
+    ) as (redis_server, triton):
         with tempfile.TemporaryDirectory() as tmp:
             input_data = Path(tmp) / "requests.json"
             write_input_data(input_data, users, 20)
@@ -187,7 +196,6 @@ def run(config, source: str, version: int | None, baseline_s: float, concurrency
                     triton.repository, candidate, triton.grpc_url, OnlineStore(client), redis, config.serving,
                     console.print,
                 )  # fmt: skip
-    mark_serving(models_root, int(candidate.name))
     report["steady"] = steady.report.summary()
     report["swap"] = swap.report.summary()
     report["promotion_s"] = {
