@@ -9,6 +9,7 @@ Keys (``{ns}`` is a load's namespace, e.g. ``v3``; ``{prefix}`` defaults to ``re
     {prefix}:{ns}:seen:{raw_user_id}   STRING  packed int64 raw video ids the user has already been shown
                                                (the newest 500 at load; streamed events append, and the
                                                list is trimmed back to 500 once it reaches 1,000)
+    {prefix}:hidden_creators:{raw_user_id}  SET  raw creator ids the user hid (any namespace)
 
 Records are fixed-layout little-endian numpy structured records (``dtype.tobytes()``), so one ``MGET``
 of a user and 500 videos decodes with a single ``np.frombuffer`` per kind: no per-field parsing. Field
@@ -67,6 +68,10 @@ class Keys:
 
     def seen(self, ns: str, raw_user_id: int) -> str:
         return f"{self.prefix}:{ns}:seen:{raw_user_id}"
+
+    def hidden_creators(self, raw_user_id: int) -> str:
+        """Creators the user hid: raw ids, so it outlives namespace swaps (a SET, not per namespace)."""
+        return f"{self.prefix}:hidden_creators:{raw_user_id}"
 
     def namespace_pattern(self, ns: str) -> str:
         return f"{self.prefix}:{ns}:*"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -59,6 +59,7 @@ class QueryFeatures:
     seen: np.ndarray  # raw video ids to exclude
     fallback: Fallback
     request_time_s: int
+    hidden_creators: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))  # raw ids
 
 
 class FeatureTransform:
@@ -71,8 +72,10 @@ class FeatureTransform:
         context = self.encoder.context([request.device], [request.request_time_s])
         if request.hour is not None:
             context["hour"] = self.encoder.vocabularies["hour"].encode([request.hour])
+        hidden = np.array([], dtype=np.int64)
         try:
-            user, seen = self.store.read_user(int(request.user_id))
+            rows = self.store.read(int(request.user_id), np.array([], dtype=np.int64))
+            user, seen, hidden = rows.user, rows.seen, rows.hidden_creators
             fallback = Fallback.NONE if user is not None else Fallback.COLD_START
         except FeatureStoreUnavailable:
             user, seen, fallback = None, np.array([], dtype=np.int64), Fallback.STORE_UNAVAILABLE
@@ -87,4 +90,4 @@ class FeatureTransform:
             for name in USER_CONTINUOUS:
                 features[name] = np.zeros(1, dtype=np.float32)
             features[HISTORY] = np.zeros((1, self.history_length), dtype=np.int64)
-        return QueryFeatures(features, seen, fallback, int(request.request_time_s))
+        return QueryFeatures(features, seen, fallback, int(request.request_time_s), hidden)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -49,12 +49,14 @@ class LoadReport:
 @dataclass
 class OnlineRows:
     """One request's features: ``user`` is None for unknown users; ``videos`` holds only known videos
-    (``video_ids`` are their raw ids, in request order); ``seen`` the raw ids already shown."""
+    (``video_ids`` are their raw ids, in request order); ``seen`` the raw ids already shown;
+    ``hidden_creators`` the raw creator ids the user hid."""
 
     user: np.void | None
     video_ids: np.ndarray
     videos: np.ndarray
     seen: np.ndarray
+    hidden_creators: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))
 
 
 def connect(
@@ -255,12 +257,14 @@ class OnlineStore:
             pipe = self.client.pipeline(transaction=False)
             pipe.mget(keys)
             pipe.get(self.keys.seen(ns, raw_user_id))
-            values, seen_blob = pipe.execute()
+            pipe.smembers(self.keys.hidden_creators(raw_user_id))
+            values, seen_blob, hidden = pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise FeatureStoreUnavailable(f"Redis unreachable: {exc}") from exc
         user = np.frombuffer(values[0], dtype=self._user_dtype)[0] if values[0] is not None else None
         seen = np.frombuffer(seen_blob, dtype=SEEN_DTYPE) if seen_blob else np.array([], dtype=SEEN_DTYPE)
-        return OnlineRows(user, *_known_videos(raw_video_ids, values[1:]), seen)
+        hidden_creators = np.array(sorted(int(c) for c in hidden), dtype=np.int64)
+        return OnlineRows(user, *_known_videos(raw_video_ids, values[1:]), seen, hidden_creators)
 
     def read_videos(self, raw_video_ids: np.ndarray) -> OnlineRows:
         """Known videos among ``raw_video_ids`` (one MGET); ``user`` and ``seen`` are left empty."""
@@ -275,3 +279,6 @@ class OnlineStore:
     def read_user(self, raw_user_id: int) -> tuple[np.void | None, np.ndarray]:
         rows = self.read(raw_user_id, np.array([], dtype=np.int64))
         return rows.user, rows.seen
+
+    def hidden_creators(self, raw_user_id: int) -> np.ndarray:
+        return self.read(raw_user_id, np.array([], dtype=np.int64)).hidden_creators

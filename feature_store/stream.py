@@ -39,6 +39,7 @@ from reels.workflows.schema import EVENTS
 from reels.workflows.validate import ValidationError, validate
 
 GROUP = "ingest"
+HIDE_CREATOR = "hide_creator"  # stream field of a hide-creator message (interaction events use "event")
 
 # One call applies a whole batch: ARGV = ttl, history offset, history bytes, seen-list bytes, prefix,
 # namespace, and the packed batch (BATCH_RECORD per event). Per event, atomically: set the dedupe marker
@@ -107,6 +108,12 @@ class EventProducer:
         for event in events:
             pipe.xadd(self.stream, {"event": _event_json(event)}, maxlen=self.maxlen, approximate=True)
         return pipe.execute()
+
+    def hide_creator(self, user_id: int, creator_id: int) -> bytes:
+        """ "Don't show me this creator": not an impression, so not an event of the offline schema; a
+        message of its own on the same stream, applied as a SADD (idempotent, so re-delivery is harmless)."""
+        body = json.dumps({"user_id": int(user_id), "creator_id": int(creator_id), "timestamp": time.time()})
+        return self.client.xadd(self.stream, {HIDE_CREATOR: body}, maxlen=self.maxlen, approximate=True)
 
 
 @dataclass
@@ -185,6 +192,10 @@ class IngestWorker:
 
     def process(self, messages: list, stats: IngestStats) -> None:
         stats.read += len(messages)
+        hides = [(i, f) for i, f in messages if HIDE_CREATOR.encode() in f]
+        if hides:
+            self._hide_creators(hides, stats)
+            messages = [(i, f) for i, f in messages if HIDE_CREATOR.encode() not in f]
         good, good_ids = self.validated(messages, stats)
         if len(good):
             applied = np.array(self.apply(good), dtype=bool)
@@ -194,6 +205,27 @@ class IngestWorker:
                 self._append_offline(good)
             # Acknowledged only once Redis (and the offline store) have them.
             self.client.xack(self.stream, GROUP, *good_ids)
+
+    def _hide_creators(self, messages: list, stats: IngestStats) -> None:
+        """Add each hidden creator to the user's set (read by the next request's feature transform)."""
+        pipe = self.client.pipeline(transaction=False)
+        done = []
+        for message_id, fields in messages:
+            raw = fields[HIDE_CREATOR.encode()]
+            try:
+                body = json.loads(raw)
+                user, creator = int(body["user_id"]), int(body["creator_id"])
+                if user < 0 or creator < 0:
+                    raise ValueError("user_id and creator_id must be non-negative")
+            except (ValueError, KeyError, TypeError) as exc:
+                self._dead(message_id, raw, f"bad hide_creator message: {exc}", stats)
+                continue
+            pipe.sadd(self.store.keys.hidden_creators(user), creator)
+            done.append(message_id)
+        if done:
+            pipe.execute()
+            self.client.xack(self.stream, GROUP, *done)
+            stats.applied += len(done)
 
     def _append_offline(self, events: pd.DataFrame) -> None:
         """Append events not yet in the offline store. An event applied to Redis by a worker that died

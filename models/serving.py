@@ -254,7 +254,14 @@ class DiversityRerank:
         fallback: Fallback,
         *,
         user_id: int,
+        hidden_creators: np.ndarray | None = None,
     ) -> Recommendation:
+        """``hidden_creators``: raw creator ids the user hid; their videos are never returned."""
+        if hidden_creators is not None and len(hidden_creators):
+            rows = self.catalog.rows(candidates)
+            creator = np.where(np.isnan(rows), -1, self.catalog.creator[np.nan_to_num(rows).astype(np.int64)])
+            keep = ~np.isin(creator, hidden_creators)
+            candidates, scores, tasks = candidates[keep], scores[keep], tasks[keep]
         variant = self.variant(user_id)
         rng = np.random.default_rng(seed_of(self.seed_salt, int(user_id), int(request_time_s)))
         rec = self._rerank(
@@ -433,5 +440,5 @@ class InProcessPipeline:
         ids, scores, tasks, fallback = self.ranking(query, candidates, retrieval_scores)
         return self.rerank(
             ids, scores, tasks, query.features[HISTORY][0], request.k, query.request_time_s, fallback,
-            user_id=request.user_id,
+            user_id=request.user_id, hidden_creators=query.hidden_creators,
         )  # fmt: skip

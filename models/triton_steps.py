@@ -15,6 +15,7 @@ query_categorical   INT64 [7]               QUERY_CATEGORICAL ids (user fields +
 query_continuous    FP32 [4]                USER_CONTINUOUS values
 history_video_ids   INT64 [L]               encoded ids of the last viewed videos, 0-padded
 seen_video_ids      INT64 [-1]              raw ids to exclude
+hidden_creator_ids  INT64 [-1]              raw creator ids the user hid (their videos are dropped)
 fallback            INT32 [1]               0 none, 1 cold start (trending), 2 feature store unavailable
 request_time_s      INT64 [1]               the request time actually used
 candidate_ids       INT64 [-1]              retrieved raw ids;   retrieval_scores FP32 [-1]
@@ -57,6 +58,7 @@ def pack(query: QueryFeatures) -> dict[str, np.ndarray]:
         "query_continuous": np.concatenate([f[n].reshape(1) for n in USER_CONTINUOUS]).astype(np.float32),
         "history_video_ids": f[HISTORY].reshape(-1).astype(np.int64),
         "seen_video_ids": query.seen.astype(np.int64),
+        "hidden_creator_ids": query.hidden_creators.astype(np.int64),
         "fallback": np.array([int(query.fallback)], dtype=np.int32),
         "request_time_s": np.array([query.request_time_s], dtype=np.int64),
     }
@@ -67,7 +69,8 @@ def unpack(t: dict[str, np.ndarray]) -> QueryFeatures:
     features.update({n: t["query_continuous"][i : i + 1] for i, n in enumerate(USER_CONTINUOUS)})
     features[HISTORY] = t["history_video_ids"].reshape(1, -1)
     seen = t.get("seen_video_ids", np.array([], dtype=np.int64))
-    return QueryFeatures(features, seen, Fallback(int(t["fallback"][0])), int(t["request_time_s"][0]))
+    hidden = t.get("hidden_creator_ids", np.array([], dtype=np.int64))
+    return QueryFeatures(features, seen, Fallback(int(t["fallback"][0])), int(t["request_time_s"][0]), hidden)
 
 
 def release_spec(repository: Path, version: int) -> Path:
@@ -196,6 +199,7 @@ class DiversityRerankStep:
             tensors["ranked_ids"], tensors["ranking_scores"], tensors["candidate_task_predictions"].reshape(-1, 4),
             tensors["history_video_ids"], k, int(tensors["request_time_s"][0]),
             Fallback(int(tensors["ranking_fallback"][0])), user_id=int(tensors["user_id"].reshape(-1)[0]),
+            hidden_creators=tensors["hidden_creator_ids"].reshape(-1),
         )  # fmt: skip
         return {
             "video_ids": out.video_ids.astype(np.int64),

@@ -148,6 +148,25 @@ def test_wrong_dtype_and_shape_are_rejected(stack, known_user):
         assert ok.recommend(known_user, k=3, request_time=WHEN).fallback == 0
 
 
+def test_hidden_creator_disappears_from_the_next_feed(stack, known_user, tiny_store, tiny_features):
+    from reels.feature_store.stream import EventProducer, IngestWorker
+    from reels.feature_store.transform import Vocabulary
+
+    creators = tiny_store.read_table("videos").set_index("video_id")["creator_id"]
+    with ReelsClient(stack["triton"].http_url) as client:
+        before = client.recommend(known_user, k=20, request_time=WHEN)
+        hidden = int(creators.loc[before.video_ids[0]])
+        online = OnlineStore(stack["redis"].client())
+        EventProducer(online.client).hide_creator(known_user, hidden)
+        IngestWorker(online, Vocabulary(tiny_features.workflow_dir, "video_id"), 5, consumer="t").run(
+            idle_exit=True
+        )
+        after = client.recommend(known_user, k=20, request_time=WHEN)
+    assert hidden not in set(creators.loc[after.video_ids])
+    assert len(after.video_ids) == 20
+    online.client.delete(online.keys.hidden_creators(known_user))
+
+
 def test_redis_down_means_flagged_fallback_and_back_means_personal(stack, known_user):
     redis_server = stack["redis"]
     redis_server.client().save()  # the restart below reloads this snapshot

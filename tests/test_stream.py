@@ -132,3 +132,18 @@ def test_applied_events_reach_the_offline_store_once(online, tiny_features, tiny
     )
     written = offline.read_events().compute()
     assert sorted(written["event_id"]) == sorted(e["event_id"] for e in batch)
+
+
+def test_hide_creator_messages_are_applied_and_bad_ones_dead_lettered(online, tiny_features, tiny_store):
+    producer = EventProducer(online.client)
+    user = int(tiny_store.read_events().compute()["user_id"].iloc[0])
+    producer.hide_creator(user, 17)
+    producer.hide_creator(user, 17)  # a repeat (or a re-delivery) changes nothing
+    producer.client.xadd(producer.stream, {"hide_creator": '{"user_id": -1, "creator_id": 3}'})
+    stats = worker(online, tiny_features, "hider").run(idle_exit=True)
+    assert list(online.hidden_creators(user)) == [17]
+    assert stats.dead_lettered == 1 and "non-negative" in stats.reasons[0]
+    assert online.client.xpending(producer.stream, "ingest")["pending"] == 0
+    # Namespace-independent: a reload of the features keeps what the user hid.
+    online.load(tiny_features)
+    assert list(online.hidden_creators(user)) == [17]

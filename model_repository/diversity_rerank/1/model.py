@@ -8,7 +8,7 @@ from reels.models.triton_steps import DiversityRerankStep, Runtime
 
 INPUTS = (
     "ranked_ids", "ranking_scores", "candidate_task_predictions", "history_video_ids", "k",
-    "request_time_s", "ranking_fallback", "user_id",
+    "request_time_s", "ranking_fallback", "user_id", "hidden_creator_ids",
 )  # fmt: skip
 
 
