@@ -327,6 +327,23 @@ def _online_store(config):
     return OnlineStore(connect(s.redis_host, s.redis_port, s.redis_password or None, timeout_s=2.0))
 
 
+def cmd_load(args: argparse.Namespace) -> int:
+    """The serving version's features into the configured Redis (a new namespace, then the swap)."""
+    from reels.deploy.repository import serving_model_dir
+    from reels.models.train import check_manifest
+    from reels.workflows.pipeline import FeatureArtifacts
+
+    config = _config(args)
+    model_dir = serving_model_dir(config.source_dir(args.source) / "models")
+    features = FeatureArtifacts(Path(check_manifest(model_dir)["features"]["path"]))
+    report = _online_store(config).load(features)
+    print(
+        f"loaded {report.users:,} users, {report.videos:,} videos, {report.seen_lists:,} seen lists of version "
+        f"{model_dir.name} into namespace {report.namespace} ({report.keys_per_s:,.0f} keys/s)"
+    )
+    return 0
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     import json as _json
 
@@ -856,6 +873,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=0, help="stop after this long (default: run forever)")
     p.add_argument("--drain", action="store_true", help="stop once the stream has nothing new")
     p.add_argument(
+        "--no-offline", action="store_true", help="do not append applied events to the offline store"
+    )
+    p.add_argument(
         "--claim-idle-ms", type=int, default=10_000, help="claim messages a dead worker left pending"
     )
     p.set_defaults(func=cmd_ingest)
@@ -909,6 +929,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source(p, default="movielens")
     p.add_argument("--record", action="store_true", help="append the table to docs/TUNING.md")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("load", help="load the serving version's features into the configured Redis")
+    _add_source(p)
+    p.set_defaults(func=cmd_load)
 
     p = sub.add_parser(
         "retrain",
@@ -988,6 +1012,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from reels.client.config import ConfigError
+    from reels.feature_store.store import FeatureStoreError
     from reels.workflows.device import DeviceUnavailable
     from reels.workflows.validate import ValidationError
 
@@ -998,6 +1023,7 @@ def main(argv: list[str] | None = None) -> int:
         ConfigError,
         ValidationError,
         DeviceUnavailable,
+        FeatureStoreError,
         FileExistsError,
         FileNotFoundError,
         ValueError,
