@@ -24,6 +24,7 @@ from reels.deploy.repository import serving_model_dir
 from reels.models.config import RetrainConfig
 from reels.models.gate import GateConfig, GateDecision, decide, score_version
 from reels.models.train import check_manifest, train
+from reels.workflows.device import resolve_device
 from reels.workflows.offline_store import OfflineStore
 from reels.workflows.pipeline import FeatureArtifacts, build_features
 
@@ -66,7 +67,7 @@ def retrain(
     except FileNotFoundError:
         serving_dir = None
     valid_days, test_days = config.split_days(source)
-    device = "gpu" if config.device == "gpu" else "cpu"
+    device = resolve_device(config.device)  # auto: the GPU path (LocalCUDACluster, cudf) where one exists
     stamp = time.strftime("%Y%m%dT%H%M%S")
     work = source_dir / "retrain"
     timings: dict[str, float] = {}
@@ -79,7 +80,7 @@ def retrain(
         t0 = time.perf_counter()
         features = build_features(
             store, work / f"features-{stamp}", config.features, valid_days=valid_days, test_days=test_days,
-            device=config.device, progress=say,
+            device=device, progress=say,
         )  # fmt: skip
         timings["features_s"] = time.perf_counter() - t0
         serving_window = None
@@ -88,7 +89,7 @@ def retrain(
             say(f"encoding the same windows with the workflow of serving version {serving_dir.name}")
             serving_features = FeatureArtifacts(Path(check_manifest(serving_dir)["features"]["path"]))
             serving_window = _gate_window(
-                store, serving_features, work / f"gate-{stamp}", valid_days, test_days, config.device, say
+                store, serving_features, work / f"gate-{stamp}", valid_days, test_days, device, say
             )
             timings["gate_features_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()

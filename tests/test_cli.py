@@ -61,3 +61,19 @@ def test_list_and_mapping_overrides(capsys):
     )
     out = capsys.readouterr().out
     assert "- 32" in out and "view: 1.0" in out
+
+
+def test_every_flag_a_command_reads_is_parsed():
+    from reels.client.cli import build_parser
+
+    args = build_parser().parse_args(["ingest", "synthetic", "--no-offline", "--drain"])
+    assert args.no_offline and args.drain
+    args = build_parser().parse_args(
+        ["retrain", "movielens", "--scheduler", "tcp://h:8786", "--if-drift", "--record"]
+    )
+    assert (args.source, args.scheduler, args.if_drift, args.no_promote) == (
+        "movielens",
+        "tcp://h:8786",
+        True,
+        False,
+    )

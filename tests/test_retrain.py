@@ -66,3 +66,25 @@ def test_gate_decision_rules():
     assert decide({"recall@20": 0.0, "auc_view": 0.5}, None, config).passed  # nothing serving yet
     with pytest.raises(KeyError, match="ndcg@5"):
         decide({"recall@20": 0.2}, serving, GateConfig(metrics=("ndcg@5",)))
+
+
+@pytest.mark.gpu
+def test_gpu_retrain_cluster_is_a_local_cuda_cluster_computing_on_the_gpu():
+    from reels.workflows.device import gpu_available
+
+    if not gpu_available():
+        pytest.skip("no NVIDIA GPU with the GPU stack (cudf, dask-cuda) here: the GPU cluster path cannot run")
+    import dask
+    import distributed
+
+    from reels.deploy.dask_cluster import dask_cluster
+
+    def on_gpu() -> float:
+        import cupy
+
+        return float(cupy.arange(1000, dtype=cupy.float32).sum())
+
+    with dask_cluster(device="gpu", dashboard_address=":0") as info:
+        assert info.kind == "LocalCUDACluster" and info.workers >= 1
+        assert distributed.get_client().submit(on_gpu).result(timeout=60) == 499500.0
+        assert dask.compute(dask.delayed(on_gpu)())[0] == 499500.0

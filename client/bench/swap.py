@@ -215,7 +215,7 @@ def table(report: dict) -> str:
         f"Redis namespace {report['promotion_s']['features_load']:.1f} s, Triton loading the release "
         f"{report['promotion_s']['models_load']:.1f} s).",
         "",
-        "| window | perf_analyzer runs (failed) | perf_analyzer requests | worst run p99 ms | probe requests (failed) | probe p50 ms | probe p99 ms | probe max ms |",
+        "| window | perf_analyzer runs (failed) | perf_analyzer requests (measured windows) | worst run p99 ms | probe requests (failed) | probe p50 ms | probe p99 ms | probe max ms |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in (("steady", steady), ("during swap", swap)):
