@@ -12,7 +12,6 @@ means, the unit that was randomised), and inverse-propensity estimates for the e
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -21,6 +20,7 @@ import redis
 from scipy import stats
 
 from reels.feature_store.serving import Request
+from reels.models.experiment import read_stream_json
 from reels.models.serving import InProcessPipeline
 from reels.workflows.synthetic import CREATOR_ID_BASE, USER_ID_BASE, VIDEO_ID_BASE, GroundTruth, respond
 
@@ -94,13 +94,7 @@ def simulate(
                         "device": device,
                         "watch_time_s": r.watch_time_s,
                         "video_duration_s": duration,
-                        "completed": r.completed,
-                        "liked": r.liked,
-                        "shared": r.shared,
-                        "commented": r.commented,
-                        "skipped": r.skipped,
-                        "followed_creator": r.followed_creator,
-                        "hidden": r.hidden,
+                        **r.flags(),
                     }
                 )
             )
@@ -112,16 +106,7 @@ def simulate(
 
 def read_events(client: redis.Redis, prefix: str = "reels", chunk: int = 5_000) -> pd.DataFrame:
     """The event stream (``{prefix}:events``, field ``event`` = JSON) as a frame."""
-    stream, last, rows = f"{prefix}:events", "-", []
-    while True:
-        entries = client.xrange(stream, min=last, max="+", count=chunk)
-        if last != "-":
-            entries = entries[1:]  # XRANGE's min is inclusive
-        if not entries:
-            break
-        rows.extend(json.loads(f[b"event"]) for _, f in entries)
-        last = entries[-1][0].decode()
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(read_stream_json(client, f"{prefix}:events", "event", chunk))
     if len(frame):
         frame["timestamp"] = pd.to_datetime(frame["timestamp"])
     return frame

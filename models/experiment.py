@@ -179,16 +179,20 @@ def _without_retries(client: redis.Redis) -> redis.Redis:
 def read_exposures(client: redis.Redis, prefix: str = "reels", chunk: int = 5_000) -> pd.DataFrame:
     """The exposure stream as one row per served item (request_id, user_id, request time, variant,
     position, video_id, propensity, explored, greedy, pool, fallback)."""
-    stream, last, rows = f"{prefix}:{EXPOSURES}", "-", []
+    return explode_exposures(read_stream_json(client, f"{prefix}:{EXPOSURES}", "exposure", chunk))
+
+
+def read_stream_json(client: redis.Redis, stream: str, field: str, chunk: int = 5_000) -> list[dict]:
+    """Every entry of ``stream`` (oldest first), its JSON ``field`` decoded, read ``chunk`` at a time."""
+    last, rows = "-", []
     while True:
         entries = client.xrange(stream, min=last, max="+", count=chunk)
         if last != "-":
             entries = entries[1:]  # XRANGE's min is inclusive
         if not entries:
-            break
-        rows.extend(json.loads(fields_[b"exposure"]) for _, fields_ in entries)
+            return rows
+        rows.extend(json.loads(fields_[field.encode()]) for _, fields_ in entries)
         last = entries[-1][0].decode()
-    return explode_exposures(rows)
 
 
 def explode_exposures(entries: list[dict]) -> pd.DataFrame:

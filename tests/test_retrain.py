@@ -73,7 +73,9 @@ def test_gpu_retrain_cluster_is_a_local_cuda_cluster_computing_on_the_gpu():
     from reels.workflows.device import gpu_available
 
     if not gpu_available():
-        pytest.skip("no NVIDIA GPU with the GPU stack (cudf, dask-cuda) here: the GPU cluster path cannot run")
+        pytest.skip(
+            "no NVIDIA GPU with the GPU stack (cudf, dask-cuda) here: the GPU cluster path cannot run"
+        )
     import dask
     import distributed
 

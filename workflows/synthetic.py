@@ -128,6 +128,11 @@ class Responses:
     followed_creator: np.ndarray
     hidden: np.ndarray
 
+    def flags(self) -> dict[str, np.ndarray]:
+        """The event schema's label flags, by column name."""
+        return {name: getattr(self, name) for name in
+                ("completed", "liked", "shared", "commented", "skipped", "followed_creator", "hidden")}  # fmt: skip
+
 
 def respond(
     taste: np.ndarray,
@@ -394,13 +399,7 @@ class SyntheticReels:
                 "device": np.array(list(DEVICE_WEIGHTS))[session_device[session_of_event]],
                 "watch_time_s": watch_time,
                 "video_duration_s": duration,
-                "completed": r.completed,
-                "liked": r.liked,
-                "shared": r.shared,
-                "commented": r.commented,
-                "skipped": r.skipped,
-                "followed_creator": r.followed_creator,
-                "hidden": r.hidden,
+                **r.flags(),
             }
         )
         frame = frame[keep]
