@@ -154,8 +154,8 @@ def record(result: RetrainResult, command: str, docs: Path = Path("docs")) -> Pa
     lines = [
         f"### Retrain — {entry['date']}",
         "",
-        f"Machine: {entry['machine']}. Command: `{command}`. Dask {result.cluster.kind} ({result.cluster.workers} "
-        f"workers). Candidate version {entry['candidate_version']} vs serving version {gate['serving_version']} "
+        f"Machine: {entry['machine']}. Command: `{command}`. Dask {result.cluster.kind} ({result.cluster.workers} worker(s)"
+        f"). Candidate version {entry['candidate_version']} vs serving version {gate['serving_version']} "
         f"on the window {gate['window']['test_start']} .. {gate['window']['end']} ({gate['candidate']['test_users']} "
         f"users, {gate['candidate']['test_impressions']} impressions). Timings (s): {entry['timings_s']}.",
         "",
