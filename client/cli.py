@@ -330,12 +330,11 @@ def _online_store(config):
 def cmd_load(args: argparse.Namespace) -> int:
     """The serving version's features into the configured Redis (a new namespace, then the swap)."""
     from reels.deploy.repository import serving_model_dir
-    from reels.models.train import check_manifest
-    from reels.workflows.pipeline import FeatureArtifacts
+    from reels.models.train import trained_features
 
     config = _config(args)
     model_dir = serving_model_dir(config.source_dir(args.source) / "models")
-    features = FeatureArtifacts(Path(check_manifest(model_dir)["features"]["path"]))
+    features = trained_features(model_dir)
     report = _online_store(config).load(features)
     print(
         f"loaded {report.users:,} users, {report.videos:,} videos, {report.seen_lists:,} seen lists of version "
@@ -677,17 +676,10 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         import pandas as pd
 
         from reels.deploy.repository import serving_model_dir
-        from reels.models.train import check_manifest
+        from reels.models.train import trained_features
         from reels.workflows.drift import drift_table
-        from reels.workflows.pipeline import FeatureArtifacts
 
-        served = FeatureArtifacts(
-            Path(
-                check_manifest(serving_model_dir(config.source_dir(args.source) / "models"))["features"][
-                    "path"
-                ]
-            )
-        )
+        served = trained_features(serving_model_dir(config.source_dir(args.source) / "models"))
         recent = pd.concat([served.read_split("valid"), served.read_split("test")], ignore_index=True)
         table = drift_table(served.read_split("train"), recent)
         worst = table.iloc[0]

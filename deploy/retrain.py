@@ -23,10 +23,10 @@ from reels.deploy.dask_cluster import ClusterInfo, dask_cluster
 from reels.deploy.repository import serving_model_dir
 from reels.models.config import RetrainConfig
 from reels.models.gate import GateConfig, GateDecision, decide, score_version
-from reels.models.train import check_manifest, train
+from reels.models.train import train, trained_features
 from reels.workflows.device import resolve_device
 from reels.workflows.offline_store import OfflineStore
-from reels.workflows.pipeline import FeatureArtifacts, build_features
+from reels.workflows.pipeline import build_features
 
 
 @dataclass
@@ -37,15 +37,6 @@ class RetrainResult:
     decision: GateDecision
     promoted: bool
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def _gate_window(store: OfflineStore, serving: FeatureArtifacts, out: Path, valid_days: int, test_days: int,
-                 device: str, say) -> FeatureArtifacts:  # fmt: skip
-    """The candidate's windows encoded with the serving version's own fitted workflow."""
-    return build_features(
-        store, out, serving.manifest_config(), valid_days=valid_days, test_days=test_days, device=device,
-        progress=say, fitted=serving,
-    )  # fmt: skip
 
 
 def retrain(
@@ -63,9 +54,9 @@ def retrain(
         raise FileNotFoundError(f"no events in {store.root}: run `reels data {source}` first")
     try:
         serving_dir: Path | None = serving_model_dir(models_root)
-        check_manifest(serving_dir)
+        serving_features = trained_features(serving_dir)
     except FileNotFoundError:
-        serving_dir = None
+        serving_dir = serving_features = None
     valid_days, test_days = config.split_days(source)
     device = resolve_device(config.device)  # auto: the GPU path (LocalCUDACluster, cudf) where one exists
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -87,10 +78,11 @@ def retrain(
         if serving_dir is not None:
             t0 = time.perf_counter()
             say(f"encoding the same windows with the workflow of serving version {serving_dir.name}")
-            serving_features = FeatureArtifacts(Path(check_manifest(serving_dir)["features"]["path"]))
-            serving_window = _gate_window(
-                store, serving_features, work / f"gate-{stamp}", valid_days, test_days, device, say
-            )
+            # The candidate's windows, encoded with the serving version's own fitted workflow.
+            serving_window = build_features(
+                store, work / f"gate-{stamp}", serving_features.manifest_config(), valid_days=valid_days,
+                test_days=test_days, device=device, progress=say, fitted=serving_features,
+            )  # fmt: skip
             timings["gate_features_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     trained = train(

@@ -16,8 +16,7 @@ from reels.deploy.triton_server import TritonServer
 from reels.feature_store.store import OnlineStore
 from reels.models.experiment import Experiment
 from reels.models.serving import ServingConfig
-from reels.models.train import check_manifest
-from reels.workflows.pipeline import FeatureArtifacts
+from reels.models.train import trained_features
 
 
 @contextmanager
@@ -35,7 +34,7 @@ def serving_stack(
     say = progress or (lambda _m: None)
     model_dir = model_dir or serving_model_dir(source_dir / "models")
     # The features the served models were trained with (a retrain writes its own feature build).
-    features = FeatureArtifacts(Path(check_manifest(model_dir)["features"]["path"]))
+    features = trained_features(model_dir)
     password = server.redis_password or None
     started_redis = None
     probe = redis.Redis(host=server.redis_host, port=server.redis_port, password=password, socket_timeout=0.5)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from reels.models import baselines, metrics
-from reels.models.evaluate import build_queries
+from reels.models.evaluate import build_queries, catalog_positions
 from reels.models.inputs import QUERY_FEATURES, RANKER_FEATURES
 from reels.models.ranker import BINARY_TASKS
 from reels.models.two_tower import query_inputs
@@ -62,13 +62,13 @@ def score_version(model_dir: Path, window: FeatureArtifacts, catalog_ids: np.nda
     if not len(queries.frame):
         raise ValueError("no users with new viewed videos in the latest window: nothing to gate on")
     items = pd.read_parquet(model_dir / "item_embeddings.parquet")
-    position = pd.Series(np.arange(len(catalog_ids)), index=catalog_ids)
-    position = position[~position.index.duplicated()]
+    position = catalog_positions(catalog_ids)
     known = items["raw_video_id"].isin(position.index).to_numpy()
+    rows = position[items.loc[known, "raw_video_id"]].to_numpy()  # this version's videos in the catalog
     matrix = np.zeros((len(catalog_ids), len(items["embedding"].iloc[0])), dtype=np.float32)
-    matrix[position[items.loc[known, "raw_video_id"]].to_numpy()] = np.stack(items.loc[known, "embedding"])
+    matrix[rows] = np.stack(items.loc[known, "embedding"])
     unknown = np.ones(len(catalog_ids), dtype=bool)
-    unknown[position[items.loc[known, "raw_video_id"]].to_numpy()] = False
+    unknown[rows] = False
 
     tower = QueryTower(model_dir / "query_tower")
     query = np.concatenate(_batched(tower, queries.frame, QUERY_FEATURES)).astype(np.float32)

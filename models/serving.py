@@ -28,7 +28,7 @@ from reels.models.experiment import DEFAULT_VARIANT, Experiment, Exposure, Expos
 from reels.models.index import load_index
 from reels.models.inputs import ITEM_FEATURES, QUERY_FEATURES, RANKER_FEATURES
 from reels.models.ranker import ExportedRanker
-from reels.models.train import check_manifest
+from reels.models.train import trained_features
 from reels.models.two_tower import QueryTower
 from reels.workflows.features import HISTORY
 from reels.workflows.offline_store import OfflineStore
@@ -435,8 +435,7 @@ class InProcessPipeline:
         experiment: Experiment | None = None,
     ):
         model_dir = Path(model_dir)
-        manifest = check_manifest(model_dir)
-        features = FeatureArtifacts(Path(manifest["features"]["path"]))
+        features = trained_features(model_dir)
         self.config = config or ServingConfig()
         encoder = RequestEncoder(features.workflow_dir)
         history_length = features.manifest()["feature_config"]["history_length"]

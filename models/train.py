@@ -188,3 +188,8 @@ def check_manifest(directory: Path) -> dict:
             f"{manifest['features']['workflow_hash']}): retrain or restore the features"
         )
     return manifest
+
+
+def trained_features(directory: Path) -> FeatureArtifacts:
+    """The feature build a model version was trained on (checked: its workflow is unchanged)."""
+    return FeatureArtifacts(Path(check_manifest(directory)["features"]["path"]))

@@ -10,6 +10,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 warnings.filterwarnings("ignore", message=".*NVTabular Dataset in CPU mode.*")
 
+from reels.deploy.redis_server import RedisServer, free_port  # noqa: E402
+from reels.feature_store.store import OnlineStore  # noqa: E402
 from reels.models.config import IndexConfig, RankerConfig, TwoTowerConfig  # noqa: E402
 from reels.models.train import train  # noqa: E402
 from reels.workflows.features import FeatureConfig  # noqa: E402
@@ -52,3 +54,20 @@ def tiny_features(tiny_store, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_models(tiny_features, tmp_path_factory):
     return train(tiny_features, tmp_path_factory.mktemp("models"), TINY_TWO_TOWER, TINY_RANKER, IndexConfig())
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """A real redis-server for the test module."""
+    with RedisServer(tmp_path_factory.mktemp("redis"), port=free_port()) as srv:
+        yield srv
+
+
+@pytest.fixture()
+def loaded_store(redis_server, tiny_features) -> OnlineStore:
+    """An emptied Redis with the tiny features loaded (the namespace is re-read on every access)."""
+    client = redis_server.client(timeout_s=5.0)
+    client.flushall()
+    store = OnlineStore(client, namespace_ttl_s=0.0)
+    store.load(tiny_features)
+    return store

@@ -15,8 +15,7 @@ import redis
 
 from reels.client.cli import main
 from reels.client.config import ConfigError, load_config
-from reels.deploy.redis_server import RedisServer, free_port
-from reels.feature_store.store import OnlineStore
+from reels.deploy.redis_server import free_port
 from reels.models.abtest import _exploration, ab_report, join, simulate, two_proportion_z, welch_p, wilson
 from reels.models.experiment import Experiment, ExposureLog, read_exposures
 from reels.models.serving import DiversityRerank, InProcessPipeline, ServingConfig
@@ -63,21 +62,6 @@ def test_experiment_config_section_and_its_errors():
 
 # ---- serving: exposure log and exploration ------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    with RedisServer(tmp_path_factory.mktemp("redis-ab"), port=free_port()) as srv:
-        yield srv
-
-
-@pytest.fixture()
-def store(redis_server, tiny_features):
-    client = redis_server.client(timeout_s=5.0)
-    client.flushall()
-    online = OnlineStore(client, namespace_ttl_s=0.0)
-    online.load(tiny_features)
-    return online
-
-
-@pytest.fixture(scope="module")
 def end_s(tiny_features) -> int:
     """The end of the tiny data: the last two days' uploads are fresh, so exploration has candidates."""
     return int(pd.Timestamp(tiny_features.manifest()["split"]["end"]).timestamp())
@@ -89,12 +73,12 @@ def users(tiny_features) -> np.ndarray:
     return frame.loc[frame["user_id"] > 2, "raw_user_id"].to_numpy()
 
 
-def test_feeds_are_logged_with_variant_and_valid_propensities(store, tiny_models, users, end_s):
+def test_feeds_are_logged_with_variant_and_valid_propensities(loaded_store, tiny_models, users, end_s):
     from reels.feature_store.serving import Request
 
-    pipeline = InProcessPipeline(tiny_models.directory, store, CONFIG, AB)
+    pipeline = InProcessPipeline(tiny_models.directory, loaded_store, CONFIG, AB)
     served = [pipeline.recommend(Request(int(u), 10, request_time_s=end_s)) for u in users[:60]]
-    log = read_exposures(store.client)
+    log = read_exposures(loaded_store.client)
     assert log["request_id"].nunique() == 60 and pipeline.rerank.exposures.failed == 0
     for user, rec in zip(users[:60], served, strict=True):
         entry = log[log["user_id"] == user].sort_values("position")
@@ -118,12 +102,12 @@ def test_feeds_are_logged_with_variant_and_valid_propensities(store, tiny_models
     np.testing.assert_array_equal(again.video_ids, served[0].video_ids)  # seeded: a replay is identical
 
 
-def test_slot_frequencies_match_the_logged_propensities(store, tiny_models, users, end_s):
+def test_slot_frequencies_match_the_logged_propensities(loaded_store, tiny_models, users, end_s):
     """Propensities are probabilities: over many seeds, how often the first exploration slot shows each
     video converges to the propensity logged for it."""
     from reels.feature_store.serving import Request
 
-    pipeline = InProcessPipeline(tiny_models.directory, store, CONFIG)
+    pipeline = InProcessPipeline(tiny_models.directory, loaded_store, CONFIG)
     user = int(users[0])
     query = pipeline.feature_transform(Request(user, 10, request_time_s=end_s).validate(100))
     ids, scores, tasks, fallback = pipeline.ranking(query, *pipeline.retrieval(query, query.seen))
@@ -145,10 +129,10 @@ def test_slot_frequencies_match_the_logged_propensities(store, tiny_models, user
         )
 
 
-def test_a_lost_exposure_log_entry_does_not_fail_the_request(tiny_models, store, users, end_s):
+def test_a_lost_exposure_log_entry_does_not_fail_the_request(tiny_models, loaded_store, users, end_s):
     from reels.feature_store.serving import Request
 
-    pipeline = InProcessPipeline(tiny_models.directory, store, CONFIG, AB)
+    pipeline = InProcessPipeline(tiny_models.directory, loaded_store, CONFIG, AB)
     # A real client to a port nothing listens on: every XADD fails with a connection error.
     pipeline.rerank.exposures = ExposureLog(redis.Redis(port=free_port(), socket_timeout=0.2))
     started = time.perf_counter()
@@ -187,21 +171,23 @@ def test_ips_recovers_the_value_of_policies_that_were_not_run():
     assert out["snips_greedy"] == pytest.approx(0.6, abs=0.01)
 
 
-def _simulate_report(store, tiny_models, tiny_store, users, end_s, experiment) -> dict:
-    store.client.delete("reels:exposures")
-    pipeline = InProcessPipeline(tiny_models.directory, store, CONFIG, experiment)
+def _simulate_report(loaded_store, tiny_models, tiny_store, users, end_s, experiment) -> dict:
+    loaded_store.client.delete("reels:exposures")
+    pipeline = InProcessPipeline(tiny_models.directory, loaded_store, CONFIG, experiment)
     truth = GroundTruth.load(Path(tiny_store.root) / "ground_truth.npz")
     durations = tiny_store.read_table("videos").set_index("video_id")["duration_s"]
     events = simulate(pipeline, truth, durations, users, 10, end_s, seed=3, sessions=2)
-    return ab_report(join(read_exposures(store.client), events), experiment.names)
+    return ab_report(join(read_exposures(loaded_store.client), events), experiment.names)
 
 
-def test_report_finds_a_real_difference_and_not_a_fake_one(store, tiny_models, tiny_store, users, end_s):
+def test_report_finds_a_real_difference_and_not_a_fake_one(
+    loaded_store, tiny_models, tiny_store, users, end_s
+):
     # B serves random fresh videos in 8 of 10 slots: users like that much less than the ranked feed.
     ab = Experiment(name="ab", salt="x", variants={
         "control": {}, "random": {"exploration_slots": 8, "exploration_epsilon": 1.0},
     })  # fmt: skip
-    report = _simulate_report(store, tiny_models, tiny_store, users, end_s, ab)
+    report = _simulate_report(loaded_store, tiny_models, tiny_store, users, end_s, ab)
     versus = report["variants"]["random"]["vs_control"]
     assert versus["view_rate"]["diff"] < 0 and versus["view_rate"]["p"] < 0.001
     assert versus["view_rate"]["p_users"] < 0.001
@@ -214,7 +200,7 @@ def test_report_finds_a_real_difference_and_not_a_fake_one(store, tiny_models, t
         exploration["view_rate"]["logged"], abs=1e-6
     )
     aa = Experiment(name="aa", salt="x", variants={"a": {}, "b": {}})
-    report = _simulate_report(store, tiny_models, tiny_store, users, end_s, aa)
+    report = _simulate_report(loaded_store, tiny_models, tiny_store, users, end_s, aa)
     for metric, c in report["variants"]["b"]["vs_control"].items():
         assert c["p"] > 0.05, metric
     control = report["variants"]["a"]

@@ -9,15 +9,9 @@ from reels.feature_store.store import FeatureStoreUnavailable, NoActiveNamespace
 from reels.workflows.features import HISTORY, USER_CONTINUOUS, VIDEO_CATEGORICAL
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with RedisServer(tmp_path_factory.mktemp("redis"), port=free_port()) as srv:
-        yield srv
-
-
 @pytest.fixture()
-def online(server):
-    client = server.client()
+def online(redis_server):
+    client = redis_server.client()
     client.flushall()
     return OnlineStore(client, namespace_ttl_s=0.0)
 
@@ -63,11 +57,11 @@ def test_seen_list_holds_the_users_shown_videos(online, tiny_features, tiny_stor
     assert len(rows.seen) == min(500, events.loc[events["user_id"] == user, "video_id"].size)
 
 
-def test_a_new_load_swaps_namespaces_and_drops_the_oldest(online, tiny_features, server):
+def test_a_new_load_swaps_namespaces_and_drops_the_oldest(online, tiny_features, redis_server):
     first = online.load(tiny_features).namespace
     second = online.load(tiny_features).namespace
     third = online.load(tiny_features).namespace
-    client = server.client()
+    client = redis_server.client()
     assert client.get("reels:active").decode() == third
     assert client.exists(f"reels:{second}:meta")  # previous kept for in-flight readers
     assert not list(client.scan_iter(match=f"reels:{first}:*"))

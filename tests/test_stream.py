@@ -7,8 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reels.deploy.redis_server import RedisServer, free_port
-from reels.feature_store.store import OnlineStore
 from reels.feature_store.stream import EventProducer, IngestWorker
 from reels.feature_store.transform import Vocabulary
 from reels.workflows.features import HISTORY
@@ -16,19 +14,9 @@ from reels.workflows.features import HISTORY
 HISTORY_LENGTH = 5  # TINY_FEATURES
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with RedisServer(tmp_path_factory.mktemp("redis-stream"), port=free_port()) as srv:
-        yield srv
-
-
 @pytest.fixture()
-def online(server, tiny_features):
-    client = server.client(timeout_s=2.0)
-    client.flushall()
-    store = OnlineStore(client, namespace_ttl_s=0.0)
-    store.load(tiny_features)
-    return store
+def online(loaded_store):
+    return loaded_store
 
 
 def worker(online, tiny_features, name: str, claim_idle_ms: int = 10_000) -> IngestWorker:

@@ -77,26 +77,48 @@ def _model_stats(url: str) -> dict[str, dict[str, float]]:
     return out
 
 
-def run_perf_analyzer(
-    protocol: str, url: str, stats_url: str, input_data: Path, concurrency: int, seconds: float
-) -> dict:
+def perf_analyzer(
+    protocol: str,
+    url: str,
+    input_data: Path,
+    concurrency: int,
+    seconds: float,
+    stability_percentage: int = 50,
+    max_trials: int = 6,
+) -> tuple[subprocess.CompletedProcess, dict | None]:
+    """One perf_analyzer run against the ``reels`` ensemble: the finished process and, when it wrote its
+    CSV, the measured p50/p95/p99 latency (ms) and requests/s."""
     binary = Path(sys.executable).parent / "perf_analyzer"
     with tempfile.TemporaryDirectory() as tmp:
         csv_path = Path(tmp) / "out.csv"
         cmd = [
             str(binary), "-m", "reels", "-u", url, "-i", protocol, "--input-data", str(input_data),
             "--concurrency-range", f"{concurrency}:{concurrency}", "--percentile", "99",
-            "--measurement-interval", str(int(seconds * 1000)), "--stability-percentage", "50",
-            "--max-trials", "6", "-f", str(csv_path),
+            "--measurement-interval", str(int(seconds * 1000)), "--stability-percentage", str(stability_percentage),
+            "--max-trials", str(max_trials), "-f", str(csv_path),
         ]  # fmt: skip
-        before = _model_stats(stats_url)
         done = subprocess.run(cmd, capture_output=True, text=True, env=perf_analyzer_env(), timeout=600)
-        after = _model_stats(stats_url)
-        if done.returncode != 0:
-            raise RuntimeError(
-                f"perf_analyzer failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
-            )
-        row = next(csv.DictReader(csv_path.open()))
+        row = next(csv.DictReader(csv_path.open()), None) if csv_path.exists() else None
+    if row is None:
+        return done, None
+    return done, {
+        "p50_ms": float(row["p50 latency"]) / 1000,
+        "p95_ms": float(row["p95 latency"]) / 1000,
+        "p99_ms": float(row["p99 latency"]) / 1000,
+        "rps": float(row["Inferences/Second"]),
+    }
+
+
+def run_perf_analyzer(
+    protocol: str, url: str, stats_url: str, input_data: Path, concurrency: int, seconds: float
+) -> dict:
+    before = _model_stats(stats_url)
+    done, measured = perf_analyzer(protocol, url, input_data, concurrency, seconds)
+    after = _model_stats(stats_url)
+    if done.returncode != 0 or measured is None:
+        raise RuntimeError(
+            f"perf_analyzer failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        )
     breakdown = {}
     for model, b in after.items():
         count = b["count"] - before.get(model, {}).get("count", 0)
@@ -105,13 +127,7 @@ def run_perf_analyzer(
                 "compute_ms": (b["compute_ns"] - before[model]["compute_ns"]) / count / 1e6,
                 "queue_ms": (b["queue_ns"] - before[model]["queue_ns"]) / count / 1e6,
             }
-    return {
-        "p50_ms": float(row["p50 latency"]) / 1000,
-        "p95_ms": float(row["p95 latency"]) / 1000,
-        "p99_ms": float(row["p99 latency"]) / 1000,
-        "rps": float(row["Inferences/Second"]),
-        "server_breakdown": breakdown,
-    }
+    return {**measured, "server_breakdown": breakdown}
 
 
 def _summary(latencies_ms: list[float], seconds: float) -> dict:

@@ -7,10 +7,7 @@ no request it sent failed; the probe gives an exact count of its own requests an
 
 from __future__ import annotations
 
-import csv
 import re
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -19,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reels.client.bench.serving import perf_analyzer_env
+from reels.client.bench.serving import perf_analyzer
 
 
 @dataclass
@@ -89,37 +86,24 @@ class LoadDuringAction:
             t.join(timeout=self.window_s * 10 + 60)
 
     def _perf_analyzer_loop(self) -> None:
-        binary = Path(sys.executable).parent / "perf_analyzer"
-        with tempfile.TemporaryDirectory() as tmp:
-            csv_path = Path(tmp) / "out.csv"
-            while not self._stop.is_set():
-                cmd = [
-                    str(binary), "-m", "reels", "-u", self.grpc_url, "-i", "grpc", "--input-data", str(self.input_data),
-                    "--concurrency-range", f"{self.concurrency}:{self.concurrency}", "--percentile", "99",
-                    "--measurement-interval", str(int(self.window_s * 1000)), "--max-trials", "3",
-                    "--stability-percentage", "1000", "-f", str(csv_path),
-                ]  # fmt: skip
-                csv_path.unlink(missing_ok=True)
-                done = subprocess.run(
-                    cmd, capture_output=True, text=True, env=perf_analyzer_env(), timeout=600
-                )
-                output = done.stdout + done.stderr
-                # A failed request makes perf_analyzer stop with the error and exit non-zero. It also exits
-                # non-zero when latency was not stable over its windows (expected while models load, so the
-                # stability band is wide): that is not a failed request.
-                unstable = "Failed to obtain stable measurement" in output
-                run = {"exit_code": done.returncode, "failed": done.returncode != 0 and not unstable}
-                if done.returncode != 0:
-                    run["error"] = output[-1500:]
-                if csv_path.exists():
-                    row = next(csv.DictReader(csv_path.open()), None)
-                    if row:
-                        run.update(p50_ms=float(row["p50 latency"]) / 1000, p99_ms=float(row["p99 latency"]) / 1000,
-                                   rps=float(row["Inferences/Second"]))  # fmt: skip
-                counts = re.findall(r"Request count: (\d+)", done.stdout)
-                if counts:
-                    run["requests"] = int(counts[-1])
-                self.report.perf_analyzer_runs.append(run)
+        while not self._stop.is_set():
+            done, measured = perf_analyzer(
+                "grpc", self.grpc_url, self.input_data, self.concurrency, self.window_s,
+                stability_percentage=1000, max_trials=3,
+            )  # fmt: skip
+            output = done.stdout + done.stderr
+            # A failed request makes perf_analyzer stop with the error and exit non-zero. It also exits
+            # non-zero when latency was not stable over its windows (expected while models load, so the
+            # stability band is wide): that is not a failed request.
+            unstable = "Failed to obtain stable measurement" in output
+            run = {"exit_code": done.returncode, "failed": done.returncode != 0 and not unstable}
+            if done.returncode != 0:
+                run["error"] = output[-1500:]
+            run.update(measured or {})
+            counts = re.findall(r"Request count: (\d+)", done.stdout)
+            if counts:
+                run["requests"] = int(counts[-1])
+            self.report.perf_analyzer_runs.append(run)
 
     def _probe_loop(self) -> None:
         from reels.client.triton_client import ReelsClient
@@ -151,7 +135,7 @@ def run(config, source: str, version: int | None, baseline_s: float, concurrency
     from reels.deploy.repository import latest_model_dir, serving_model_dir
     from reels.deploy.stack import serving_stack
     from reels.feature_store.store import OnlineStore
-    from reels.models.train import check_manifest
+    from reels.models.train import trained_features
 
     source_dir = config.source_dir(source)
     models_root = source_dir / "models"
@@ -167,7 +151,7 @@ def run(config, source: str, version: int | None, baseline_s: float, concurrency
             raise ValueError(f"no version older than {candidate.name} to swap from: train another one first")
         serving = models_root / str(older[-1])
     build = Path(config.server.build_dir) / f"bench-swap-{source}"
-    users = request_users(Path(check_manifest(serving)["features"]["path"]), 1000)
+    users = request_users(trained_features(serving).root, 1000)
     s = config.server
     report = {
         "date": time.strftime("%Y-%m-%d"), "machine": machine(),
