@@ -5,21 +5,22 @@ Order of operations, each step leaving the server able to answer every request:
 
 1. load the version's features into a *new* Redis namespace, not yet active (the serving release keeps
    reading the namespace it is pinned to);
-2. write the release (step version folders + ``serving-N.json`` pinned to that namespace), re-point the
-   ensemble at it, and load the ensemble with explicit model control: Triton loads every step with both
-   versions (``version_policy latest 2``) while the running ensemble and steps keep answering, then
-   swaps the ensemble; requests already inside the old one finish on the old release and namespace;
+2. write the release (its own step models ``<step>_v<N>`` + ``serving-N.json`` pinned to that
+   namespace) and ensemble version N naming them, and load the ensemble with explicit model control:
+   Triton loads the new step models while the running ensemble and its step models keep answering
+   untouched, then swaps the ensemble; requests already inside the old one finish on the old release;
 3. activate the new namespace (the ingest workers follow it), keep the previous one for requests in
-   flight, drop older ones, and delete release files Triton no longer loads.
+   flight, drop older ones, and unload and delete releases older than the previous one.
 
 If the new release fails to load, the ensemble is pinned back, the release removed and the ensemble
-reloaded, so the serving version keeps serving. Events ingested between the feature build and step 4 are in the offline
-store but not in the new namespace's histories (the next build picks them up).
+reloaded, so the serving version keeps serving. Events ingested between the feature build and step 3
+are in the offline store but not in the new namespace's histories (the next build picks them up).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from reels.deploy.repository import (
     pinned_version,
     releases,
     remove_release,
+    step_model,
 )
 from reels.feature_store.store import OnlineStore
 from reels.models.experiment import Experiment
@@ -86,34 +88,42 @@ def promote(
     experiment = Experiment.from_dict(
         json.loads(release_spec(repository, previous).read_text()).get("experiment")
     )
-    add_release(repository, model_dir, redis, config, namespace=loaded.namespace, experiment=experiment)
+    instances = re.search(
+        r"count: (\d+)", (repository / step_model(STEPS[0], previous) / "config.pbtxt").read_text()
+    )
+    add_release(
+        repository, model_dir, redis, config, namespace=loaded.namespace, experiment=experiment,
+        instances=int(instances.group(1)) if instances else 1,
+    )  # fmt: skip
     pin_ensemble(repository, version)
     # The repository API over gRPC: with the (minutes long) load request held on Triton's HTTP front
     # end, one request of an HTTP client timed out in each of two runs here; none did with gRPC control.
     client = grpc.InferenceServerClient(triton_url)
-    say(
-        f"loading the ensemble pinned to version {version} (its steps load version {version} beside {previous})"
-    )
+    say(f"loading ensemble version {version} and its step models beside version {previous}")
     try:
-        # One load request: Triton (re)loads every step with both versions, and swaps the ensemble only
-        # once all are ready; until then the running ensemble and steps keep serving. Loading the steps
-        # one by one first failed requests here ("failed to find the requested model version") while
-        # each step's reload also reloaded the ensemble that uses it.
+        # One load request: Triton loads the new release's step models (new models: the serving ones are
+        # not touched), then swaps the ensemble to version N once all are ready; until then the running
+        # ensemble keeps serving, and requests inside it finish on the old release. Reloading the serving
+        # step models instead (new *versions* of the same models) failed requests here ("failed to find
+        # the requested model version"), loading them one by one and concurrently alike.
         client.load_model(ENSEMBLE)
-        missing = [m for m in (*STEPS, ENSEMBLE) if not client.is_model_ready(m, str(version))]
+        ready = {step_model(s, version): "1" for s in STEPS} | {ENSEMBLE: str(version)}
+        missing = [m for m, v in ready.items() if not client.is_model_ready(m, v)]
         if missing:
             raise PromotionFailed(f"not ready after the load: {missing}")
     except (InferenceServerException, PromotionFailed) as exc:
         pin_ensemble(repository, previous)
         remove_release(repository, version)
         client.load_model(ENSEMBLE)  # back to the previous release on disk
+        _unload(client, version)
         raise PromotionFailed(
             f"version {version} failed to load, version {previous} keeps serving: {exc}"
         ) from exc
     models_s = time.perf_counter() - t0
     store.activate(loaded.namespace)
     for old in releases(repository):
-        if old not in (version, previous):  # already unloaded by the steps' version policy
+        if old not in (version, previous):  # the previous release stays loaded for a rollback
+            _unload(client, old)
             remove_release(repository, old)
     client.close()
     say(
@@ -122,3 +132,14 @@ def promote(
     return PromotionReport(
         version, previous, loaded.namespace, features_s, models_s, time.perf_counter() - started
     )
+
+
+def _unload(client, version: int) -> None:
+    """Unload a release's step models (Triton lets requests in flight finish first)."""
+    from tritonclient.utils import InferenceServerException
+
+    for step in STEPS:
+        try:
+            client.unload_model(step_model(step, version))
+        except InferenceServerException:  # never loaded
+            pass

@@ -1,12 +1,12 @@
 """``reels export``: fill a build model repository from the source ``model_repository/`` (config.pbtxt +
 thin model.py, in git) and trained artifact versions (never committed).
 
-A *release* is one trained artifact version (``data/<source>/models/<N>``) served as Triton model version
-``N`` of every python step, described by ``serving-N.json`` at the repository root (artifacts, feature
-workflow, Redis namespace) next to its cold-start feed ``trending-N.npy``. The ``reels`` ensemble pins
-every step to one release, so a request never mixes two releases' vocabularies; the steps keep two
-versions loaded (``version_policy latest 2``), which is what lets a promotion load the next release
-beside the serving one and then re-point the ensemble (see ``reels.deploy.promotion``).
+A *release* is one trained artifact version (``data/<source>/models/<N>``) served by models of its own,
+``<step>_v<N>`` for every python step, described by ``serving-N.json`` at the repository root (artifacts,
+feature workflow, Redis namespace) next to its cold-start feed ``trending-N.npy``. Version ``N`` of the
+``reels`` ensemble names those models, so a request never mixes two releases' vocabularies, and a
+promotion loads the next release's models without touching the serving ones (see
+``reels.deploy.promotion``).
 """
 
 from __future__ import annotations
@@ -47,16 +47,20 @@ def export_repository(
     variant, "default")."""
     if target.exists():
         shutil.rmtree(target)
-    target.mkdir(parents=True)
-    for name in MODELS:
-        (target / name).mkdir()
-        config_text = (source / name / "config.pbtxt").read_text()
-        if instances != 1:
-            config_text = config_text.replace("count: 1 kind: KIND_CPU", f"count: {instances} kind: KIND_CPU")
-        (target / name / "config.pbtxt").write_text(config_text)
-    version = add_release(target, model_dir, redis, config, namespace, experiment, source)
+    (target / ENSEMBLE).mkdir(parents=True)
+    shutil.copy2(source / ENSEMBLE / "config.pbtxt", target / ENSEMBLE / "config.pbtxt")
+    version = add_release(target, model_dir, redis, config, namespace, experiment, source, instances)
     pin_ensemble(target, version)
     return target
+
+
+def step_model(step: str, version: int) -> str:
+    """The Triton model serving ``step`` for release ``version``."""
+    return f"{step}_v{version}"
+
+
+def release_of(model_name: str) -> int:
+    return int(model_name.rsplit("_v", 1)[1])
 
 
 def add_release(
@@ -67,9 +71,10 @@ def add_release(
     namespace: str | None = None,
     experiment: Experiment | None = None,
     source: Path = SOURCE,
+    instances: int = 1,
 ) -> int:
-    """Write release ``N`` (= the artifact version) into ``repository``: a version folder per step and the
-    release spec. Nothing is loaded; returns ``N``."""
+    """Write release ``N`` (= the artifact version) into ``repository``: a model per step and the release
+    spec. Nothing is loaded; returns ``N``."""
     manifest = check_manifest(model_dir)
     config = config or ServingConfig()
     version = int(manifest["version"])
@@ -91,26 +96,34 @@ def add_release(
     release_spec(repository, version).write_text(json.dumps(spec, indent=2))
     export_trending(release_trending(repository, version), features_dir, config)
     for name in STEPS:
-        folder = repository / name / str(version)
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source / name / "1" / "model.py", folder / "model.py")
+        folder = repository / step_model(name, version)
+        (folder / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / name / "1" / "model.py", folder / "1" / "model.py")
+        config_text = (source / name / "config.pbtxt").read_text()
+        config_text = config_text.replace(f'name: "{name}"', f'name: "{step_model(name, version)}"', 1)
+        if instances != 1:
+            config_text = config_text.replace("count: 1 kind: KIND_CPU", f"count: {instances} kind: KIND_CPU")
+        (folder / "config.pbtxt").write_text(config_text)
     return version
 
 
+_STEP_REF = re.compile(r'model_name: "(' + "|".join(STEPS) + r')(?:_v\d+)?"')
+
+
 def pin_ensemble(repository: Path, version: int) -> None:
-    """Point every step of the ensemble at one release (an ensemble folder must hold the version too)."""
+    """Make ensemble version ``version`` (a folder of its own) run release ``version``'s step models."""
     (repository / ENSEMBLE / str(version)).mkdir(parents=True, exist_ok=True)
     path = repository / ENSEMBLE / "config.pbtxt"
-    path.write_text(re.sub(r"model_version: -?\d+", f"model_version: {version}", path.read_text()))
+    text = _STEP_REF.sub(lambda m: f'model_name: "{step_model(m.group(1), version)}"', path.read_text())
+    path.write_text(re.sub(r"model_version: -?\d+", "model_version: 1", text))
 
 
 def pinned_version(repository: Path) -> int:
-    versions = set(
-        re.findall(r"model_version: (-?\d+)", (repository / ENSEMBLE / "config.pbtxt").read_text())
-    )
+    names = re.findall(r'model_name: "(\w+)"', (repository / ENSEMBLE / "config.pbtxt").read_text())
+    versions = {release_of(n) for n in names}
     if len(versions) != 1:
-        raise ValueError(f"the ensemble in {repository} pins several versions: {sorted(versions)}")
-    return int(versions.pop())
+        raise ValueError(f"the ensemble in {repository} names several releases: {sorted(versions)}")
+    return versions.pop()
 
 
 def releases(repository: Path) -> list[int]:
@@ -118,9 +131,10 @@ def releases(repository: Path) -> list[int]:
 
 
 def remove_release(repository: Path, version: int) -> None:
-    """Delete an unloaded release's files (the step versions and its spec)."""
-    for name in MODELS:
-        shutil.rmtree(repository / name / str(version), ignore_errors=True)
+    """Delete an unloaded release's files (its step models, ensemble version and spec)."""
+    for name in STEPS:
+        shutil.rmtree(repository / step_model(name, version), ignore_errors=True)
+    shutil.rmtree(repository / ENSEMBLE / str(version), ignore_errors=True)
     release_spec(repository, version).unlink(missing_ok=True)
     release_trending(repository, version).unlink(missing_ok=True)
 

@@ -85,7 +85,7 @@ def release_trending(repository: Path, version: int) -> Path:
 
 class Runtime:
     """Reads a release's spec (written by ``reels export`` / a promotion) and builds only the parts a step
-    needs. Every python model version ``N`` reads ``serving-N.json``: model artifacts, feature workflow and
+    needs. The step models of release ``N`` read ``serving-N.json``: model artifacts, feature workflow and
     the Redis namespace of that release, so two releases can be loaded side by side during a swap."""
 
     def __init__(self, repository: Path, version: int):
@@ -103,8 +103,8 @@ class Runtime:
 
     @classmethod
     def for_model(cls, args: dict) -> Runtime:
-        """From the ``args`` Triton passes to ``initialize``: the model's folder and the version loaded."""
-        return cls(Path(args["model_repository"]).parent, int(args["model_version"]))
+        """From the ``args`` Triton passes to ``initialize``: the model ``<step>_v<N>`` serves release N."""
+        return cls(Path(args["model_repository"]).parent, int(args["model_name"].rsplit("_v", 1)[1]))
 
     def store(self) -> OnlineStore:
         return OnlineStore(

@@ -221,5 +221,6 @@ def test_hot_swap_under_perf_analyzer_load_fails_no_request(stack, tiny_models, 
     assert store.namespace() == report.namespace != before
     client = http.InferenceServerClient(triton.http_url)
     assert client.is_model_ready("reels", str(serving + 1))
-    assert all(client.is_model_ready(step, str(serving + 1)) for step in ("retrieval", "ranking"))
+    assert all(client.is_model_ready(f"{step}_v{serving + 1}") for step in ("retrieval", "ranking"))
+    assert all(client.is_model_ready(f"{step}_v{serving}") for step in ("retrieval", "ranking"))  # rollback
     client.close()
