@@ -47,7 +47,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def _ingest(config, source: str, overwrite: bool, console):
     from tqdm import tqdm
 
-    from reels.workflows.ingest import generate_synthetic, import_movielens
+    from reels.workflows.sources import generate_synthetic, import_movielens
 
     root = config.source_dir(source) / "store"
     if source == "movielens":
@@ -101,7 +101,7 @@ def _features(config, source: str, console):
 def cmd_features(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from reels.client.summary import print_feature_summary
+    from reels.client.render import print_feature_summary
 
     console = Console()
     artifacts = _features(_config(args), args.source, console)
@@ -113,7 +113,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import pandas as pd
     from rich.console import Console
 
-    from reels.client.summary import print_feature_summary, print_recommendations, print_training_summary
+    from reels.client.render import print_feature_summary, print_recommendations, print_training_summary
     from reels.client.triton_client import ReelsClient
 
     config = _config(args)
@@ -183,7 +183,7 @@ def _train(config, source: str, console):
 def cmd_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from reels.client.summary import print_training_summary
+    from reels.client.render import print_training_summary
 
     console = Console()
     _, trained = _train(_config(args), args.source, console)
@@ -197,8 +197,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from reels.client.bench.data import machine
-    from reels.models.evaluate import evaluate_ranking, evaluate_retrieval
-    from reels.models.report import targets, write
+    from reels.models.evaluation.offline import evaluate_ranking, evaluate_retrieval
+    from reels.models.evaluation.report import targets, write
     from reels.workflows.pipeline import library_versions
 
     config = _config(args)
@@ -260,7 +260,7 @@ def _video_table(config, source: str):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from reels.deploy.repository import export_repository, serving_model_dir
+    from reels.deploy.triton.repository import export_repository, serving_model_dir
 
     config = _config(args)
     s = config.server
@@ -298,7 +298,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from reels.client.summary import print_recommendations
+    from reels.client.render import print_recommendations
     from reels.client.triton_client import ClientError, ReelsClient
 
     config = _config(args)
@@ -329,7 +329,7 @@ def _online_store(config):
 
 def cmd_load(args: argparse.Namespace) -> int:
     """The serving version's features into the configured Redis (a new namespace, then the swap)."""
-    from reels.deploy.repository import serving_model_dir
+    from reels.deploy.triton.repository import serving_model_dir
     from reels.models.train import trained_features
 
     config = _config(args)
@@ -346,8 +346,8 @@ def cmd_load(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     import json as _json
 
-    from reels.feature_store.stream import IngestWorker
-    from reels.feature_store.transform import Vocabulary
+    from reels.feature_store.encoding import Vocabulary
+    from reels.feature_store.streams import IngestWorker
 
     config = _config(args)
     features = config.source_dir(args.source) / "features"
@@ -370,7 +370,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_send_events(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from reels.feature_store.stream import EventProducer
+    from reels.feature_store.streams import EventProducer
     from reels.workflows.offline_store import OfflineStore
 
     config = _config(args)
@@ -418,10 +418,10 @@ def cmd_exposure(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from reels.deploy.redis_server import RedisServer, free_port
-    from reels.deploy.repository import serving_model_dir
+    from reels.deploy.triton.repository import serving_model_dir
     from reels.feature_store.store import OnlineStore
-    from reels.models.exposure import exposure_report
-    from reels.models.serving import InProcessPipeline
+    from reels.models.evaluation.exposure import exposure_report
+    from reels.models.serving.pipeline import InProcessPipeline
     from reels.workflows.pipeline import FeatureArtifacts
 
     config = _config(args)
@@ -466,12 +466,12 @@ def cmd_ab_simulate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from reels.deploy.redis_server import RedisServer, free_port
-    from reels.deploy.repository import latest_model_dir
+    from reels.deploy.triton.repository import latest_model_dir
     from reels.feature_store.store import OnlineStore
-    from reels.feature_store.stream import EventProducer
-    from reels.models.abtest import read_events, simulate
-    from reels.models.experiment import read_exposures
-    from reels.models.serving import InProcessPipeline
+    from reels.feature_store.streams import EventProducer
+    from reels.models.evaluation.abtest import read_events, simulate
+    from reels.models.serving.experiment import read_exposures
+    from reels.models.serving.pipeline import InProcessPipeline
     from reels.workflows.offline_store import OfflineStore
     from reels.workflows.pipeline import FeatureArtifacts
     from reels.workflows.synthetic import GroundTruth
@@ -541,8 +541,8 @@ def cmd_ab_report(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from reels.client.bench.data import machine
-    from reels.models.abtest import ab_report, join, markdown, read_events, rows
-    from reels.models.experiment import read_exposures
+    from reels.models.evaluation.abtest import ab_report, join, markdown, read_events, rows
+    from reels.models.serving.experiment import read_exposures
 
     config = _config(args)
     console = Console()
@@ -598,7 +598,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from reels.client.bench.data import machine
-    from reels.models.tune import markdown, tune_two_tower
+    from reels.models.evaluation.tune import markdown, tune_two_tower
 
     config = _config(args)
     console = Console()
@@ -635,7 +635,7 @@ def _promote(config, source: str, model_dir: Path, console) -> int:
     """Hot-swap ``model_dir`` into the running `reels serve` of ``source`` (its repository and Redis) and
     mark it serving; with no server running, only mark it (the next `reels serve` loads it)."""
     from reels.deploy.promotion import PromotionFailed, promote
-    from reels.deploy.repository import mark_serving
+    from reels.deploy.triton.repository import mark_serving
 
     models_root, version = model_dir.parent, int(model_dir.name)
     s = config.server
@@ -675,7 +675,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     if args.if_drift:
         import pandas as pd
 
-        from reels.deploy.repository import serving_model_dir
+        from reels.deploy.triton.repository import serving_model_dir
         from reels.models.train import trained_features
         from reels.workflows.drift import drift_table
 
@@ -719,7 +719,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         return 3
     console.print(f"[green]version {result.candidate_dir.name} passed the gate")
     if args.no_promote:
-        from reels.deploy.repository import mark_serving
+        from reels.deploy.triton.repository import mark_serving
 
         mark_serving(result.candidate_dir.parent, int(result.candidate_dir.name))
         return 0

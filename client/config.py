@@ -13,8 +13,8 @@ from typing import Any
 import yaml
 
 from reels.models.config import EvaluationConfig, IndexConfig, RankerConfig, RetrainConfig, TwoTowerConfig
-from reels.models.experiment import Experiment
-from reels.models.serving import ServingConfig
+from reels.models.serving.experiment import Experiment
+from reels.models.serving.pipeline import ServingConfig
 from reels.workflows.features import FeatureConfig
 from reels.workflows.synthetic import SyntheticConfig
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from reels.deploy.repository import (
+from reels.deploy.triton.repository import (
     ENSEMBLE,
     STEPS,
     add_release,
@@ -36,11 +36,11 @@ from reels.deploy.repository import (
     remove_release,
     step_model,
 )
+from reels.deploy.triton.steps import release_spec
 from reels.feature_store.store import OnlineStore
-from reels.models.experiment import Experiment
-from reels.models.serving import ServingConfig
+from reels.models.serving.experiment import Experiment
+from reels.models.serving.pipeline import ServingConfig
 from reels.models.train import check_manifest
-from reels.models.triton_steps import release_spec
 from reels.workflows.pipeline import FeatureArtifacts
 
 

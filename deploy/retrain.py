@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 
 from reels.deploy.dask_cluster import ClusterInfo, dask_cluster
-from reels.deploy.repository import serving_model_dir
+from reels.deploy.triton.repository import serving_model_dir
 from reels.models.config import RetrainConfig
-from reels.models.gate import GateConfig, GateDecision, decide, score_version
+from reels.models.evaluation.gate import GateConfig, GateDecision, decide, score_version
 from reels.models.train import train, trained_features
 from reels.workflows.device import resolve_device
 from reels.workflows.offline_store import OfflineStore

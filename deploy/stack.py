@@ -11,11 +11,11 @@ from pathlib import Path
 import redis
 
 from reels.deploy.redis_server import RedisServer
-from reels.deploy.repository import export_repository, serving_model_dir
+from reels.deploy.triton.repository import export_repository, serving_model_dir
 from reels.deploy.triton_server import TritonServer
 from reels.feature_store.store import OnlineStore
-from reels.models.experiment import Experiment
-from reels.models.serving import ServingConfig
+from reels.models.serving.experiment import Experiment
+from reels.models.serving.pipeline import ServingConfig
 from reels.models.train import trained_features
 
 

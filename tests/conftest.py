@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -15,10 +16,20 @@ from reels.feature_store.store import OnlineStore  # noqa: E402
 from reels.models.config import IndexConfig, RankerConfig, TwoTowerConfig  # noqa: E402
 from reels.models.train import train  # noqa: E402
 from reels.workflows.features import FeatureConfig  # noqa: E402
-from reels.workflows.ingest import generate_synthetic  # noqa: E402
 from reels.workflows.offline_store import OfflineStore  # noqa: E402
 from reels.workflows.pipeline import build_features  # noqa: E402
+from reels.workflows.sources import generate_synthetic  # noqa: E402
 from reels.workflows.synthetic import SyntheticConfig  # noqa: E402
+
+INTEGRATION = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/integration/ talks to real servers: mark it so `-m "not integration"` skips it."""
+    for item in items:
+        if INTEGRATION in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+
 
 TINY = SyntheticConfig(
     seed=7, n_events=40_000, n_users=800, n_creators=120, n_videos=1_500, new_videos_per_day=60, n_days=6

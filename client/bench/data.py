@@ -46,7 +46,7 @@ def _phase(phase: str, n_events: int, workdir: Path) -> dict:
     store_dir = workdir / f"store-{n_events}"
     started = time.perf_counter()
     if phase == "generate":
-        from reels.workflows.ingest import generate_synthetic
+        from reels.workflows.sources import generate_synthetic
 
         report = generate_synthetic(store_dir, world_for(n_events), overwrite=True)
         result = {"events": report.events, "seconds": report.seconds, "events_per_s": report.events_per_s}

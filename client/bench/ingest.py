@@ -34,9 +34,9 @@ def _events(store, n: int, start: int) -> list[dict]:
 
 def run(source_dir: Path, n_events: int, freshness_samples: int, batch: int = 2_000) -> dict:
     from reels.deploy.redis_server import RedisServer, free_port
+    from reels.feature_store.encoding import Vocabulary
     from reels.feature_store.store import OnlineStore
-    from reels.feature_store.stream import EventProducer, IngestWorker
-    from reels.feature_store.transform import Vocabulary
+    from reels.feature_store.streams import EventProducer, IngestWorker
     from reels.workflows.offline_store import OfflineStore
     from reels.workflows.pipeline import FeatureArtifacts
 

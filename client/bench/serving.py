@@ -140,10 +140,10 @@ def _summary(latencies_ms: list[float], seconds: float) -> dict:
 
 def in_process(model_dir: Path, redis_client, users: np.ndarray, k: int) -> tuple[dict, dict]:
     """The same pipeline in this process (sequential, concurrency 1) and its compute floor."""
-    from reels.feature_store.serving import Request
     from reels.feature_store.store import OnlineStore
     from reels.models.inputs import QUERY_FEATURES, RANKER_FEATURES
-    from reels.models.serving import InProcessPipeline
+    from reels.models.serving.pipeline import InProcessPipeline
+    from reels.models.serving.request import Request
 
     pipeline = InProcessPipeline(model_dir, OnlineStore(redis_client))
     for user in users[:20]:  # warm-up
@@ -182,8 +182,8 @@ def in_process(model_dir: Path, redis_client, users: np.ndarray, k: int) -> tupl
 def run(
     config, source: str, concurrency: list[int], seconds: float, requests: int, console, instances: list[int]
 ) -> dict:
-    from reels.deploy.repository import serving_model_dir
     from reels.deploy.stack import serving_stack
+    from reels.deploy.triton.repository import serving_model_dir
 
     source_dir = config.source_dir(source)
     build = Path(config.server.build_dir) / f"bench-{source}"

@@ -132,8 +132,8 @@ def run(config, source: str, version: int | None, baseline_s: float, concurrency
     from reels.client.bench.data import machine
     from reels.client.bench.serving import request_users, write_input_data
     from reels.deploy.promotion import promote
-    from reels.deploy.repository import latest_model_dir, serving_model_dir
     from reels.deploy.stack import serving_stack
+    from reels.deploy.triton.repository import latest_model_dir, serving_model_dir
     from reels.feature_store.store import OnlineStore
     from reels.models.train import trained_features
 

@@ -3,8 +3,8 @@ propensities, explanations; logs each feed to the exposure stream."""
 
 import triton_python_backend_utils as pb_utils
 
-from reels.models.triton_python import execute
-from reels.models.triton_steps import DiversityRerankStep, Runtime
+from reels.deploy.triton.adapter import execute
+from reels.deploy.triton.steps import DiversityRerankStep, Runtime
 
 INPUTS = (
     "ranked_ids", "ranking_scores", "candidate_task_predictions", "history_video_ids", "k",

@@ -1,10 +1,10 @@
 """feature_transform: user features, history and seen list from Redis + request context (see
-reels.models.triton_steps for the tensor contract)."""
+reels.deploy.triton.steps for the tensor contract)."""
 
 import triton_python_backend_utils as pb_utils
 
-from reels.models.triton_python import execute
-from reels.models.triton_steps import FeatureTransformStep, Runtime
+from reels.deploy.triton.adapter import execute
+from reels.deploy.triton.steps import FeatureTransformStep, Runtime
 
 INPUTS = ("user_id", "k", "device", "hour", "request_time")
 

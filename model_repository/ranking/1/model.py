@@ -2,8 +2,8 @@
 
 import triton_python_backend_utils as pb_utils
 
-from reels.models.triton_python import execute
-from reels.models.triton_steps import RankingStep, Runtime
+from reels.deploy.triton.adapter import execute
+from reels.deploy.triton.steps import RankingStep, Runtime
 
 INPUTS = (
     "query_categorical", "query_continuous", "history_video_ids", "fallback", "request_time_s",

@@ -2,8 +2,8 @@
 
 import triton_python_backend_utils as pb_utils
 
-from reels.models.triton_python import execute
-from reels.models.triton_steps import RetrievalStep, Runtime
+from reels.deploy.triton.adapter import execute
+from reels.deploy.triton.steps import RetrievalStep, Runtime
 
 INPUTS = (
     "query_categorical",

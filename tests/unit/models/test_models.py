@@ -5,15 +5,15 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY_RANKER, TINY_TWO_TOWER
 
 from reels.models import baselines, metrics
 from reels.models.config import IndexConfig, RankerConfig, TwoTowerConfig
-from reels.models.evaluate import build_queries
+from reels.models.evaluation.offline import build_queries
 from reels.models.index import build_and_measure, load_index
 from reels.models.ranker import ExportedRanker
 from reels.models.train import check_manifest
 from reels.models.two_tower import QueryTower, query_inputs
+from tests.conftest import TINY_RANKER, TINY_TWO_TOWER
 
 TT, RK = TINY_TWO_TOWER, TINY_RANKER
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from reels.feature_store.encoding import RequestEncoder
 from reels.feature_store.store import FeatureStoreUnavailable, OnlineStore
-from reels.feature_store.transform import RequestEncoder
 from reels.workflows.features import HISTORY, USER_CATEGORICAL, USER_CONTINUOUS
 
 QUERY_USER_FIELDS = USER_CATEGORICAL + USER_CONTINUOUS + (HISTORY,)

@@ -30,9 +30,9 @@ import numpy as np
 import pandas as pd
 import redis
 
+from reels.feature_store.encoding import Vocabulary
 from reels.feature_store.layout import user_record
 from reels.feature_store.store import OnlineStore
-from reels.feature_store.transform import Vocabulary
 from reels.workflows.features import HISTORY
 from reels.workflows.offline_store import OfflineStore
 from reels.workflows.schema import EVENTS

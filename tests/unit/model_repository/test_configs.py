@@ -8,8 +8,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from reels.deploy.repository import MODELS, SOURCE
-from reels.models.triton_steps import QUERY_CATEGORICAL
+from reels.deploy.triton.repository import MODELS, SOURCE
+from reels.deploy.triton.steps import QUERY_CATEGORICAL
 from reels.workflows.features import USER_CONTINUOUS
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from reels.feature_store.serving import BadRequest
+from reels.models.serving.request import BadRequest
 
 
 def _error(pb_utils, message: str, invalid: bool):

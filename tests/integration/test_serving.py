@@ -8,11 +8,11 @@ import tritonclient.http as http
 
 from reels.client.triton_client import ClientError, ReelsClient
 from reels.deploy.redis_server import RedisServer, free_port
-from reels.deploy.repository import export_repository
+from reels.deploy.triton.repository import export_repository
 from reels.deploy.triton_server import TritonServer
 from reels.feature_store.store import OnlineStore
-from reels.models.experiment import Experiment, read_exposures
-from reels.models.serving import ServingConfig
+from reels.models.serving.experiment import Experiment, read_exposures
+from reels.models.serving.pipeline import ServingConfig
 
 CONFIG = ServingConfig(candidates=200, max_k=50, max_per_creator=2, max_per_category=6)
 EXPERIMENT = Experiment(name="e2e", salt="t", variants={"control": {}, "diverse": {"mmr_lambda": 0.4}})
@@ -149,8 +149,8 @@ def test_wrong_dtype_and_shape_are_rejected(stack, known_user):
 
 
 def test_hidden_creator_disappears_from_the_next_feed(stack, known_user, tiny_store, tiny_features):
-    from reels.feature_store.stream import EventProducer, IngestWorker
-    from reels.feature_store.transform import Vocabulary
+    from reels.feature_store.encoding import Vocabulary
+    from reels.feature_store.streams import EventProducer, IngestWorker
 
     creators = tiny_store.read_table("videos").set_index("video_id")["creator_id"]
     with ReelsClient(stack["triton"].http_url) as client:
@@ -192,7 +192,7 @@ def test_hot_swap_under_perf_analyzer_load_fails_no_request(stack, tiny_models, 
     from reels.client.bench.serving import request_users, write_input_data
     from reels.client.bench.swap import LoadDuringAction
     from reels.deploy.promotion import promote
-    from reels.deploy.repository import pinned_version
+    from reels.deploy.triton.repository import pinned_version
 
     repository = stack["triton"].repository
     serving = pinned_version(repository)

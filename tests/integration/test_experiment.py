@@ -16,9 +16,17 @@ import redis
 from reels.client.cli import main
 from reels.client.config import ConfigError, load_config
 from reels.deploy.redis_server import free_port
-from reels.models.abtest import _exploration, ab_report, join, simulate, two_proportion_z, welch_p, wilson
-from reels.models.experiment import Experiment, ExposureLog, read_exposures
-from reels.models.serving import DiversityRerank, InProcessPipeline, ServingConfig
+from reels.models.evaluation.abtest import (
+    _exploration,
+    ab_report,
+    join,
+    simulate,
+    two_proportion_z,
+    welch_p,
+    wilson,
+)
+from reels.models.serving.experiment import Experiment, ExposureLog, read_exposures
+from reels.models.serving.pipeline import DiversityRerank, InProcessPipeline, ServingConfig
 from reels.workflows.synthetic import GroundTruth
 
 CONFIG = ServingConfig(candidates=200, max_per_creator=2, max_per_category=6, exploration_slots=3)
@@ -39,7 +47,7 @@ def test_bucketing_is_deterministic_and_follows_the_weights():
 
 def test_bucketing_is_the_same_in_another_process_with_another_hash_seed():
     code = (
-        "import json; from reels.models.experiment import Experiment; "
+        "import json; from reels.models.serving.experiment import Experiment; "
         f"e = Experiment(**{AB.as_dict()!r}); print(json.dumps([e.assign(u) for u in range(1000)]))"
     )
     env = dict(os.environ, PYTHONHASHSEED="12345")
@@ -74,7 +82,7 @@ def users(tiny_features) -> np.ndarray:
 
 
 def test_feeds_are_logged_with_variant_and_valid_propensities(loaded_store, tiny_models, users, end_s):
-    from reels.feature_store.serving import Request
+    from reels.models.serving.request import Request
 
     pipeline = InProcessPipeline(tiny_models.directory, loaded_store, CONFIG, AB)
     served = [pipeline.recommend(Request(int(u), 10, request_time_s=end_s)) for u in users[:60]]
@@ -105,7 +113,7 @@ def test_feeds_are_logged_with_variant_and_valid_propensities(loaded_store, tiny
 def test_slot_frequencies_match_the_logged_propensities(loaded_store, tiny_models, users, end_s):
     """Propensities are probabilities: over many seeds, how often the first exploration slot shows each
     video converges to the propensity logged for it."""
-    from reels.feature_store.serving import Request
+    from reels.models.serving.request import Request
 
     pipeline = InProcessPipeline(tiny_models.directory, loaded_store, CONFIG)
     user = int(users[0])
@@ -130,7 +138,7 @@ def test_slot_frequencies_match_the_logged_propensities(loaded_store, tiny_model
 
 
 def test_a_lost_exposure_log_entry_does_not_fail_the_request(tiny_models, loaded_store, users, end_s):
-    from reels.feature_store.serving import Request
+    from reels.models.serving.request import Request
 
     pipeline = InProcessPipeline(tiny_models.directory, loaded_store, CONFIG, AB)
     # A real client to a port nothing listens on: every XADD fails with a connection error.

@@ -23,7 +23,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 if TYPE_CHECKING:
-    from reels.models.serving import ServingConfig
+    from reels.models.serving.pipeline import ServingConfig
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Experiment:
     variants: dict = field(default_factory=_default_variants)
 
     def __post_init__(self) -> None:
-        from reels.models.serving import ServingConfig  # serving imports this module
+        from reels.models.serving.pipeline import ServingConfig  # serving imports this module
 
         if not self.variants:
             raise ValueError("experiment.variants: at least one variant is needed")

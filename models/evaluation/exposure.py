@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from reels.feature_store.serving import Request
-from reels.models.serving import InProcessPipeline
+from reels.models.serving.pipeline import InProcessPipeline
+from reels.models.serving.request import Request
 
 
 def gini(counts: np.ndarray) -> float:

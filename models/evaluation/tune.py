@@ -13,7 +13,7 @@ import pandas as pd
 
 from reels.models import baselines, metrics
 from reels.models.config import TwoTowerConfig
-from reels.models.evaluate import build_queries, catalog_popularity
+from reels.models.evaluation.offline import build_queries, catalog_popularity
 from reels.models.inputs import feature_schema
 from reels.models.train import item_view_counts
 from reels.models.two_tower import TwoTower

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reels.feature_store.stream import EventProducer, IngestWorker
-from reels.feature_store.transform import Vocabulary
+from reels.feature_store.encoding import Vocabulary
+from reels.feature_store.streams import EventProducer, IngestWorker
 from reels.workflows.features import HISTORY
 
 HISTORY_LENGTH = 5  # TINY_FEATURES
@@ -90,7 +90,7 @@ def test_a_consumer_that_dies_mid_batch_loses_nothing_and_doubles_nothing(online
     taken = doomed.read_only(25)  # read, never acknowledged: the process "died"
     assert len(taken) == 25
     doomed.process(
-        taken[:10], __import__("reels.feature_store.stream", fromlist=["IngestStats"]).IngestStats()
+        taken[:10], __import__("reels.feature_store.streams", fromlist=["IngestStats"]).IngestStats()
     )
     # ...and it even applied 10 of them before dying without acknowledging: they must not count twice.
     online.client.xgroup_setid  # noqa: B018 - nothing to reset: pending entries stay with "doomed"

@@ -13,7 +13,14 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from reels.feature_store.serving import (
+from reels.feature_store.encoding import RequestEncoder
+from reels.feature_store.store import FeatureStoreUnavailable, OnlineStore
+from reels.models.config import RANKER_TASKS
+from reels.models.index import load_index
+from reels.models.inputs import ITEM_FEATURES, QUERY_FEATURES, RANKER_FEATURES
+from reels.models.ranker import ExportedRanker
+from reels.models.serving.experiment import DEFAULT_VARIANT, Experiment, Exposure, ExposureLog, seed_of
+from reels.models.serving.request import (
     CONTEXT_FIELDS,
     QUERY_USER_FIELDS,
     Fallback,
@@ -21,13 +28,6 @@ from reels.feature_store.serving import (
     QueryFeatures,
     Request,
 )
-from reels.feature_store.store import FeatureStoreUnavailable, OnlineStore
-from reels.feature_store.transform import RequestEncoder
-from reels.models.config import RANKER_TASKS
-from reels.models.experiment import DEFAULT_VARIANT, Experiment, Exposure, ExposureLog, seed_of
-from reels.models.index import load_index
-from reels.models.inputs import ITEM_FEATURES, QUERY_FEATURES, RANKER_FEATURES
-from reels.models.ranker import ExportedRanker
 from reels.models.train import trained_features
 from reels.models.two_tower import QueryTower
 from reels.workflows.features import HISTORY

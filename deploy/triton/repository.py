@@ -17,12 +17,12 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from reels.models.experiment import Experiment
-from reels.models.serving import ServingConfig
+from reels.deploy.triton.steps import export_trending, release_spec, release_trending
+from reels.models.serving.experiment import Experiment
+from reels.models.serving.pipeline import ServingConfig
 from reels.models.train import check_manifest
-from reels.models.triton_steps import export_trending, release_spec, release_trending
 
-SOURCE = Path(__file__).resolve().parents[1] / "model_repository"
+SOURCE = Path(__file__).resolve().parents[2] / "model_repository"
 STEPS = ("feature_transform", "retrieval", "ranking", "diversity_rerank")
 ENSEMBLE = "reels"
 MODELS = (*STEPS, ENSEMBLE)

@@ -19,9 +19,9 @@ import pandas as pd
 import redis
 from scipy import stats
 
-from reels.feature_store.serving import Request
-from reels.models.experiment import read_stream_json
-from reels.models.serving import InProcessPipeline
+from reels.models.serving.experiment import read_stream_json
+from reels.models.serving.pipeline import InProcessPipeline
+from reels.models.serving.request import Request
 from reels.workflows.synthetic import CREATOR_ID_BASE, USER_ID_BASE, VIDEO_ID_BASE, GroundTruth, respond
 
 Z95 = float(stats.norm.ppf(0.975))

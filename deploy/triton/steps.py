@@ -34,7 +34,18 @@ from pathlib import Path
 
 import numpy as np
 
-from reels.feature_store.serving import (
+from reels.feature_store.encoding import RequestEncoder
+from reels.feature_store.store import OnlineStore, connect
+from reels.models.serving.experiment import Experiment, ExposureLog
+from reels.models.serving.pipeline import (
+    Catalog,
+    DiversityRerank,
+    Ranking,
+    Retrieval,
+    ServingConfig,
+    trending,
+)
+from reels.models.serving.request import (
     CONTEXT_FIELDS,
     BadRequest,
     Fallback,
@@ -42,10 +53,6 @@ from reels.feature_store.serving import (
     QueryFeatures,
     Request,
 )
-from reels.feature_store.store import OnlineStore, connect
-from reels.feature_store.transform import RequestEncoder
-from reels.models.experiment import Experiment, ExposureLog
-from reels.models.serving import Catalog, DiversityRerank, Ranking, Retrieval, ServingConfig, trending
 from reels.workflows.features import HISTORY, USER_CATEGORICAL, USER_CONTINUOUS
 
 QUERY_CATEGORICAL = USER_CATEGORICAL + CONTEXT_FIELDS
