@@ -10,6 +10,8 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+from reels.workflows.errors import NotFound
+
 # Quiet TensorFlow's C++ start-up chatter before anything imports it (merlin does, transitively).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 logging.getLogger("tensorflow").setLevel(logging.ERROR)
@@ -84,7 +86,7 @@ def _features(config, source: str, console):
 
     store = OfflineStore(config.source_dir(source) / "store")
     if not store.has("events"):
-        raise FileNotFoundError(f"no events in {store.root}: run `reels data {source}` first")
+        raise NotFound(f"no events in {store.root}: run `reels data {source}` first")
     valid_days, test_days = config.split_days(source)
     with console.status("building features") as status:
         return build_features(
@@ -115,6 +117,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from reels.client.render import print_feature_summary, print_recommendations, print_training_summary
     from reels.client.triton_client import ReelsClient
+    from reels.workflows.spec import OOV
 
     config = _config(args)
     console = Console()
@@ -136,7 +139,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     source = args.sources[0]
     console.rule(f"[bold]{source}: serving with Redis + Triton")
     users = pd.read_parquet(config.source_dir(source) / "features" / "users.parquet")
-    active = users.loc[users["user_id"] > 2, "raw_user_id"].head(2).tolist()
+    active = users.loc[users["user_id"] > OOV, "raw_user_id"].head(2).tolist()
     videos = _video_table(config, source)
     with _stack(config, source, console) as (_, triton):
         with ReelsClient(triton.http_url, "http") as client:
@@ -153,8 +156,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _ensure_features(config, source: str, console):
     """Features for ``source``, building the store and the features first when they are missing."""
+    from reels.workflows.manifest import FeatureArtifacts
     from reels.workflows.offline_store import OfflineStore
-    from reels.workflows.pipeline import FeatureArtifacts
 
     artifacts = FeatureArtifacts(config.source_dir(source) / "features")
     if artifacts.manifest_path.exists():
@@ -199,7 +202,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from reels.client.bench.data import machine
     from reels.models.evaluation.offline import evaluate_ranking, evaluate_retrieval
     from reels.models.evaluation.report import targets, write
-    from reels.workflows.pipeline import library_versions
+    from reels.workflows.manifest import library_versions
 
     config = _config(args)
     console = Console()
@@ -218,8 +221,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if source == "movielens":
             datasets[name]["targets"] = targets({**retrieval, **ranking})
         provenance[name] = {
-            "store_fingerprint": features.manifest()["store_fingerprint"],
-            "split": features.manifest()["split"],
+            "store_fingerprint": features.manifest().store_fingerprint,
+            "split": features.manifest().split,
             "models": str(trained.directory),
         }
         console.print(
@@ -260,14 +263,15 @@ def _video_table(config, source: str):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from reels.deploy.triton.repository import export_repository, serving_model_dir
+    from reels.deploy.triton.repository import export_repository
+    from reels.models.registry import serving_model_dir
 
     config = _config(args)
     s = config.server
     target = Path(config.server.build_dir) / args.source / "repository"
     repo = export_repository(
         serving_model_dir(config.source_dir(args.source) / "models"), target,
-        {"host": s.redis_host, "port": s.redis_port, "password": s.redis_password or None}, config.serving,
+        s.redis, config.serving,
         experiment=config.experiment,
     )  # fmt: skip
     print(f"model repository written to {repo}")
@@ -321,16 +325,12 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def _online_store(config):
-    from reels.feature_store.store import OnlineStore, connect
-
-    s = config.server
-    return OnlineStore(connect(s.redis_host, s.redis_port, s.redis_password or None, timeout_s=2.0))
+    return config.server.redis.store(timeout_s=2.0)
 
 
 def cmd_load(args: argparse.Namespace) -> int:
     """The serving version's features into the configured Redis (a new namespace, then the swap)."""
-    from reels.deploy.triton.repository import serving_model_dir
-    from reels.models.train import trained_features
+    from reels.models.registry import serving_model_dir, trained_features
 
     config = _config(args)
     model_dir = serving_model_dir(config.source_dir(args.source) / "models")
@@ -344,14 +344,14 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    import json as _json
 
     from reels.feature_store.encoding import Vocabulary
-    from reels.feature_store.streams import IngestWorker
+    from reels.feature_store.ingest import IngestWorker
+    from reels.workflows.manifest import FeatureArtifacts
 
     config = _config(args)
     features = config.source_dir(args.source) / "features"
-    history_length = _json.loads((features / "manifest.json").read_text())["feature_config"]["history_length"]
+    history_length = FeatureArtifacts(features).manifest().history_length
     from reels.workflows.offline_store import OfflineStore
 
     offline = None if args.no_offline else OfflineStore(config.source_dir(args.source) / "store")
@@ -418,11 +418,11 @@ def cmd_exposure(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from reels.deploy.redis_server import RedisServer, free_port
-    from reels.deploy.triton.repository import serving_model_dir
     from reels.feature_store.store import OnlineStore
     from reels.models.evaluation.exposure import exposure_report
+    from reels.models.registry import serving_model_dir
     from reels.models.serving.pipeline import InProcessPipeline
-    from reels.workflows.pipeline import FeatureArtifacts
+    from reels.workflows.manifest import FeatureArtifacts
 
     config = _config(args)
     source_dir = config.source_dir(args.source)
@@ -466,14 +466,14 @@ def cmd_ab_simulate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from reels.deploy.redis_server import RedisServer, free_port
-    from reels.deploy.triton.repository import latest_model_dir
     from reels.feature_store.store import OnlineStore
-    from reels.feature_store.streams import EventProducer
+    from reels.feature_store.streams import EventProducer, read_exposures
     from reels.models.evaluation.abtest import read_events, simulate
-    from reels.models.serving.experiment import read_exposures
+    from reels.models.registry import latest_model_dir
     from reels.models.serving.pipeline import InProcessPipeline
+    from reels.workflows.manifest import FeatureArtifacts
     from reels.workflows.offline_store import OfflineStore
-    from reels.workflows.pipeline import FeatureArtifacts
+    from reels.workflows.spec import OOV
     from reels.workflows.synthetic import GroundTruth
 
     t0 = _time.time()
@@ -482,14 +482,14 @@ def cmd_ab_simulate(args: argparse.Namespace) -> int:
     source_dir = config.source_dir(args.source)
     store_root = source_dir / "store"
     if not (store_root / "ground_truth.npz").exists():
-        raise FileNotFoundError(f"no ground truth in {store_root}: simulation needs `reels data synthetic`")
+        raise NotFound(f"no ground truth in {store_root}: simulation needs `reels data synthetic`")
     features = FeatureArtifacts(source_dir / "features")
     users = pd.read_parquet(features.users_path)
-    users = users.loc[users["user_id"] > 2, "raw_user_id"].to_numpy()  # known (non-OOV) users
+    users = users.loc[users["user_id"] > OOV, "raw_user_id"].to_numpy()  # known (non-OOV) users
     sample = np.sort(
         np.random.default_rng(args.seed).choice(users, min(args.users, len(users)), replace=False)
     )
-    start = pd.Timestamp(args.start) if args.start else pd.Timestamp(features.manifest()["split"]["end"])
+    start = pd.Timestamp(args.start) if args.start else pd.Timestamp(features.manifest().split["end"])
     durations = OfflineStore(store_root).read_table("videos").set_index("video_id")["duration_s"]
     out = _ab_dir(config, args)
     with contextlib.ExitStack() as stack:
@@ -541,8 +541,8 @@ def cmd_ab_report(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from reels.client.bench.data import machine
+    from reels.feature_store.streams import read_exposures
     from reels.models.evaluation.abtest import ab_report, join, markdown, read_events, rows
-    from reels.models.serving.experiment import read_exposures
 
     config = _config(args)
     console = Console()
@@ -554,9 +554,7 @@ def cmd_ab_report(args: argparse.Namespace) -> int:
     else:
         folder = _ab_dir(config, args)
         if not (folder / "exposures.parquet").exists():
-            raise FileNotFoundError(
-                f"no exposures in {folder}: run `reels ab-simulate` first (or use --redis)"
-            )
+            raise NotFound(f"no exposures in {folder}: run `reels ab-simulate` first (or use --redis)")
         exposures = pd.read_parquet(folder / "exposures.parquet")
         events = pd.read_parquet(folder / "events.parquet")
         origin = str(folder)
@@ -635,7 +633,7 @@ def _promote(config, source: str, model_dir: Path, console) -> int:
     """Hot-swap ``model_dir`` into the running `reels serve` of ``source`` (its repository and Redis) and
     mark it serving; with no server running, only mark it (the next `reels serve` loads it)."""
     from reels.deploy.promotion import PromotionFailed, promote
-    from reels.deploy.triton.repository import mark_serving
+    from reels.models.registry import mark_serving
 
     models_root, version = model_dir.parent, int(model_dir.name)
     s = config.server
@@ -647,7 +645,7 @@ def _promote(config, source: str, model_dir: Path, console) -> int:
         )
         mark_serving(models_root, version)
         return 0
-    redis = {"host": s.redis_host, "port": s.redis_port, "password": s.redis_password or None}
+    redis = s.redis
     try:
         report = promote(
             repository, model_dir, f"127.0.0.1:{s.grpc_port}", _online_store(config), redis, config.serving,
@@ -675,8 +673,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     if args.if_drift:
         import pandas as pd
 
-        from reels.deploy.triton.repository import serving_model_dir
-        from reels.models.train import trained_features
+        from reels.models.registry import serving_model_dir, trained_features
         from reels.workflows.drift import drift_table
 
         served = trained_features(serving_model_dir(config.source_dir(args.source) / "models"))
@@ -719,7 +716,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         return 3
     console.print(f"[green]version {result.candidate_dir.name} passed the gate")
     if args.no_promote:
-        from reels.deploy.triton.repository import mark_serving
+        from reels.models.registry import mark_serving
 
         mark_serving(result.candidate_dir.parent, int(result.candidate_dir.name))
         return 0
@@ -729,7 +726,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from reels.models.train import check_manifest
+    from reels.models.registry import check_manifest
 
     config = _config(args)
     model_dir = config.source_dir(args.source) / "models" / str(args.version)
@@ -1003,9 +1000,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from reels.client.config import ConfigError
     from reels.feature_store.store import FeatureStoreError
     from reels.workflows.device import DeviceUnavailable
+    from reels.workflows.errors import ConfigError
     from reels.workflows.validate import ValidationError
 
     args = build_parser().parse_args(argv)

@@ -6,73 +6,16 @@ naming the key and, where one is close, the key that was probably meant.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from reels.models.config import EvaluationConfig, IndexConfig, RankerConfig, RetrainConfig, TwoTowerConfig
-from reels.models.serving.experiment import Experiment
-from reels.models.serving.pipeline import ServingConfig
-from reels.workflows.features import FeatureConfig
-from reels.workflows.synthetic import SyntheticConfig
+from reels.deploy.config import Config
+from reels.workflows.errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
-
-
-class ConfigError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    root: str = "data"  # stores and features live under <root>/<source>/
-    source: str = "synthetic"  # synthetic | movielens
-    valid_days: int = 1
-    test_days: int = 1
-
-
-@dataclass(frozen=True)
-class MovieLensConfig:
-    valid_days: int = 14
-    test_days: int = 14
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    redis_host: str = "127.0.0.1"
-    redis_port: int = 6379
-    redis_password: str = ""
-    http_port: int = 8000
-    grpc_port: int = 8001
-    metrics_port: int = 8002
-    build_dir: str = "build"  # the exported model repository and server logs go here
-
-
-@dataclass(frozen=True)
-class Config:
-    device: str = "auto"
-    data: DataConfig = DataConfig()
-    synthetic: SyntheticConfig = SyntheticConfig()
-    movielens: MovieLensConfig = MovieLensConfig()
-    features: FeatureConfig = FeatureConfig()
-    two_tower: TwoTowerConfig = TwoTowerConfig()
-    ranker: RankerConfig = RankerConfig()
-    index: IndexConfig = IndexConfig()
-    evaluation: EvaluationConfig = EvaluationConfig()
-    serving: ServingConfig = ServingConfig()
-    experiment: Experiment = Experiment()
-    server: ServerConfig = ServerConfig()
-    retrain: RetrainConfig = RetrainConfig()
-
-    def split_days(self, source: str) -> tuple[int, int]:
-        if source == "movielens":
-            return self.movielens.valid_days, self.movielens.test_days
-        return self.data.valid_days, self.data.test_days
-
-    def source_dir(self, source: str | None = None) -> Path:
-        return Path(self.data.root) / (source or self.data.source)
 
 
 SECTIONS = {f.name: f for f in fields(Config)}

@@ -7,8 +7,8 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from reels.workflows.features import BINARY_LABELS, HISTORY
-from reels.workflows.pipeline import SPLITS, FeatureArtifacts
+from reels.workflows.manifest import SPLITS, FeatureArtifacts
+from reels.workflows.spec import BINARY_LABELS, HISTORY
 
 
 def print_feature_summary(artifacts: FeatureArtifacts, console: Console) -> None:
@@ -16,9 +16,9 @@ def print_feature_summary(artifacts: FeatureArtifacts, console: Console) -> None
     workflow = artifacts.load_workflow()
     schema = workflow.output_schema
 
-    bounds = manifest["split"]
+    bounds = manifest.split
     console.print(
-        f"time split ({manifest['device']}, data {manifest['store_fingerprint']}): train from {bounds['start'][:10]}, "
+        f"time split ({manifest.device}, data {manifest.store_fingerprint}): train from {bounds['start'][:10]}, "
         f"valid from {bounds['valid_start'][:10]}, test from {bounds['test_start'][:10]} until {bounds['end'][:10]}"
     )
     splits = Table(title="Label rates per window")
@@ -54,9 +54,9 @@ def print_feature_summary(artifacts: FeatureArtifacts, console: Console) -> None
             f"user {example['raw_user_id']} (model id {example['user_id']}): last viewed videos "
             f"{[int(raw_of.get(v, -1)) for v in recent]} (model ids {recent})"
         )
-    timings = manifest["timings"]
+    timings = manifest.timings
     console.print(
-        f"features in [bold]{artifacts.root}[/]: {manifest['rows']['events']:,} events, "
+        f"features in [bold]{artifacts.root}[/]: {manifest.rows['events']:,} events, "
         f"{len(users):,} users, {len(videos):,} videos; aggregates+join {timings['aggregates_s']:.1f}s, "
         f"fit {timings['fit_s']:.1f}s, transform {timings['transform_s']:.1f}s"
     )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from reels.models.config import RANKER_TASKS
+from reels.workflows.errors import ConfigError, InvalidInput
 
 MODEL = "reels"
 OUTPUTS = (
@@ -21,7 +22,7 @@ OUTPUTS = (
 FALLBACKS = {0: "none", 1: "cold start (trending)", 2: "feature store unavailable (trending)"}
 
 
-class ClientError(RuntimeError):
+class ClientError(InvalidInput):
     """The server rejected or failed a request; ``message`` is the server's."""
 
 
@@ -44,7 +45,7 @@ class Recommendations:
 class ReelsClient:
     def __init__(self, url: str, protocol: str = "http", timeout_s: float = 10.0):
         if protocol not in ("http", "grpc"):
-            raise ValueError(f"protocol must be http or grpc, got {protocol!r}")
+            raise ConfigError(f"protocol must be http or grpc, got {protocol!r}")
         self.protocol = protocol
         self.timeout_s = timeout_s
         if protocol == "http":

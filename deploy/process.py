@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from reels.workflows.errors import ServiceUnavailable
+
 
 class ManagedProcess:
     """Mixin for the server launchers: ``self.process`` is the Popen; ``stop_timeout_s`` how long
@@ -36,7 +38,7 @@ class ManagedProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {self.process.returncode}; see {log_path}")
+                raise ServiceUnavailable(f"{name} exited with {self.process.returncode}; see {log_path}")
             try:
                 if ready():
                     return
@@ -44,7 +46,7 @@ class ManagedProcess:
                 pass
             time.sleep(poll_s)
         self.stop()
-        raise TimeoutError(f"{name} not ready within {timeout_s}s; see {log_path}")
+        raise ServiceUnavailable(f"{name} not ready within {timeout_s}s; see {log_path}")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

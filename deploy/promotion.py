@@ -19,33 +19,31 @@ are in the offline store but not in the new namespace's histories (the next buil
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from reels.deploy.triton.release import ENSEMBLE, STEPS, Release, step_model
 from reels.deploy.triton.repository import (
-    ENSEMBLE,
-    STEPS,
     add_release,
+    instances_of,
     pin_ensemble,
     pinned_version,
-    releases,
     remove_release,
-    step_model,
 )
-from reels.deploy.triton.steps import release_spec
+from reels.feature_store.settings import RedisSettings
 from reels.feature_store.store import OnlineStore
-from reels.models.serving.experiment import Experiment
-from reels.models.serving.pipeline import ServingConfig
-from reels.models.train import check_manifest
-from reels.workflows.pipeline import FeatureArtifacts
+from reels.models.registry import check_manifest
+from reels.models.serving.config import ServingConfig
+from reels.workflows.errors import InvalidInput, ReelsError
+from reels.workflows.manifest import FeatureArtifacts
 
 
-class PromotionFailed(RuntimeError):
+class PromotionFailed(ReelsError):
     """The new version could not be loaded; the serving version is still serving."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -63,7 +61,7 @@ def promote(
     model_dir: Path,
     triton_url: str,
     store: OnlineStore,
-    redis: dict,
+    redis: RedisSettings,
     config: ServingConfig | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> PromotionReport:
@@ -76,7 +74,7 @@ def promote(
     manifest = check_manifest(model_dir)
     version, previous = int(manifest["version"]), pinned_version(repository)
     if version == previous:
-        raise ValueError(f"version {version} is already serving")
+        raise InvalidInput(f"version {version} is already serving")
     features = FeatureArtifacts(Path(manifest["features"]["path"]))
 
     say(f"loading the features of version {version} into a new Redis namespace")
@@ -85,15 +83,10 @@ def promote(
 
     t0 = time.perf_counter()
     # The A/B test carries over: same variants and salt, so users keep their buckets across versions.
-    experiment = Experiment.from_dict(
-        json.loads(release_spec(repository, previous).read_text()).get("experiment")
-    )
-    instances = re.search(
-        r"count: (\d+)", (repository / step_model(STEPS[0], previous) / "config.pbtxt").read_text()
-    )
+    experiment = Release.read(repository, previous).experiment
     add_release(
         repository, model_dir, redis, config, namespace=loaded.namespace, experiment=experiment,
-        instances=int(instances.group(1)) if instances else 1,
+        instances=instances_of(repository, previous),
     )  # fmt: skip
     pin_ensemble(repository, version)
     # The repository API over gRPC: with the (minutes long) load request held on Triton's HTTP front
@@ -121,7 +114,7 @@ def promote(
         ) from exc
     models_s = time.perf_counter() - t0
     store.activate(loaded.namespace)
-    for old in releases(repository):
+    for old in Release.versions(repository):
         if old not in (version, previous):  # the previous release stays loaded for a rollback
             _unload(client, old)
             remove_release(repository, old)

@@ -12,9 +12,10 @@ from pathlib import Path
 import redis
 
 from reels.deploy.process import ManagedProcess
+from reels.workflows.errors import NotFound
 
 
-class RedisNotInstalled(RuntimeError):
+class RedisNotInstalled(NotFound):
     pass
 
 

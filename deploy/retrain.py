@@ -20,11 +20,12 @@ import numpy as np
 import pandas as pd
 
 from reels.deploy.dask_cluster import ClusterInfo, dask_cluster
-from reels.deploy.triton.repository import serving_model_dir
 from reels.models.config import RetrainConfig
 from reels.models.evaluation.gate import GateConfig, GateDecision, decide, score_version
-from reels.models.train import train, trained_features
+from reels.models.registry import serving_model_dir, trained_features
+from reels.models.train import train
 from reels.workflows.device import resolve_device
+from reels.workflows.errors import NotFound
 from reels.workflows.offline_store import OfflineStore
 from reels.workflows.pipeline import build_features
 
@@ -51,11 +52,11 @@ def retrain(
     models_root = source_dir / "models"
     store = OfflineStore(source_dir / "store")
     if not store.has("events"):
-        raise FileNotFoundError(f"no events in {store.root}: run `reels data {source}` first")
+        raise NotFound(f"no events in {store.root}: run `reels data {source}` first")
     try:
         serving_dir: Path | None = serving_model_dir(models_root)
         serving_features = trained_features(serving_dir)
-    except FileNotFoundError:
+    except NotFound:
         serving_dir = serving_features = None
     valid_days, test_days = config.split_days(source)
     device = resolve_device(config.device)  # auto: the GPU path (LocalCUDACluster, cudf) where one exists
@@ -80,7 +81,7 @@ def retrain(
             say(f"encoding the same windows with the workflow of serving version {serving_dir.name}")
             # The candidate's windows, encoded with the serving version's own fitted workflow.
             serving_window = build_features(
-                store, work / f"gate-{stamp}", serving_features.manifest_config(), valid_days=valid_days,
+                store, work / f"gate-{stamp}", serving_features.manifest().feature_config, valid_days=valid_days,
                 test_days=test_days, device=device, progress=say, fitted=serving_features,
             )  # fmt: skip
             timings["gate_features_s"] = time.perf_counter() - t0
@@ -108,7 +109,7 @@ def retrain(
     manifest["gate"] = {
         "config": asdict(gate),
         "serving_version": None if serving_dir is None else int(serving_dir.name),
-        "window": features.manifest()["split"],
+        "window": features.manifest().split,
         "candidate": candidate_scores,
         "serving": serving_scores,
         "checks": decision.checks,

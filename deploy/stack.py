@@ -10,20 +10,21 @@ from pathlib import Path
 
 import redis
 
+from reels.deploy.config import ServerConfig
 from reels.deploy.redis_server import RedisServer
-from reels.deploy.triton.repository import export_repository, serving_model_dir
+from reels.deploy.triton.repository import export_repository
 from reels.deploy.triton_server import TritonServer
 from reels.feature_store.store import OnlineStore
+from reels.models.registry import serving_model_dir, trained_features
+from reels.models.serving.config import ServingConfig
 from reels.models.serving.experiment import Experiment
-from reels.models.serving.pipeline import ServingConfig
-from reels.models.train import trained_features
 
 
 @contextmanager
 def serving_stack(
     source_dir: Path,
     build_dir: Path,
-    server,  # reels.client.config.ServerConfig
+    server: ServerConfig,
     serving: ServingConfig,
     progress: Callable[[str], None] | None = None,
     instances: int = 1,
@@ -35,9 +36,10 @@ def serving_stack(
     model_dir = model_dir or serving_model_dir(source_dir / "models")
     # The features the served models were trained with (a retrain writes its own feature build).
     features = trained_features(model_dir)
-    password = server.redis_password or None
+    settings = server.redis
+    password = settings.resolved_password()
     started_redis = None
-    probe = redis.Redis(host=server.redis_host, port=server.redis_port, password=password, socket_timeout=0.5)
+    probe = settings.client(timeout_s=0.5)
     try:
         probe.ping()
         say(f"using the redis-server already on {server.redis_host}:{server.redis_port}")
@@ -54,7 +56,7 @@ def serving_stack(
         say(f"online store: {report.users:,} users, {report.videos:,} videos in namespace {report.namespace}")
         repo = export_repository(
             model_dir, build_dir / "repository",
-            {"host": server.redis_host, "port": server.redis_port, "password": password}, serving,
+            settings, serving,
             instances=instances, namespace=report.namespace, experiment=experiment,
         )  # fmt: skip
         say(f"starting tritonserver (models from {model_dir})")

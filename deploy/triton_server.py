@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reels.deploy.process import ManagedProcess
+from reels.workflows.errors import NotFound
 
 PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -35,9 +36,7 @@ def backend_directory(build: Path) -> Path:
     python_dir = target / "python"
     stub = root / "python_backend_stubs" / PY_VERSION / "triton_python_backend_stub"
     if not stub.exists():
-        raise FileNotFoundError(
-            f"nvidia-pytriton has no python backend stub for Python {PY_VERSION} ({stub})"
-        )
+        raise NotFound(f"nvidia-pytriton has no python backend stub for Python {PY_VERSION} ({stub})")
     if not (python_dir / "triton_python_backend_stub").exists():
         shutil.copytree(root / "backends" / "python", python_dir, dirs_exist_ok=True)
         shutil.copy2(stub, python_dir / "triton_python_backend_stub")

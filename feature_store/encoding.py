@@ -16,8 +16,8 @@ import nvtabular as nvt
 import pandas as pd
 from nvtabular import ops
 
-PAD, NULL, OOV = 0, 1, 2
-FIRST_ID = 3  # Categorify 23.08: row i of unique.<col>.parquet has id FIRST_ID + i
+from reels.workflows.errors import NotFound
+from reels.workflows.spec import FIRST_ID, NULL, OOV, REQUEST_CONTEXT
 
 
 class Vocabulary:
@@ -26,7 +26,7 @@ class Vocabulary:
     def __init__(self, workflow_dir: Path, column: str):
         path = Path(workflow_dir) / "categories" / f"unique.{column}.parquet"
         if not path.exists():
-            raise FileNotFoundError(f"no vocabulary for {column!r} in {workflow_dir} (expected {path.name})")
+            raise NotFound(f"no vocabulary for {column!r} in {workflow_dir} (expected {path.name})")
         values = pd.read_parquet(path)[column]
         self.column = column
         self.index = pd.Index(values)
@@ -66,7 +66,7 @@ def normalize_stats(workflow: nvt.Workflow, column: str) -> tuple[float, float]:
         if hasattr(node.op, "graph"):  # Subgraph
             stack.append(node.op.graph.output_node)
         stack.extend(node.parents_with_dependencies)
-    raise KeyError(f"the workflow has no fitted Normalize over {column!r}")
+    raise NotFound(f"the workflow has no fitted Normalize over {column!r}")
 
 
 class RequestEncoder:
@@ -74,7 +74,7 @@ class RequestEncoder:
 
     def __init__(self, workflow_dir: str | Path):
         workflow_dir = Path(workflow_dir)
-        self.vocabularies = {c: Vocabulary(workflow_dir, c) for c in ("device", "hour", "day_of_week")}
+        self.vocabularies = {c: Vocabulary(workflow_dir, c) for c in REQUEST_CONTEXT}
         self.age_mean, self.age_std = normalize_stats(nvt.Workflow.load(str(workflow_dir)), "video_age")
 
     def context(self, device, request_time_s) -> dict[str, np.ndarray]:

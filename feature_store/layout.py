@@ -10,6 +10,18 @@ Keys (``{ns}`` is a load's namespace, e.g. ``v3``; ``{prefix}`` defaults to ``re
                                                (the newest 500 at load; streamed events append, and the
                                                list is trimmed back to 500 once it reaches 1,000)
     {prefix}:hidden_creators:{raw_user_id}  SET  raw creator ids the user hid (any namespace)
+    {prefix}:load_counter              STRING  INCR'd by each load: namespace v<N>
+    {prefix}:events                    STREAM  interaction events (field ``event``) and hide-creator
+                                               messages (field ``hide_creator``), consumer group ``ingest``
+    {prefix}:events:dead               STREAM  dead-lettered messages: ``event``, ``reason``, ``source_id``
+    {prefix}:applied:{event_id}        STRING  dedupe marker of an applied event (TTL)
+    {prefix}:offline:{event_id}        STRING  marker of an event already appended to the offline store (TTL)
+    {prefix}:{ns}:counters:{raw_video_id} HASH events / views / likes / completions / hides since the load
+    {prefix}:trending                  ZSET    views per raw video id (streamed trending scores)
+    {prefix}:exposures                 STREAM  one entry per served feed (field ``exposure``, JSON)
+
+The ingest Lua script (``reels.feature_store.ingest``) builds the ``applied``, ``seen``, ``user``,
+``counters`` and ``trending`` names from the same patterns.
 
 Records are fixed-layout little-endian numpy structured records (``dtype.tobytes()``), so one ``MGET``
 of a user and 500 videos decodes with a single ``np.frombuffer`` per kind: no per-field parsing. Field
@@ -21,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reels.workflows.features import (
+from reels.workflows.spec import (
     HISTORY,
     USER_CATEGORICAL,
     USER_CONTINUOUS,
@@ -50,6 +62,8 @@ SEEN_DTYPE = np.dtype("<i8")
 
 
 class Keys:
+    """Every Redis key of reels, built in one place (the table in the module docstring)."""
+
     def __init__(self, prefix: str = DEFAULT_PREFIX):
         self.prefix = prefix
 
@@ -74,4 +88,47 @@ class Keys:
         return f"{self.prefix}:hidden_creators:{raw_user_id}"
 
     def namespace_pattern(self, ns: str) -> str:
+        """Every key of one namespace (for SCAN when a namespace is dropped)."""
         return f"{self.prefix}:{ns}:*"
+
+    @property
+    def meta_pattern(self) -> str:
+        """The meta hash of every namespace (for SCAN)."""
+        return f"{self.prefix}:v*:meta"
+
+    @property
+    def load_counter(self) -> str:
+        """INCR'd by each load to name its namespace."""
+        return f"{self.prefix}:load_counter"
+
+    @property
+    def events(self) -> str:
+        """The event stream clients write to."""
+        return f"{self.prefix}:events"
+
+    @property
+    def dead_letters(self) -> str:
+        """Messages the ingest workers could not apply."""
+        return f"{self.prefix}:events:dead"
+
+    def applied(self, event_id: int) -> str:
+        """Dedupe marker of an applied event."""
+        return f"{self.prefix}:applied:{event_id}"
+
+    def offline_marker(self, event_id: int) -> str:
+        """Marker of an event already appended to the offline store."""
+        return f"{self.prefix}:offline:{event_id}"
+
+    def counters(self, ns: str, raw_video_id: int) -> str:
+        """A video's streamed counters since the namespace was loaded."""
+        return f"{self.prefix}:{ns}:counters:{raw_video_id}"
+
+    @property
+    def trending(self) -> str:
+        """Streamed views per raw video id."""
+        return f"{self.prefix}:trending"
+
+    @property
+    def exposures(self) -> str:
+        """The exposure log: one entry per served feed."""
+        return f"{self.prefix}:exposures"

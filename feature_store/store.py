@@ -17,19 +17,20 @@ import pandas as pd
 import redis
 
 from reels.feature_store.layout import DEFAULT_PREFIX, SEEN_DTYPE, VIDEO_RECORD, Keys, user_record
+from reels.workflows.errors import NotFound, ReelsError, ServiceUnavailable
+from reels.workflows.manifest import FeatureArtifacts
 from reels.workflows.offline_store import OfflineStore
-from reels.workflows.pipeline import FeatureArtifacts
 
 
-class FeatureStoreError(RuntimeError):
+class FeatureStoreError(ReelsError):
     """Base class of the online store's errors."""
 
 
-class FeatureStoreUnavailable(FeatureStoreError):
+class FeatureStoreUnavailable(FeatureStoreError, ServiceUnavailable):
     """Redis cannot be reached (or timed out): callers serve their documented fallback."""
 
 
-class NoActiveNamespace(FeatureStoreError):
+class NoActiveNamespace(FeatureStoreError, NotFound):
     """Nothing has been loaded yet."""
 
 
@@ -57,15 +58,6 @@ class OnlineRows:
     videos: np.ndarray
     seen: np.ndarray
     hidden_creators: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))
-
-
-def connect(
-    host: str = "127.0.0.1", port: int = 6379, password: str | None = None, timeout_s: float = 0.5
-) -> redis.Redis:
-    return redis.Redis(
-        host=host, port=port, password=password, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-        health_check_interval=0,
-    )  # fmt: skip
 
 
 def _pack(frame: pd.DataFrame, dtype: np.dtype) -> np.ndarray:
@@ -114,10 +106,10 @@ class OnlineStore:
     def _load(self, features: FeatureArtifacts, seen_limit: int, batch: int, activate: bool) -> LoadReport:
         started = time.perf_counter()
         manifest = features.manifest()
-        history_length = manifest["feature_config"]["history_length"]
+        history_length = manifest.history_length
         users = pd.read_parquet(features.users_path)
         videos = pd.read_parquet(features.videos_path)
-        offline = OfflineStore(manifest["store"])
+        offline = OfflineStore(manifest.store)
         upload = offline.read_table("videos").set_index("video_id")["upload_time"]
         videos["upload_time"] = upload.reindex(videos["raw_video_id"]).astype("int64").to_numpy() // 10**9
         events = offline.read_events(columns=["user_id", "video_id", "timestamp"]).compute()
@@ -135,7 +127,7 @@ class OnlineStore:
             )
         )
         source = {
-            "store_fingerprint": manifest["store_fingerprint"],
+            "store_fingerprint": manifest.store_fingerprint,
             "features": str(features.root.resolve()),
         }
         return self.load_frames(users, videos, seen, history_length, source, batch, started, activate)
@@ -156,7 +148,7 @@ class OnlineStore:
         user_dtype = user_record(history_length)
         user_records = _pack(users, user_dtype)
         video_records = _pack(videos, VIDEO_RECORD)
-        namespace = f"v{int(self.client.incr(f'{self.keys.prefix}:load_counter'))}"
+        namespace = f"v{int(self.client.incr(self.keys.load_counter))}"
         pipe = self.client.pipeline(transaction=False)
         pending = 0
 
@@ -211,7 +203,7 @@ class OnlineStore:
         keep = {current, keep_previous}
         prefix = self.keys.prefix + ":"
         stale = set()
-        for key in self.client.scan_iter(match=f"{prefix}v*:meta", count=1000):
+        for key in self.client.scan_iter(match=self.keys.meta_pattern, count=1000):
             ns = key.decode().removeprefix(prefix).split(":")[0]
             if ns not in keep:
                 stale.add(ns)

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from reels.workflows.errors import ConfigError
+
 RANKER_TASKS = ("view", "liked", "completed", "watch_fraction")
 
 
 def _fail_on(section: str, checks: dict[str, bool], values: object) -> None:
     bad = [name for name, ok in checks.items() if not ok]
     if bad:
-        raise ValueError(f"invalid {section} config values: {bad} (got {asdict(values)})")
+        raise ConfigError(f"invalid {section} config values: {bad} (got {asdict(values)})")
 
 
 @dataclass(frozen=True)

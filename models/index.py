@@ -16,7 +16,8 @@ import faiss
 import numpy as np
 
 from reels.models.config import IndexConfig
-from reels.workflows.device import resolve_device
+from reels.workflows.device import DeviceUnavailable, resolve_device
+from reels.workflows.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def build_index(
         base = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         base.hnsw.efSearch = config.hnsw_ef_search
     else:
-        raise ValueError(f"unknown index kind {kind!r}")
+        raise ConfigError(f"unknown index kind {kind!r}")
     index = faiss.IndexIDMap2(base)
     index.add_with_ids(embeddings, np.asarray(ids, dtype=np.int64))
     return index
@@ -90,7 +91,7 @@ def build_and_measure(
         if faiss_has_gpu():
             searcher = to_device(index, "gpu")
         elif device == "gpu":
-            raise RuntimeError("--device gpu: this faiss build has no GPU support (install faiss-gpu)")
+            raise DeviceUnavailable("--device gpu: this faiss build has no GPU support (install faiss-gpu)")
     recall = (
         1.0 if chosen == "flat" else recall_against_exact(searcher, embeddings, ids, sample, config.recall_k)
     )
@@ -106,7 +107,7 @@ def to_device(index: faiss.Index, device: str) -> faiss.Index:
     if device != "gpu":
         return index
     if not faiss_has_gpu():
-        raise RuntimeError("faiss has no GPU support here: install faiss-gpu (see deploy/README.md)")
+        raise DeviceUnavailable("faiss has no GPU support here: install faiss-gpu (see deploy/README.md)")
     return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
 
 

@@ -17,16 +17,17 @@ import pandas as pd  # noqa: E402
 from merlin.io import Dataset  # noqa: E402
 from merlin.schema import Schema  # noqa: E402
 
-from reels.workflows.features import (  # noqa: E402
+from reels.workflows.errors import InvalidInput, NotFound  # noqa: E402
+from reels.workflows.manifest import FeatureArtifacts  # noqa: E402
+from reels.workflows.spec import (  # noqa: E402
     HISTORY,
+    REQUEST_CONTEXT,
     USER_CATEGORICAL,
     USER_CONTINUOUS,
     VIDEO_CATEGORICAL,
     VIDEO_CONTINUOUS,
 )
-from reels.workflows.pipeline import FeatureArtifacts  # noqa: E402
 
-REQUEST_CONTEXT = ("device", "hour", "day_of_week")
 QUERY_FEATURES = USER_CATEGORICAL + USER_CONTINUOUS + (HISTORY,) + REQUEST_CONTEXT
 ITEM_FEATURES = VIDEO_CATEGORICAL + VIDEO_CONTINUOUS
 RANKER_FEATURES = QUERY_FEATURES + ITEM_FEATURES + ("video_age",)
@@ -41,12 +42,12 @@ def feature_schema(artifacts: FeatureArtifacts) -> Schema:
 def dataset(frame: pd.DataFrame, schema: Schema, columns: tuple[str, ...]) -> Dataset:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise KeyError(f"feature frame lacks columns {missing}")
+        raise InvalidInput(f"feature frame lacks columns {missing}")
     return Dataset(frame[list(columns)].reset_index(drop=True), schema=schema.select_by_name(list(columns)))
 
 
 def artifacts_at(path: str | Path) -> FeatureArtifacts:
     artifacts = FeatureArtifacts(Path(path))
     if not artifacts.manifest_path.exists():
-        raise FileNotFoundError(f"no feature artifacts at {path}: run `reels features` first")
+        raise NotFound(f"no feature artifacts at {path}: run `reels features` first")
     return artifacts

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import log_loss, mean_squared_error, roc_auc_score
 
+from reels.workflows.errors import InvalidInput
+
 
 def _hits(top_k: np.ndarray, relevant: Sequence[set[int]]) -> np.ndarray:
     return np.array(
@@ -23,10 +25,10 @@ def _hits(top_k: np.ndarray, relevant: Sequence[set[int]]) -> np.ndarray:
 def retrieval_metrics(top_k: np.ndarray, relevant: Sequence[set[int]], ks: Sequence[int]) -> dict[str, float]:
     """Recall@k and NDCG@k for each k in ``ks`` and MAP@max(ks)... computed on the same ranking."""
     if len(top_k) == 0:
-        raise ValueError("no users to evaluate")
+        raise InvalidInput("no users to evaluate")
     max_k = max(ks)
     if top_k.shape[1] < max_k:
-        raise ValueError(f"need {max_k} recommendations per user, got {top_k.shape[1]}")
+        raise InvalidInput(f"need {max_k} recommendations per user, got {top_k.shape[1]}")
     hits = _hits(top_k[:, :max_k], relevant)
     n_relevant = np.array([len(r) for r in relevant], dtype=np.float64)
     discounts = 1.0 / np.log2(np.arange(2, max_k + 2))

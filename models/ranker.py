@@ -29,6 +29,7 @@ from merlin.schema import Schema, Tags
 from reels.models.config import RANKER_TASKS, RankerConfig
 from reels.models.inputs import RANKER_FEATURES, dataset
 from reels.models.two_tower import TrainReport
+from reels.workflows.errors import ConfigError
 
 BINARY_TASKS = tuple(t for t in RANKER_TASKS if t != "watch_fraction")
 
@@ -46,7 +47,7 @@ class MultiTaskRanker(tf.keras.Model):
     def __init__(self, schema: Schema, config: RankerConfig, architecture: str = "mmoe", **kwargs):
         super().__init__(name=f"{architecture}_ranker", **kwargs)
         if architecture not in ("mmoe", "shared_bottom"):
-            raise ValueError(f"architecture must be mmoe or shared_bottom, got {architecture!r}")
+            raise ConfigError(f"architecture must be mmoe or shared_bottom, got {architecture!r}")
         self.architecture = architecture
         self.config = config
         features = schema.select_by_name(list(RANKER_FEATURES))

@@ -12,7 +12,6 @@ Layout (integer versions, as Triton's model repository expects)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -26,8 +25,10 @@ from reels.models.config import IndexConfig, RankerConfig, TwoTowerConfig
 from reels.models.index import build_and_measure, save_index
 from reels.models.inputs import feature_schema
 from reels.models.ranker import Ranker
+from reels.models.registry import next_version, workflow_hash
 from reels.models.two_tower import TwoTower
-from reels.workflows.pipeline import FeatureArtifacts, library_versions
+from reels.workflows.errors import InvalidInput
+from reels.workflows.manifest import FeatureArtifacts, library_versions
 
 Progress = Callable[[str], None]
 LIBRARIES_EXTRA = ("merlin-models", "tensorflow-cpu", "faiss-cpu", "implicit", "scikit-learn")
@@ -43,22 +44,8 @@ class TrainedModels:
     manifest: dict
 
 
-def next_version(root: Path) -> int:
-    versions = [int(p.name) for p in root.glob("*") if p.is_dir() and p.name.isdigit()]
-    return max(versions, default=0) + 1
-
-
 def item_view_counts(train: pd.DataFrame, cardinality: int) -> np.ndarray:
     return np.bincount(train.loc[train["view"] == 1, "video_id"].to_numpy(), minlength=cardinality)
-
-
-def _workflow_hash(features: FeatureArtifacts) -> str:
-    digest = hashlib.sha256()
-    for f in sorted(features.workflow_dir.rglob("*")):
-        if f.is_file():
-            digest.update(f.relative_to(features.workflow_dir).as_posix().encode())
-            digest.update(f.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def schema_summary(schema) -> list[dict]:
@@ -96,7 +83,7 @@ def train(
     train_rows = features.read_split("train")
     positives = train_rows[train_rows["view"] == 1]
     if positives.empty:
-        raise ValueError("the training window has no viewed events: nothing to train the two-tower on")
+        raise InvalidInput("the training window has no viewed events: nothing to train the two-tower on")
     counts = item_view_counts(train_rows, schema["video_id"].int_domain.max + 1)
 
     say(f"two-tower: {len(positives):,} positive pairs x {two_tower_config.epochs} epochs")
@@ -133,10 +120,10 @@ def train(
         "features": {
             "path": str(features.root.resolve()),
             "workflow": str(features.workflow_dir.resolve()),
-            "workflow_hash": _workflow_hash(features),
-            "store_fingerprint": data_manifest["store_fingerprint"],
-            "split": data_manifest["split"],
-            "rows": data_manifest["rows"],
+            "workflow_hash": workflow_hash(features),
+            "store_fingerprint": data_manifest.store_fingerprint,
+            "split": data_manifest.split,
+            "rows": data_manifest.rows,
         },
         "schema": schema_summary(schema),
         "config": {
@@ -164,32 +151,3 @@ def train(
     staging.rename(final)
     say(f"artifacts in {final}")
     return TrainedModels(two_tower, ranker, item_ids, embeddings, final, manifest)
-
-
-def load_manifest(directory: Path) -> dict:
-    path = Path(directory) / "manifest.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{directory} is not a model artifact directory (no manifest.json)")
-    return json.loads(path.read_text())
-
-
-def check_manifest(directory: Path) -> dict:
-    """Load a manifest and verify the workflow it was trained with is still the one it points to."""
-    manifest = load_manifest(directory)
-    features = FeatureArtifacts(Path(manifest["features"]["path"]))
-    if not features.workflow_dir.exists():
-        raise FileNotFoundError(
-            f"the workflow {features.workflow_dir} these models were trained with is gone"
-        )
-    current = _workflow_hash(features)
-    if current != manifest["features"]["workflow_hash"]:
-        raise ValueError(
-            f"the workflow at {features.workflow_dir} changed since training (hash {current} != "
-            f"{manifest['features']['workflow_hash']}): retrain or restore the features"
-        )
-    return manifest
-
-
-def trained_features(directory: Path) -> FeatureArtifacts:
-    """The feature build a model version was trained on (checked: its workflow is unchanged)."""
-    return FeatureArtifacts(Path(check_manifest(directory)["features"]["path"]))

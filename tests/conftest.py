@@ -15,11 +15,10 @@ from reels.deploy.redis_server import RedisServer, free_port  # noqa: E402
 from reels.feature_store.store import OnlineStore  # noqa: E402
 from reels.models.config import IndexConfig, RankerConfig, TwoTowerConfig  # noqa: E402
 from reels.models.train import train  # noqa: E402
-from reels.workflows.features import FeatureConfig  # noqa: E402
+from reels.workflows.config import FeatureConfig, SyntheticConfig  # noqa: E402
 from reels.workflows.offline_store import OfflineStore  # noqa: E402
 from reels.workflows.pipeline import build_features  # noqa: E402
 from reels.workflows.sources import generate_synthetic  # noqa: E402
-from reels.workflows.synthetic import SyntheticConfig  # noqa: E402
 
 INTEGRATION = Path(__file__).parent / "integration"
 

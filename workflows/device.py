@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Literal
 
+from reels.workflows.errors import ConfigError, NotFound
+
 Device = Literal["cpu", "gpu"]
 
 
-class DeviceUnavailable(RuntimeError):
+class DeviceUnavailable(NotFound):
     pass
 
 
@@ -25,7 +27,7 @@ def gpu_available() -> bool:
 
 def resolve_device(device: str = "auto") -> Device:
     if device not in ("cpu", "gpu", "auto"):
-        raise ValueError(f"device must be one of cpu, gpu, auto (got {device!r})")
+        raise ConfigError(f"device must be one of cpu, gpu, auto (got {device!r})")
     if device == "auto":
         return "gpu" if gpu_available() else "cpu"
     if device == "gpu" and not gpu_available():

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from reels.workflows.features import (
+from reels.workflows.errors import InvalidInput
+from reels.workflows.spec import (
     CONTEXT_CATEGORICAL,
     CONTEXT_CONTINUOUS,
     USER_CATEGORICAL,
@@ -58,7 +59,9 @@ def drift_table(
 ) -> pd.DataFrame:
     """PSI per feature present in both frames (minus ``skip``), largest first."""
     if recent.empty or train.empty:
-        raise ValueError(f"both windows need rows to compare (got train {len(train)}, recent {len(recent)})")
+        raise InvalidInput(
+            f"both windows need rows to compare (got train {len(train)}, recent {len(recent)})"
+        )
     rows = []
     for name in CATEGORICAL + CONTINUOUS:
         if name in train.columns and name in recent.columns and name not in skip:

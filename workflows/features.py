@@ -30,7 +30,7 @@ each event, most recent first, 0-padded.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import nvtabular as nvt
@@ -39,60 +39,19 @@ from merlin.dag.ops.subgraph import Subgraph
 from merlin.schema import Tags
 from nvtabular import ops
 
-USER_CATEGORICAL = ("user_id", "age_bucket", "country", "user_language")
-USER_CONTINUOUS = ("user_event_count", "user_like_rate", "user_completion_rate", "user_watch_fraction")
-VIDEO_CATEGORICAL = (
-    "video_id",
-    "creator_id",
-    "category",
-    "audio_track_id",
-    "video_language",
-    "duration_bucket",
+from reels.workflows.config import FeatureConfig
+from reels.workflows.spec import (
+    BINARY_LABELS,
+    CONTEXT_CATEGORICAL,
+    CONTEXT_CONTINUOUS,
+    DURATION_BUCKETS_S,
+    PASSTHROUGH,
+    REGRESSION_LABELS,
+    USER_CATEGORICAL,
+    USER_CONTINUOUS,
+    VIDEO_CATEGORICAL,
+    VIDEO_CONTINUOUS,
 )
-VIDEO_CONTINUOUS = (
-    "duration",
-    "video_view_count",
-    "video_like_rate",
-    "video_completion_rate",
-    "video_watch_fraction",
-)
-CONTEXT_CATEGORICAL = ("device", "hour", "day_of_week", "position")
-CONTEXT_CONTINUOUS = ("video_age",)
-BINARY_LABELS = ("view", "liked", "completed", "shared")
-REGRESSION_LABELS = ("watch_fraction",)
-HISTORY = "history_video_ids"
-# Carried through untransformed: raw keys for joins and the online store, time for splits and history.
-PASSTHROUGH = ("event_id", "raw_user_id", "raw_video_id", "event_time")
-
-DURATION_BUCKETS_S = (5.0, 10.0, 15.0, 30.0, 60.0, 120.0)
-
-
-@dataclass(frozen=True)
-class FeatureConfig:
-    user_freq_threshold: int = 1  # users with fewer training events share the OOV id
-    video_freq_threshold: int = 1
-    creator_freq_threshold: int = 1
-    history_length: int = 20
-    max_position: int = 50  # feed positions beyond this share one id
-    view_threshold: float = 0.5  # watch fraction that counts as a view (label and history)
-    rate_prior_strength: float = 10.0  # pseudo-events pulling rates towards the global mean
-
-    def __post_init__(self) -> None:
-        bad = [
-            name
-            for name, ok in {
-                "user_freq_threshold": self.user_freq_threshold >= 0,
-                "video_freq_threshold": self.video_freq_threshold >= 0,
-                "creator_freq_threshold": self.creator_freq_threshold >= 0,
-                "history_length": self.history_length >= 1,
-                "max_position": self.max_position >= 1,
-                "view_threshold": 0 < self.view_threshold <= 1,
-                "rate_prior_strength": self.rate_prior_strength >= 0,
-            }.items()
-            if not ok
-        ]
-        if bad:
-            raise ValueError(f"invalid feature config values: {bad} (got {asdict(self)})")
 
 
 # ---- aggregates over the training window -------------------------------------------------------------

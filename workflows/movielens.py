@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from reels.workflows.errors import ServiceUnavailable
 from reels.workflows.schema import EVENTS
 
 RECBOLE_VERSION = "1.2.1"
@@ -69,7 +70,7 @@ def fetch_movielens(cache: Path | None = None) -> Path:
         result = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("recbole-*.whl"))
         if result.returncode != 0 or not wheels:
-            raise RuntimeError(
+            raise ServiceUnavailable(
                 f"could not download recbole=={RECBOLE_VERSION} from PyPI to get MovieLens-100k "
                 f"(pip said: {result.stderr.strip()[-500:]})"
             )

@@ -23,6 +23,7 @@ from pathlib import Path
 import dask.dataframe as dd
 import pandas as pd
 
+from reels.workflows.errors import InvalidInput, NotFound
 from reels.workflows.schema import EVENTS, TABLES, Table
 from reels.workflows.validate import validate
 
@@ -100,7 +101,7 @@ class OfflineStore:
         spec = TABLES[table]
         files = self.files(table)
         if not files:
-            raise FileNotFoundError(f"offline store {self.root} has no {table} table")
+            raise NotFound(f"offline store {self.root} has no {table} table")
         parts = sorted(files, key=lambda p: p.name)  # sequence order
         frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
         return frame.drop_duplicates(spec.key, keep="last").reset_index(drop=True)
@@ -114,7 +115,7 @@ class OfflineStore:
         """Events in ``[start, end)`` as a lazy dask frame, one partition per day file."""
         files = self.files(EVENTS.name)
         if not files:
-            raise FileNotFoundError(f"offline store {self.root} has no events")
+            raise NotFound(f"offline store {self.root} has no events")
         if start is not None or end is not None:
             lo = pd.Timestamp.min if start is None else start.normalize()
             hi = pd.Timestamp.max if end is None else end
@@ -136,7 +137,7 @@ class OfflineStore:
         ``valid_days`` before them validation, everything earlier training."""
         days = self.days()
         if len(days) < valid_days + test_days + 1:
-            raise ValueError(
+            raise InvalidInput(
                 f"need at least {valid_days + test_days + 1} days of events for a "
                 f"{valid_days}+{test_days} day valid/test split, the store has {len(days)}"
             )

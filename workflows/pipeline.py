@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 
 import dask
@@ -33,79 +30,16 @@ from merlin.schema import ColumnSchema, Schema, Tags
 from merlin.schema.io.tensorflow_metadata import TensorflowMetadata
 
 from reels.workflows import history as hist
+from reels.workflows.config import FeatureConfig
 from reels.workflows.device import resolve_device, to_pandas
-from reels.workflows.features import (
-    HISTORY,
-    FeatureConfig,
-    build_workflow,
-    compute_aggregates,
-    enrich_events,
-    user_rows,
-    video_rows,
-)
+from reels.workflows.features import build_workflow, compute_aggregates, enrich_events, user_rows, video_rows
+from reels.workflows.manifest import SPLITS, FeatureArtifacts, FeatureManifest, library_versions
 from reels.workflows.offline_store import OfflineStore, TimeSplit
+from reels.workflows.spec import HISTORY
 
-SPLITS = ("train", "valid", "test")
 ROWS_PER_PARTITION = 250_000
-LIBRARIES = (
-    "nvtabular",
-    "merlin-core",
-    "merlin-models",
-    "tensorflow-cpu",
-    "numpy",
-    "pandas",
-    "pyarrow",
-    "dask",
-)
 
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class FeatureArtifacts:
-    root: Path
-
-    @property
-    def workflow_dir(self) -> Path:
-        return self.root / "workflow"
-
-    def split_dir(self, name: str) -> Path:
-        return self.root / name
-
-    @property
-    def users_path(self) -> Path:
-        return self.root / "users.parquet"
-
-    @property
-    def videos_path(self) -> Path:
-        return self.root / "videos.parquet"
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.root / "manifest.json"
-
-    def manifest(self) -> dict:
-        return json.loads(self.manifest_path.read_text())
-
-    def manifest_config(self) -> FeatureConfig:
-        return FeatureConfig(**self.manifest()["feature_config"])
-
-    def load_workflow(self) -> nvt.Workflow:
-        return nvt.Workflow.load(str(self.workflow_dir))
-
-    def read_split(self, name: str, columns: list[str] | None = None) -> pd.DataFrame:
-        files = sorted(self.split_dir(name).glob("part-*.parquet"))
-        return pd.concat([pd.read_parquet(f, columns=columns) for f in files], ignore_index=True)
-
-
-def library_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in LIBRARIES + extra:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
 
 
 def _output_schema(workflow: nvt.Workflow, config: FeatureConfig) -> Schema:
@@ -262,21 +196,21 @@ def build_features(
     video_table["raw_video_id"] = videos["video_id"].to_numpy()
     video_table.to_parquet(staging / "videos.parquet", index=False)
 
-    manifest = {
-        "created": pd.Timestamp.utcnow().isoformat(),
-        "store": str(store.root),
-        "store_fingerprint": store.fingerprint(),
-        "device": dev,
-        "split": split.as_dict(),
-        "rows": {"events": n_rows, **counts, "users": len(user_table), "videos": len(video_table)},
-        "feature_config": asdict(config),
-        "workflow_from": str(fitted.root.resolve()) if fitted is not None else None,
-        "aggregate_prior": aggregates.prior,
-        "columns": {name: schema.column_names for name in SPLITS},
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-        "libraries": library_versions(),
-    }
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    manifest = FeatureManifest(
+        created=pd.Timestamp.utcnow().isoformat(),
+        store=str(store.root),
+        store_fingerprint=store.fingerprint(),
+        device=dev,
+        split=split.as_dict(),
+        rows={"events": n_rows, **counts, "users": len(user_table), "videos": len(video_table)},
+        feature_config=config,
+        workflow_from=str(fitted.root.resolve()) if fitted is not None else None,
+        aggregate_prior=aggregates.prior,
+        columns={name: schema.column_names for name in SPLITS},
+        timings={k: round(v, 3) for k, v in timings.items()},
+        libraries=library_versions(),
+    )
+    (staging / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2))
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)

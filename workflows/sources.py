@@ -8,9 +8,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from reels.workflows.config import SyntheticConfig
+from reels.workflows.errors import AlreadyExists
 from reels.workflows.movielens import load_movielens
 from reels.workflows.offline_store import OfflineStore
-from reels.workflows.synthetic import SyntheticConfig, SyntheticReels
+from reels.workflows.synthetic import SyntheticReels
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ def _fresh(root: Path, overwrite: bool) -> OfflineStore:
     store = OfflineStore(root)
     if store.has("events"):
         if not overwrite:
-            raise FileExistsError(
+            raise AlreadyExists(
                 f"{root} already holds events; pass overwrite=True (--overwrite) to replace it"
             )
         shutil.rmtree(root)

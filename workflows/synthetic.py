@@ -14,11 +14,13 @@ The world it simulates (and keeps as ground truth, for later user simulation):
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from reels.workflows.config import SyntheticConfig
 
 CATEGORIES = (
     "comedy", "dance", "food", "sports", "music", "pets", "travel", "fashion", "beauty", "gaming",
@@ -40,42 +42,6 @@ HOUR_WEIGHTS = np.array(
 USER_ID_BASE = 100_000
 VIDEO_ID_BASE = 5_000_000
 CREATOR_ID_BASE = 900_000
-
-
-@dataclass(frozen=True)
-class SyntheticConfig:
-    seed: int = 42
-    n_events: int = 1_000_000
-    n_users: int = 20_000
-    n_creators: int = 2_000
-    n_videos: int = 40_000  # catalog before the first day
-    new_videos_per_day: int = 400
-    n_days: int = 14
-    start: str = "2026-01-05"
-    n_audio_tracks: int = 3_000
-    mean_session_length: float = 8.0
-    personalised_share: float = 0.65  # feed slots drawn from the user's tastes (rest: trending/popular)
-    favourite_creator_share: float = 0.10  # feed slots drawn from a favourite creator
-    drift: float = 0.6  # how far tastes move from start to end of the period (0 = stationary)
-    trend_amplitude: float = 0.5  # strength of rising/falling category trends
-    position_bias: float = 0.06  # logit penalty per feed position
-
-    def __post_init__(self) -> None:
-        checks = {
-            "n_events": self.n_events > 0,
-            "n_users": self.n_users > 0,
-            "n_creators": self.n_creators > 0,
-            "n_videos": self.n_videos > 0,
-            "n_days": self.n_days > 0,
-            "mean_session_length": self.mean_session_length >= 1,
-            "personalised_share": 0 <= self.personalised_share <= 1,
-            "favourite_creator_share": 0 <= self.favourite_creator_share <= 1 - self.personalised_share,
-            "drift": 0 <= self.drift <= 1,
-            "new_videos_per_day": self.new_videos_per_day >= 0,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"invalid synthetic config values: {bad} (got {asdict(self)})")
 
 
 @dataclass

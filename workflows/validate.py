@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from reels.workflows.errors import InvalidInput
 from reels.workflows.schema import Column, Table
 
 
-class ValidationError(ValueError):
+class ValidationError(InvalidInput):
     """A batch does not conform to its table schema; ``problems`` lists every violation."""
 
     def __init__(self, table: str, problems: list[str]):

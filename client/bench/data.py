@@ -25,7 +25,7 @@ from reels.client.bench import DOCS, record
 
 def world_for(n_events: int):
     """A catalog and user base that grow with the event count (about 50 events per user)."""
-    from reels.workflows.synthetic import SyntheticConfig
+    from reels.workflows.config import SyntheticConfig
 
     return SyntheticConfig(
         seed=42,
@@ -67,7 +67,7 @@ def _phase(phase: str, n_events: int, workdir: Path) -> dict:
 
         artifacts = build_features(OfflineStore(store_dir), workdir / f"features-{n_events}", device="cpu")
         manifest = artifacts.manifest()
-        result = {"seconds": time.perf_counter() - started, "rows": manifest["rows"], **manifest["timings"]}
+        result = {"seconds": time.perf_counter() - started, "rows": manifest.rows, **manifest.timings}
     else:
         raise ValueError(phase)
     result["peak_rss_mib"] = _peak_rss_mib()

@@ -35,13 +35,14 @@ def _events(store, n: int, start: int) -> list[dict]:
 def run(source_dir: Path, n_events: int, freshness_samples: int, batch: int = 2_000) -> dict:
     from reels.deploy.redis_server import RedisServer, free_port
     from reels.feature_store.encoding import Vocabulary
+    from reels.feature_store.ingest import IngestWorker
     from reels.feature_store.store import OnlineStore
-    from reels.feature_store.streams import EventProducer, IngestWorker
+    from reels.feature_store.streams import EventProducer
+    from reels.workflows.manifest import FeatureArtifacts
     from reels.workflows.offline_store import OfflineStore
-    from reels.workflows.pipeline import FeatureArtifacts
 
     features = FeatureArtifacts(source_dir / "features")
-    history_length = features.manifest()["feature_config"]["history_length"]
+    history_length = features.manifest().history_length
     vocabulary = Vocabulary(features.workflow_dir, "video_id")
     store = OfflineStore(source_dir / "store")
     with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp), port=free_port()) as srv:

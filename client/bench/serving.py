@@ -183,7 +183,7 @@ def run(
     config, source: str, concurrency: list[int], seconds: float, requests: int, console, instances: list[int]
 ) -> dict:
     from reels.deploy.stack import serving_stack
-    from reels.deploy.triton.repository import serving_model_dir
+    from reels.models.registry import serving_model_dir
 
     source_dir = config.source_dir(source)
     build = Path(config.server.build_dir) / f"bench-{source}"
@@ -226,13 +226,8 @@ def run(
                     report["serving"][protocol][str(c)] = run_perf_analyzer(
                         protocol, url, triton.http_url, input_data, c, seconds
                     )
-        import redis
 
-        client = (
-            redis_server.client()
-            if redis_server
-            else redis.Redis(host=config.server.redis_host, port=config.server.redis_port)
-        )
+        client = redis_server.client() if redis_server else config.server.redis.client(timeout_s=5.0)
         console.print("in-process pipeline and compute floor")
         full, floor = in_process(serving_model_dir(source_dir / "models"), client, users, k)
     report["serving"]["in_process"] = full

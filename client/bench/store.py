@@ -19,7 +19,7 @@ import pandas as pd
 
 from reels.client.bench import DOCS, record
 from reels.client.bench.data import machine
-from reels.workflows.features import (
+from reels.workflows.spec import (
     HISTORY,
     USER_CATEGORICAL,
     USER_CONTINUOUS,

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from reels.client.bench.serving import perf_analyzer
+from reels.workflows.errors import NotFound
 
 
 @dataclass
@@ -127,15 +128,13 @@ class LoadDuringAction:
 def run(config, source: str, version: int | None, baseline_s: float, concurrency: int, console) -> dict:
     """Serve the serving version, measure a steady window, then promote ``version`` (default: the newest
     trained one) under the same load, and compare. The serving pointer is left as it was."""
-    import redis as redis_lib
 
     from reels.client.bench.data import machine
     from reels.client.bench.serving import request_users, write_input_data
     from reels.deploy.promotion import promote
     from reels.deploy.stack import serving_stack
-    from reels.deploy.triton.repository import latest_model_dir, serving_model_dir
     from reels.feature_store.store import OnlineStore
-    from reels.models.train import trained_features
+    from reels.models.registry import latest_model_dir, serving_model_dir, trained_features
 
     source_dir = config.source_dir(source)
     models_root = source_dir / "models"
@@ -148,7 +147,7 @@ def run(config, source: str, version: int | None, baseline_s: float, concurrency
             if p.name.isdigit() and int(p.name) < int(candidate.name)
         )
         if not older:
-            raise ValueError(f"no version older than {candidate.name} to swap from: train another one first")
+            raise NotFound(f"no version older than {candidate.name} to swap from: train another one first")
         serving = models_root / str(older[-1])
     build = Path(config.server.build_dir) / f"bench-swap-{source}"
     users = request_users(trained_features(serving).root, 1000)
@@ -171,8 +170,8 @@ def run(config, source: str, version: int | None, baseline_s: float, concurrency
             ) as steady:
                 time.sleep(baseline_s)
             console.print(f"promoting version {candidate.name} under the same load")
-            client = redis_server.client() if redis_server else redis_lib.Redis(s.redis_host, s.redis_port)
-            redis = {"host": s.redis_host, "port": s.redis_port, "password": s.redis_password or None}
+            client = redis_server.client() if redis_server else s.redis.client(timeout_s=5.0)
+            redis = s.redis
             with LoadDuringAction(
                 triton.grpc_url, triton.http_url, input_data, users, concurrency, k=20
             ) as swap:

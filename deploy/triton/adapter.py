@@ -1,9 +1,13 @@
-"""The one conversion loop every python-backend model uses: Triton request tensors -> a step -> response
-tensors, with exactly one response per request and errors as per-request Triton errors (the model keeps
-serving). ``pb_utils`` is passed in because it only exists inside Triton's python backend."""
+"""The one python-backend model every step runs: ``model_repository/<step>/1/model.py`` is two lines,
+``TritonPythonModel = bind(pb_utils)``. ``initialize`` reads the model's own config (its tensor names and
+dtypes are the contract), the release it serves (from the model name ``<step>_v<N>``) and builds the step;
+``execute`` converts Triton request tensors -> the step -> response tensors, with exactly one response per
+request and errors as per-request Triton errors (the model keeps serving): invalid-argument for bad
+input, internal for anything else. ``pb_utils`` is passed in because it only exists inside Triton."""
 
 from __future__ import annotations
 
+import json
 import traceback
 from collections.abc import Callable, Sequence
 
@@ -21,6 +25,7 @@ def _error(pb_utils, message: str, invalid: bool):
 def execute(
     pb_utils, requests, inputs: Sequence[str], step: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 ):
+    """Run ``step`` on each request's ``inputs``; bad input -> INVALID_ARG, anything else -> INTERNAL."""
     responses = []
     for request in requests:
         try:
@@ -45,3 +50,38 @@ def execute(
                 )
             )
     return responses
+
+
+class StepModel:
+    """Triton's ``TritonPythonModel`` for any step; ``bind`` supplies the backend's ``pb_utils``."""
+
+    pb_utils = None
+
+    def initialize(self, args: dict) -> None:
+        """Build the step named by the model (``<step>_v<N>``) for release N; check its inputs."""
+        from reels.deploy.triton.release import Release, step_of
+        from reels.deploy.triton.steps import STEP_CLASSES
+
+        config = json.loads(args["model_config"])
+        step_class = STEP_CLASSES[step_of(args["model_name"])]
+        self.inputs = tuple(tensor["name"] for tensor in config["input"])
+        if set(self.inputs) != set(step_class.inputs):
+            raise ValueError(
+                f"{args['model_name']}: config inputs {self.inputs} != step inputs {step_class.inputs}"
+            )
+        self.step = step_class(Release.for_model(args))
+
+    def execute(self, requests):
+        """One response per request, in order."""
+        return execute(self.pb_utils, requests, self.inputs, self.step)
+
+    def finalize(self) -> None:
+        """Close the Redis connections ``initialize`` opened."""
+        store = getattr(self.step, "store", None)
+        if store is not None:
+            store.client.close()
+
+
+def bind(pb_utils) -> type:
+    """The ``TritonPythonModel`` class for a ``model.py``, bound to the backend's ``pb_utils`` module."""
+    return type("TritonPythonModel", (StepModel,), {"pb_utils": pb_utils})

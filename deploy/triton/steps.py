@@ -28,37 +28,24 @@ variant             BYTES [1]               the user's experiment variant ("defa
 
 from __future__ import annotations
 
-import json
-from dataclasses import fields
-from pathlib import Path
-
 import numpy as np
 
-from reels.feature_store.encoding import RequestEncoder
-from reels.feature_store.store import OnlineStore, connect
-from reels.models.serving.experiment import Experiment, ExposureLog
-from reels.models.serving.pipeline import (
-    Catalog,
-    DiversityRerank,
-    Ranking,
-    Retrieval,
-    ServingConfig,
-    trending,
-)
-from reels.models.serving.request import (
-    CONTEXT_FIELDS,
-    BadRequest,
-    Fallback,
-    FeatureTransform,
-    QueryFeatures,
-    Request,
-)
-from reels.workflows.features import HISTORY, USER_CATEGORICAL, USER_CONTINUOUS
+from reels.deploy.triton.release import Release
+from reels.feature_store.streams import ExposureLog
+from reels.models.config import RANKER_TASKS
+from reels.models.serving.catalog import Catalog
+from reels.models.serving.feature_transform import FeatureTransform
+from reels.models.serving.ranking import Ranking
+from reels.models.serving.request import REQUEST_CONTEXT, BadRequest, Fallback, QueryFeatures, Request
+from reels.models.serving.rerank import DiversityRerank
+from reels.models.serving.retrieval import Retrieval
+from reels.workflows.spec import HISTORY, USER_CATEGORICAL, USER_CONTINUOUS
 
-QUERY_CATEGORICAL = USER_CATEGORICAL + CONTEXT_FIELDS
+QUERY_CATEGORICAL = USER_CATEGORICAL + REQUEST_CONTEXT
 
 
 def pack(query: QueryFeatures) -> dict[str, np.ndarray]:
+    """Step 1's output tensors from the query features (the layout in the module docstring)."""
     f = query.features
     return {
         "query_categorical": np.concatenate([f[n].reshape(1) for n in QUERY_CATEGORICAL]).astype(np.int64),
@@ -72,6 +59,7 @@ def pack(query: QueryFeatures) -> dict[str, np.ndarray]:
 
 
 def unpack(t: dict[str, np.ndarray]) -> QueryFeatures:
+    """The query features back from step 1's tensors (the inverse of ``pack``)."""
     features = {n: t["query_categorical"][i : i + 1] for i, n in enumerate(QUERY_CATEGORICAL)}
     features.update({n: t["query_continuous"][i : i + 1] for i, n in enumerate(USER_CONTINUOUS)})
     features[HISTORY] = t["history_video_ids"].reshape(1, -1)
@@ -80,64 +68,23 @@ def unpack(t: dict[str, np.ndarray]) -> QueryFeatures:
     return QueryFeatures(features, seen, Fallback(int(t["fallback"][0])), int(t["request_time_s"][0]), hidden)
 
 
-def release_spec(repository: Path, version: int) -> Path:
-    """Where a release's spec lives: a file at the repository root (Triton reads every folder there as a
-    model, so release files must not be folders)."""
-    return Path(repository) / f"serving-{version}.json"
-
-
-def release_trending(repository: Path, version: int) -> Path:
-    return Path(repository) / f"trending-{version}.npy"
-
-
-class Runtime:
-    """Reads a release's spec (written by ``reels export`` / a promotion) and builds only the parts a step
-    needs. The step models of release ``N`` read ``serving-N.json``: model artifacts, feature workflow and
-    the Redis namespace of that release, so two releases can be loaded side by side during a swap."""
-
-    def __init__(self, repository: Path, version: int):
-        spec = json.loads(release_spec(repository, version).read_text())
-        self.version = version
-        self.model_dir = Path(spec["model_dir"])
-        self.features_dir = Path(spec["features_dir"])
-        self.redis = spec["redis"]
-        self.namespace = spec.get("namespace")  # None: follow the store's active namespace
-        known = {f.name for f in fields(ServingConfig)}
-        self.config = ServingConfig(**{k: v for k, v in spec.get("serving", {}).items() if k in known})
-        self.experiment = Experiment.from_dict(spec.get("experiment"))  # None: no A/B test
-        self.history_length = int(spec["history_length"])
-        self.trending_path = release_trending(repository, version)
-
-    @classmethod
-    def for_model(cls, args: dict) -> Runtime:
-        """From the ``args`` Triton passes to ``initialize``: the model ``<step>_v<N>`` serves release N."""
-        return cls(Path(args["model_repository"]).parent, int(args["model_name"].rsplit("_v", 1)[1]))
-
-    def store(self) -> OnlineStore:
-        return OnlineStore(
-            connect(self.redis["host"], self.redis["port"], self.redis.get("password"), timeout_s=0.2),
-            pinned_namespace=self.namespace,
-        )
-
-    def encoder(self) -> RequestEncoder:
-        return RequestEncoder(self.features_dir / "workflow")
-
-
 class FeatureTransformStep:
-    def __init__(self, runtime: Runtime):
-        self.max_k = runtime.config.max_k
-        self.transform = FeatureTransform(runtime.store(), runtime.encoder(), runtime.history_length)
+    """Step 1 over tensors: validates the request, then ``FeatureTransform``; output packed for step 2."""
 
-    def __call__(self, user_id, k, device, hour, request_time) -> dict[str, np.ndarray]:
-        for name, value in (
-            ("user_id", user_id),
-            ("k", k),
-            ("device", device),
-            ("hour", hour),
-            ("request_time", request_time),
-        ):
-            if np.asarray(value).size != 1:
-                raise BadRequest(f"{name} must hold exactly one value, got shape {np.asarray(value).shape}")
+    inputs = ("user_id", "k", "device", "hour", "request_time")
+
+    def __init__(self, release: Release):
+        self.max_k = release.serving.max_k
+        self.store = release.store()
+        self.transform = FeatureTransform(self.store, release.encoder(), release.history_length)
+
+    def __call__(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for name in self.inputs:
+            if np.asarray(tensors[name]).size != 1:
+                raise BadRequest(
+                    f"{name} must hold exactly one value, got shape {np.asarray(tensors[name]).shape}"
+                )
+        user_id, k, device, hour, request_time = (tensors[name] for name in self.inputs)
         raw_device = device.reshape(-1)[0]
         raw_device = raw_device.decode() if isinstance(raw_device, bytes) else str(raw_device)
         request = Request(
@@ -151,13 +98,20 @@ class FeatureTransformStep:
 
 
 class RetrievalStep:
-    def __init__(self, runtime: Runtime):
+    """Step 2 over tensors: ``Retrieval`` with the release's query tower, FAISS index and trending feed."""
+
+    inputs = (
+        "query_categorical", "query_continuous", "history_video_ids", "seen_video_ids", "fallback",
+        "request_time_s",
+    )  # fmt: skip
+
+    def __init__(self, release: Release):
         from reels.models.index import load_index
         from reels.models.two_tower import QueryTower
 
         self.retrieval = Retrieval(
-            QueryTower(runtime.model_dir / "query_tower"), load_index(runtime.model_dir / "items.faiss"),
-            np.load(runtime.trending_path), runtime.config, Catalog(runtime.model_dir, _features(runtime)),
+            QueryTower(release.model_dir / "query_tower"), load_index(release.model_dir / "items.faiss"),
+            release.trending_ids(), release.serving, Catalog(release.model_dir, release.video_metadata()),
         )  # fmt: skip
 
     def __call__(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -167,12 +121,18 @@ class RetrievalStep:
 
 
 class RankingStep:
-    def __init__(self, runtime: Runtime):
+    """Step 3 over tensors: ``Ranking`` with the release's exported MMoE and the online store."""
+
+    inputs = (
+        "query_categorical", "query_continuous", "history_video_ids", "fallback", "request_time_s",
+        "candidate_ids", "retrieval_scores",
+    )  # fmt: skip
+
+    def __init__(self, release: Release):
         from reels.models.ranker import ExportedRanker
 
-        self.ranking = Ranking(
-            runtime.store(), ExportedRanker(runtime.model_dir / "ranker"), runtime.encoder()
-        )
+        self.store = release.store()
+        self.ranking = Ranking(self.store, ExportedRanker(release.model_dir / "ranker"), release.encoder())
 
     def __call__(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         query = unpack(tensors)
@@ -188,14 +148,25 @@ class RankingStep:
 
 
 class DiversityRerankStep:
-    def __init__(self, runtime: Runtime):
-        self.max_k = runtime.config.max_k
+    """Step 4 over tensors: ``DiversityRerank`` for the user's variant; logs the feed as an exposure."""
+
+    inputs = (
+        "ranked_ids", "ranking_scores", "candidate_task_predictions", "history_video_ids", "k",
+        "request_time_s", "ranking_fallback", "user_id", "hidden_creator_ids",
+    )  # fmt: skip
+
+    def __init__(self, release: Release):
+        self.max_k = release.serving.max_k
+        self.store = None
         exposures = None
-        if runtime.config.log_exposures:
-            store = runtime.store()
-            exposures = ExposureLog(store.client, store.keys.prefix)
+        if release.serving.log_exposures:
+            self.store = release.store()
+            exposures = ExposureLog(self.store.client, self.store.keys.prefix)
         self.rerank = DiversityRerank(
-            Catalog(runtime.model_dir, _features(runtime)), runtime.config, runtime.experiment, exposures
+            Catalog(release.model_dir, release.video_metadata()),
+            release.serving,
+            release.experiment,
+            exposures,
         )
 
     def __call__(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -203,7 +174,7 @@ class DiversityRerankStep:
         if not 0 < k <= self.max_k:
             raise BadRequest(f"k must be between 1 and {self.max_k}, got {k}")
         out = self.rerank(
-            tensors["ranked_ids"], tensors["ranking_scores"], tensors["candidate_task_predictions"].reshape(-1, 4),
+            tensors["ranked_ids"], tensors["ranking_scores"], tensors["candidate_task_predictions"].reshape(-1, len(RANKER_TASKS)),
             tensors["history_video_ids"], k, int(tensors["request_time_s"][0]),
             Fallback(int(tensors["ranking_fallback"][0])), user_id=int(tensors["user_id"].reshape(-1)[0]),
             hidden_creators=tensors["hidden_creator_ids"].reshape(-1),
@@ -211,7 +182,7 @@ class DiversityRerankStep:
         return {
             "video_ids": out.video_ids.astype(np.int64),
             "scores": out.scores.astype(np.float32),
-            "task_predictions": out.task_predictions.astype(np.float32).reshape(-1, 4),
+            "task_predictions": out.task_predictions.astype(np.float32).reshape(-1, len(RANKER_TASKS)),
             "explanation_ids": out.explanation_ids.astype(np.int64),
             "fallback": np.array([int(out.fallback)], dtype=np.int32),
             "propensities": out.propensities.astype(np.float32),
@@ -219,17 +190,9 @@ class DiversityRerankStep:
         }
 
 
-def _features(runtime: Runtime):
-    from reels.workflows.pipeline import FeatureArtifacts
-
-    return FeatureArtifacts(runtime.features_dir)
-
-
-def export_trending(path: Path, features_dir: Path, config: ServingConfig) -> np.ndarray:
-    from reels.workflows.offline_store import OfflineStore
-    from reels.workflows.pipeline import FeatureArtifacts
-
-    store = OfflineStore(FeatureArtifacts(features_dir).manifest()["store"])
-    ids = trending(store, config.trending_days, config.trending_size)
-    np.save(path, ids)
-    return ids
+STEP_CLASSES = {
+    "feature_transform": FeatureTransformStep,
+    "retrieval": RetrievalStep,
+    "ranking": RankingStep,
+    "diversity_rerank": DiversityRerankStep,
+}

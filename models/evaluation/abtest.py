@@ -19,9 +19,11 @@ import pandas as pd
 import redis
 from scipy import stats
 
-from reels.models.serving.experiment import read_stream_json
+from reels.feature_store.layout import DEFAULT_PREFIX, Keys
+from reels.feature_store.streams import read_stream_json
 from reels.models.serving.pipeline import InProcessPipeline
 from reels.models.serving.request import Request
+from reels.workflows.errors import InvalidInput
 from reels.workflows.synthetic import CREATOR_ID_BASE, USER_ID_BASE, VIDEO_ID_BASE, GroundTruth, respond
 
 Z95 = float(stats.norm.ppf(0.975))
@@ -66,7 +68,7 @@ def simulate(
                 or video.min() < 0
                 or video.max() >= len(truth.video_quality)
             ):
-                raise ValueError(
+                raise InvalidInput(
                     f"user {user} or its videos are not in the ground truth (not synthetic data?)"
                 )
             rng = np.random.default_rng([seed, user, session])
@@ -104,9 +106,9 @@ def simulate(
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def read_events(client: redis.Redis, prefix: str = "reels", chunk: int = 5_000) -> pd.DataFrame:
+def read_events(client: redis.Redis, prefix: str = DEFAULT_PREFIX, chunk: int = 5_000) -> pd.DataFrame:
     """The event stream (``{prefix}:events``, field ``event`` = JSON) as a frame."""
-    frame = pd.DataFrame(read_stream_json(client, f"{prefix}:events", "event", chunk))
+    frame = pd.DataFrame(read_stream_json(client, Keys(prefix).events, "event", chunk))
     if len(frame):
         frame["timestamp"] = pd.to_datetime(frame["timestamp"])
     return frame
@@ -220,7 +222,7 @@ def ab_report(items: pd.DataFrame, variants: list[str] | None = None) -> dict:
     names = variants or list(dict.fromkeys(items["variant"]))
     names = [v for v in names if (items["variant"] == v).any()]
     if not names:
-        raise ValueError("no logged exposures to report on")
+        raise InvalidInput("no logged exposures to report on")
     control = items[items["variant"] == names[0]]
     per_user = {
         v: items[items["variant"] == v].groupby("user_id")[list(COLUMN.values())].mean() for v in names

@@ -22,7 +22,8 @@ from reels.models.evaluation.offline import build_queries, catalog_positions
 from reels.models.inputs import QUERY_FEATURES, RANKER_FEATURES
 from reels.models.ranker import BINARY_TASKS
 from reels.models.two_tower import query_inputs
-from reels.workflows.pipeline import FeatureArtifacts
+from reels.workflows.errors import ConfigError, InvalidInput
+from reels.workflows.manifest import FeatureArtifacts
 
 BATCH = 4096
 
@@ -60,7 +61,7 @@ def score_version(model_dir: Path, window: FeatureArtifacts, catalog_ids: np.nda
     test = window.read_split("test")
     queries = build_queries(before, test, catalog_ids)
     if not len(queries.frame):
-        raise ValueError("no users with new viewed videos in the latest window: nothing to gate on")
+        raise InvalidInput("no users with new viewed videos in the latest window: nothing to gate on")
     items = pd.read_parquet(model_dir / "item_embeddings.parquet")
     position = catalog_positions(catalog_ids)
     known = items["raw_video_id"].isin(position.index).to_numpy()
@@ -97,7 +98,7 @@ def decide(candidate: dict, serving: dict | None, config: GateConfig) -> GateDec
     decision = GateDecision(candidate, serving)
     for name in config.metrics:
         if name not in candidate:
-            raise KeyError(f"gate metric {name!r} is not computed (have: {sorted(candidate)})")
+            raise ConfigError(f"gate metric {name!r} is not computed (have: {sorted(candidate)})")
         threshold = None if serving is None else serving[name] * (1 - config.tolerance)
         decision.checks[name] = {
             "candidate": candidate[name],

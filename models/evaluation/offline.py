@@ -23,7 +23,8 @@ from reels.models import baselines, metrics
 from reels.models.config import RANKER_TASKS, EvaluationConfig, RankerConfig
 from reels.models.ranker import BINARY_TASKS, Ranker
 from reels.models.train import TrainedModels
-from reels.workflows.pipeline import FeatureArtifacts
+from reels.workflows.errors import InvalidInput
+from reels.workflows.manifest import FeatureArtifacts
 
 Progress = Callable[[str], None]
 
@@ -143,7 +144,7 @@ def evaluate_retrieval(
     say("scoring the test window")
     queries = build_queries(pd.concat([train, valid], ignore_index=True), test, ids)
     if not len(queries.frame):
-        raise ValueError("no test users with new viewed videos: the test window is too small")
+        raise InvalidInput("no test users with new viewed videos: the test window is too small")
     als = baselines.ALS(
         als_choice["factors"], als_choice["regularization"], config.als_iterations, config.seed
     )

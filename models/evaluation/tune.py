@@ -17,7 +17,7 @@ from reels.models.evaluation.offline import build_queries, catalog_popularity
 from reels.models.inputs import feature_schema
 from reels.models.train import item_view_counts
 from reels.models.two_tower import TwoTower
-from reels.workflows.pipeline import FeatureArtifacts
+from reels.workflows.manifest import FeatureArtifacts
 
 DEFAULT_GRID = (
     {"epochs": 5, "temperature": 0.1, "learning_rate": 0.001},

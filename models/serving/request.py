@@ -1,9 +1,5 @@
-"""Pipeline step 1, ``feature_transform``: a request's user features, history and seen list from Redis,
-plus its context encoded with the fitted workflow's vocabularies.
-
-Fallbacks (flagged in ``Fallback``, never an exception): an unknown user is a cold start (retrieval
-serves trending videos); Redis unreachable serves the trending feed to everybody until it is back.
-"""
+"""Request types of the serving pipeline: the request, its validation, the query features passed between
+steps and the fallback flags."""
 
 from __future__ import annotations
 
@@ -13,12 +9,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from reels.feature_store.encoding import RequestEncoder
-from reels.feature_store.store import FeatureStoreUnavailable, OnlineStore
-from reels.workflows.features import HISTORY, USER_CATEGORICAL, USER_CONTINUOUS
+from reels.workflows.errors import InvalidInput
+from reels.workflows.spec import HISTORY, USER_CATEGORICAL, USER_CONTINUOUS
 
 QUERY_USER_FIELDS = USER_CATEGORICAL + USER_CONTINUOUS + (HISTORY,)
-CONTEXT_FIELDS = ("device", "hour", "day_of_week")
 
 
 class Fallback(enum.IntEnum):
@@ -27,7 +21,7 @@ class Fallback(enum.IntEnum):
     STORE_UNAVAILABLE = 2  # Redis unreachable: trending videos, no personal features
 
 
-class BadRequest(ValueError):
+class BadRequest(InvalidInput):
     """Malformed request: reported to the caller as an invalid-argument error."""
 
 
@@ -55,39 +49,8 @@ class Request:
 class QueryFeatures:
     """Everything the later steps need about the requester (1-row arrays, model-ready)."""
 
-    features: dict[str, np.ndarray]  # QUERY_USER_FIELDS + CONTEXT_FIELDS, each shaped (1,) or (1, L)
+    features: dict[str, np.ndarray]  # QUERY_USER_FIELDS + REQUEST_CONTEXT, each shaped (1,) or (1, L)
     seen: np.ndarray  # raw video ids to exclude
     fallback: Fallback
     request_time_s: int
     hidden_creators: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))  # raw ids
-
-
-class FeatureTransform:
-    def __init__(self, store: OnlineStore, encoder: RequestEncoder, history_length: int):
-        self.store = store
-        self.encoder = encoder
-        self.history_length = history_length
-
-    def __call__(self, request: Request) -> QueryFeatures:
-        context = self.encoder.context([request.device], [request.request_time_s])
-        if request.hour is not None:
-            context["hour"] = self.encoder.vocabularies["hour"].encode([request.hour])
-        hidden = np.array([], dtype=np.int64)
-        try:
-            rows = self.store.read(int(request.user_id), np.array([], dtype=np.int64))
-            user, seen, hidden = rows.user, rows.seen, rows.hidden_creators
-            fallback = Fallback.NONE if user is not None else Fallback.COLD_START
-        except FeatureStoreUnavailable:
-            user, seen, fallback = None, np.array([], dtype=np.int64), Fallback.STORE_UNAVAILABLE
-        features = {name: context[name].reshape(1) for name in CONTEXT_FIELDS}
-        if user is not None:
-            for name in QUERY_USER_FIELDS:
-                value = np.asarray(user[name])
-                features[name] = value.reshape(1, -1) if name == HISTORY else value.reshape(1)
-        else:  # cold start: the OOV user with an empty history (the models have seen OOV ids in training)
-            for name in USER_CATEGORICAL:
-                features[name] = np.array([2], dtype=np.int64)
-            for name in USER_CONTINUOUS:
-                features[name] = np.zeros(1, dtype=np.float32)
-            features[HISTORY] = np.zeros((1, self.history_length), dtype=np.int64)
-        return QueryFeatures(features, seen, fallback, int(request.request_time_s), hidden)

@@ -14,8 +14,9 @@ import pytest
 import redis
 
 from reels.client.cli import main
-from reels.client.config import ConfigError, load_config
+from reels.client.config import load_config
 from reels.deploy.redis_server import free_port
+from reels.feature_store.streams import ExposureLog, read_exposures
 from reels.models.evaluation.abtest import (
     _exploration,
     ab_report,
@@ -25,8 +26,11 @@ from reels.models.evaluation.abtest import (
     welch_p,
     wilson,
 )
-from reels.models.serving.experiment import Experiment, ExposureLog, read_exposures
-from reels.models.serving.pipeline import DiversityRerank, InProcessPipeline, ServingConfig
+from reels.models.serving.config import ServingConfig
+from reels.models.serving.experiment import Experiment
+from reels.models.serving.pipeline import InProcessPipeline
+from reels.models.serving.rerank import DiversityRerank
+from reels.workflows.errors import ConfigError
 from reels.workflows.synthetic import GroundTruth
 
 CONFIG = ServingConfig(candidates=200, max_per_creator=2, max_per_category=6, exploration_slots=3)
@@ -72,7 +76,7 @@ def test_experiment_config_section_and_its_errors():
 @pytest.fixture(scope="module")
 def end_s(tiny_features) -> int:
     """The end of the tiny data: the last two days' uploads are fresh, so exploration has candidates."""
-    return int(pd.Timestamp(tiny_features.manifest()["split"]["end"]).timestamp())
+    return int(pd.Timestamp(tiny_features.manifest().split["end"]).timestamp())
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ import pytest
 from reels.deploy.redis_server import RedisServer, free_port
 from reels.feature_store.store import OnlineStore
 from reels.models.evaluation.exposure import exposure_report, gini, top_share
-from reels.models.serving.pipeline import InProcessPipeline, ServingConfig
+from reels.models.serving.config import ServingConfig
+from reels.models.serving.pipeline import InProcessPipeline
 
 
 def test_gini_and_top_share_on_known_distributions():

@@ -6,7 +6,7 @@ import pytest
 
 from reels.deploy.redis_server import RedisServer, free_port
 from reels.feature_store.store import FeatureStoreUnavailable, NoActiveNamespace, OnlineStore
-from reels.workflows.features import HISTORY, USER_CONTINUOUS, VIDEO_CATEGORICAL
+from reels.workflows.spec import HISTORY, USER_CONTINUOUS, VIDEO_CATEGORICAL
 
 
 @pytest.fixture()

@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 from reels.client.cli import main
-from reels.deploy.triton.repository import mark_serving, serving_model_dir
 from reels.models.evaluation.gate import GateConfig, decide
+from reels.models.registry import mark_serving, serving_model_dir
 
 
 def _tiny_args(root) -> list[str]:

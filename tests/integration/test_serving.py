@@ -10,9 +10,11 @@ from reels.client.triton_client import ClientError, ReelsClient
 from reels.deploy.redis_server import RedisServer, free_port
 from reels.deploy.triton.repository import export_repository
 from reels.deploy.triton_server import TritonServer
+from reels.feature_store.settings import RedisSettings
 from reels.feature_store.store import OnlineStore
-from reels.models.serving.experiment import Experiment, read_exposures
-from reels.models.serving.pipeline import ServingConfig
+from reels.feature_store.streams import read_exposures
+from reels.models.serving.config import ServingConfig
+from reels.models.serving.experiment import Experiment
 
 CONFIG = ServingConfig(candidates=200, max_k=50, max_per_creator=2, max_per_category=6)
 EXPERIMENT = Experiment(name="e2e", salt="t", variants={"control": {}, "diverse": {"mmr_lambda": 0.4}})
@@ -25,7 +27,7 @@ def stack(tiny_models, tiny_features, tmp_path_factory):
     redis_server = RedisServer(root / "redis", port=free_port()).start()
     OnlineStore(redis_server.client()).load(tiny_features)
     repo = export_repository(
-        tiny_models.directory, root / "repository", {"host": "127.0.0.1", "port": redis_server.port}, CONFIG,
+        tiny_models.directory, root / "repository", RedisSettings(port=redis_server.port), CONFIG,
         experiment=EXPERIMENT,
     )  # fmt: skip
     triton = TritonServer(repo, root / "build", free_port(), free_port(), free_port()).start()
@@ -79,7 +81,7 @@ def test_no_seen_videos_and_creator_caps(stack, known_user, tiny_store):
 def test_response_carries_variant_and_propensities_and_is_logged(stack, tiny_features):
     users = pd.read_parquet(tiny_features.users_path)
     users = users.loc[users["user_id"] > 2, "raw_user_id"].to_numpy()[:12]
-    end = int(pd.Timestamp(tiny_features.manifest()["split"]["end"]).timestamp())  # fresh videos exist
+    end = int(pd.Timestamp(tiny_features.manifest().split["end"]).timestamp())  # fresh videos exist
     client_redis = stack["redis"].client()
     client_redis.delete("reels:exposures")
     with ReelsClient(stack["triton"].grpc_url, "grpc") as client:
@@ -150,7 +152,8 @@ def test_wrong_dtype_and_shape_are_rejected(stack, known_user):
 
 def test_hidden_creator_disappears_from_the_next_feed(stack, known_user, tiny_store, tiny_features):
     from reels.feature_store.encoding import Vocabulary
-    from reels.feature_store.streams import EventProducer, IngestWorker
+    from reels.feature_store.ingest import IngestWorker
+    from reels.feature_store.streams import EventProducer
 
     creators = tiny_store.read_table("videos").set_index("video_id")["creator_id"]
     with ReelsClient(stack["triton"].http_url) as client:
@@ -205,7 +208,7 @@ def test_hot_swap_under_perf_analyzer_load_fails_no_request(stack, tiny_models, 
     write_input_data(tmp_path / "requests.json", users, 10)
     store = OnlineStore(stack["redis"].client())
     before = store.namespace()
-    redis = {"host": "127.0.0.1", "port": stack["redis"].port}
+    redis = RedisSettings(port=stack["redis"].port)
     triton = stack["triton"]
     with LoadDuringAction(triton.grpc_url, triton.http_url, tmp_path / "requests.json", users) as load:
         report = promote(repository, new_dir, triton.grpc_url, store, redis, CONFIG)

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 
 from reels.feature_store.encoding import Vocabulary
-from reels.feature_store.streams import EventProducer, IngestWorker
-from reels.workflows.features import HISTORY
+from reels.feature_store.ingest import IngestWorker
+from reels.feature_store.streams import EventProducer
+from reels.workflows.spec import HISTORY
 
 HISTORY_LENGTH = 5  # TINY_FEATURES
 

@@ -1,20 +1,10 @@
-"""diversity_rerank: experiment variant, MMR, creator/category caps, epsilon-greedy exploration slots with
-propensities, explanations; logs each feed to the exposure stream."""
+"""diversity_rerank: experiment variant, MMR, creator/category caps, exploration slots with
+propensities, explanations; logs each feed to the exposure stream.
+
+The step itself is ``reels.deploy.triton.steps``; this file only binds it to the python backend."""
 
 import triton_python_backend_utils as pb_utils
 
-from reels.deploy.triton.adapter import execute
-from reels.deploy.triton.steps import DiversityRerankStep, Runtime
+from reels.deploy.triton.adapter import bind
 
-INPUTS = (
-    "ranked_ids", "ranking_scores", "candidate_task_predictions", "history_video_ids", "k",
-    "request_time_s", "ranking_fallback", "user_id", "hidden_creator_ids",
-)  # fmt: skip
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        self.step = DiversityRerankStep(Runtime.for_model(args))
-
-    def execute(self, requests):
-        return execute(pb_utils, requests, INPUTS, self.step)
+TritonPythonModel = bind(pb_utils)

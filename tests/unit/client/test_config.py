@@ -1,6 +1,7 @@
 import pytest
 
-from reels.client.config import ConfigError, load_config
+from reels.client.config import load_config
+from reels.workflows.errors import ConfigError
 
 
 def test_defaults_load():

@@ -3,7 +3,8 @@
 import numpy as np
 import pandas as pd
 
-from reels.feature_store.encoding import OOV, RequestEncoder
+from reels.feature_store.encoding import RequestEncoder
+from reels.workflows.spec import OOV
 
 
 def test_online_context_matches_the_offline_transform(tiny_features, tiny_store):

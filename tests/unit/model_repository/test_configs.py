@@ -8,9 +8,10 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from reels.deploy.triton.repository import MODELS, SOURCE
-from reels.deploy.triton.steps import QUERY_CATEGORICAL
-from reels.workflows.features import USER_CONTINUOUS
+from reels.deploy.triton.release import MODELS, STEPS
+from reels.deploy.triton.repository import SOURCE, read_config, write_config
+from reels.deploy.triton.steps import QUERY_CATEGORICAL, STEP_CLASSES
+from reels.workflows.spec import USER_CONTINUOUS
 
 
 def _config(name: str) -> model_config_pb2.ModelConfig:
@@ -27,14 +28,25 @@ def test_folder_name_is_the_config_name(name):
     assert CONFIGS[name].name == name
 
 
-@pytest.mark.parametrize("name", [m for m in MODELS if m != "reels"])
-def test_python_models_read_exactly_their_declared_inputs(name):
+@pytest.mark.parametrize("name", STEPS)
+def test_each_step_reads_exactly_the_inputs_its_config_declares(name):
+    assert set(STEP_CLASSES[name].inputs) == {i.name for i in CONFIGS[name].input}
+
+
+@pytest.mark.parametrize("name", STEPS)
+def test_model_py_only_binds_the_generic_adapter(name):
     tree = ast.parse((SOURCE / name / "1" / "model.py").read_text())
-    declared = next(
-        ast.literal_eval(node.value) for node in tree.body
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "INPUTS"
-    )  # fmt: skip
-    assert set(declared) == {i.name for i in CONFIGS[name].input}
+    imported = {
+        alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names
+    }
+    assert imported == {"bind"}
+    assert len([n for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)]) == 0
+
+
+def test_config_round_trips_through_the_protobuf_writer(tmp_path):
+    for name in MODELS:
+        write_config(tmp_path / "config.pbtxt", CONFIGS[name])
+        assert read_config(tmp_path / "config.pbtxt") == CONFIGS[name]
 
 
 def test_packed_query_tensors_match_the_feature_spec():

@@ -11,7 +11,7 @@ from reels.models.config import IndexConfig, RankerConfig, TwoTowerConfig
 from reels.models.evaluation.offline import build_queries
 from reels.models.index import build_and_measure, load_index
 from reels.models.ranker import ExportedRanker
-from reels.models.train import check_manifest
+from reels.models.registry import check_manifest
 from reels.models.two_tower import QueryTower, query_inputs
 from tests.conftest import TINY_RANKER, TINY_TWO_TOWER
 
@@ -103,7 +103,7 @@ def test_approximate_indexes_keep_recall_on_trained_embeddings(trained, valid_qu
 def test_manifest_records_what_reproduces_the_models(trained, tiny_features):
     manifest = json.loads((trained.directory / "manifest.json").read_text())
     assert manifest["version"] == int(trained.directory.name)
-    assert manifest["features"]["store_fingerprint"] == tiny_features.manifest()["store_fingerprint"]
+    assert manifest["features"]["store_fingerprint"] == tiny_features.manifest().store_fingerprint
     assert {c["name"] for c in manifest["schema"]} >= {"user_id", "video_id", "history_video_ids"}
     assert manifest["config"]["two_tower"]["output_dim"] == TT.output_dim
     assert manifest["metrics"]["two_tower"]["examples_per_s"] > 0

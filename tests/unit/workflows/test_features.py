@@ -5,9 +5,10 @@ import nvtabular as nvt
 import pandas as pd
 import pytest
 
-from reels.workflows.features import HISTORY, PASSTHROUGH, compute_aggregates, enrich_events, subgraph_columns
+from reels.workflows.features import compute_aggregates, enrich_events, subgraph_columns
 from reels.workflows.history import previous_views
-from reels.workflows.pipeline import SPLITS
+from reels.workflows.manifest import SPLITS
+from reels.workflows.spec import HISTORY, PASSTHROUGH
 
 OOV, NULL = 2, 1
 
@@ -113,7 +114,7 @@ def test_vocabulary_is_fitted_on_training_events_only(tiny_features, tiny_store)
 
 
 def test_windows_do_not_overlap_in_time(tiny_features):
-    bounds = tiny_features.manifest()["split"]
+    bounds = tiny_features.manifest().split
     edges = {
         "train": ("start", "valid_start"),
         "valid": ("valid_start", "test_start"),

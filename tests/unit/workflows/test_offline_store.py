@@ -1,8 +1,10 @@
 import pandas as pd
 import pytest
 
+from reels.workflows.config import SyntheticConfig
+from reels.workflows.errors import NotFound
 from reels.workflows.offline_store import OfflineStore
-from reels.workflows.synthetic import SyntheticConfig, SyntheticReels
+from reels.workflows.synthetic import SyntheticReels
 
 CONFIG = SyntheticConfig(n_events=6_000, n_users=200, n_creators=30, n_videos=400, n_days=4)
 
@@ -66,5 +68,5 @@ def test_split_needs_enough_days(store):
 
 
 def test_reading_an_empty_store_says_so(tmp_path):
-    with pytest.raises(FileNotFoundError, match="has no events"):
+    with pytest.raises(NotFound, match="has no events"):
         OfflineStore(tmp_path).read_events()

@@ -2,8 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from reels.workflows.config import SyntheticConfig
 from reels.workflows.schema import EVENTS, USERS, VIDEOS
-from reels.workflows.synthetic import CATEGORIES, GroundTruth, SyntheticConfig, SyntheticReels
+from reels.workflows.synthetic import CATEGORIES, GroundTruth, SyntheticReels
 from reels.workflows.validate import validate
 
 SMALL = SyntheticConfig(seed=3, n_events=60_000, n_users=1_500, n_creators=200, n_videos=3_000, n_days=8)

@@ -2,9 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from reels.workflows.config import SyntheticConfig
 from reels.workflows.offline_store import OfflineStore
 from reels.workflows.schema import EVENTS
-from reels.workflows.synthetic import SyntheticConfig, SyntheticReels
+from reels.workflows.synthetic import SyntheticReels
 from reels.workflows.validate import ValidationError, validate
 
 

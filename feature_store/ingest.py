@@ -1,0 +1,299 @@
+"""Interaction events in real time: clients append to a Redis Stream; ``IngestWorker``s in one consumer
+group validate them, dead-letter the malformed ones, and apply the rest to the online features.
+
+Keys (``{p}`` = prefix, ``{ns}`` = the active namespace at apply time)::
+
+    {p}:events                       STREAM  one entry per event, field ``event`` = the event as JSON
+    {p}:events:dead                  STREAM  malformed events: ``event``, ``reason``, ``source_id``
+    {p}:applied:{event_id}           STRING  dedupe marker (TTL ``dedupe_ttl_s``)
+    {p}:{ns}:counters:{raw_video_id} HASH    events / views / likes / completions / hides since the load
+    {p}:trending                     ZSET    views per raw video id (streamed trending scores)
+
+Delivery is at-least-once (a message is acknowledged only after it was applied; a worker that dies
+leaves its messages pending, and ``claim_idle_ms`` later another worker claims them). Updates are
+idempotent: one Lua script call per batch (Redis runs it atomically) sets each event's dedupe marker and
+applies its updates, so a re-delivered event is skipped and no event is ever half-applied.
+
+Per event: the raw video id is appended to the user's seen list (so it — and a "not interested" hide —
+is excluded from the very next request), a viewed video's encoded id is pushed to the front of the
+history inside the user's packed record, and the video's counters and trending score are incremented.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import redis
+
+from reels.feature_store.encoding import Vocabulary
+from reels.feature_store.layout import user_record
+from reels.feature_store.store import OnlineStore
+from reels.feature_store.streams import GROUP, HIDE_CREATOR
+from reels.workflows.offline_store import OfflineStore
+from reels.workflows.schema import EVENTS
+from reels.workflows.spec import HISTORY
+from reels.workflows.validate import ValidationError, validate
+
+# One call applies a whole batch: ARGV = ttl, history offset, history bytes, seen-list bytes, prefix,
+# namespace, and the packed batch (BATCH_RECORD per event). Per event, atomically: set the dedupe marker
+# or skip; append to the seen list (trimmed back to the newest entries once it doubles); push a viewed
+# video's encoded id to the front of the history inside the user record; bump the video's counters and
+# trending score. Ids must stay below 2^53 (Lua numbers are doubles).
+APPLY = """
+local ttl, offset, length, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local prefix, ns, blob = ARGV[5], ARGV[6], ARGV[7]
+local out = {}
+for i = 0, #blob / 36 - 1 do
+  local base = i * 36 + 1
+  local event_id, user_id, video_id = struct.unpack('<i8i8i8', blob, base)
+  local e, u, v = string.format('%.0f', event_id), string.format('%.0f', user_id), string.format('%.0f', video_id)
+  local viewed, liked, completed, hidden = string.byte(blob, base + 32, base + 35)
+  if redis.call('SET', prefix .. ':applied:' .. e, '1', 'NX', 'EX', ttl) then
+    local seen_key = prefix .. ':' .. ns .. ':seen:' .. u
+    local seen_length = redis.call('APPEND', seen_key, string.sub(blob, base + 16, base + 23))
+    if seen_length > 2 * cap then  -- trim rarely: keep the newest cap bytes
+      redis.call('SET', seen_key, redis.call('GETRANGE', seen_key, seen_length - cap, -1))
+    end
+    local counters = prefix .. ':' .. ns .. ':counters:' .. v
+    if viewed == 1 then
+      local user_key = prefix .. ':' .. ns .. ':user:' .. u
+      local user = redis.call('GET', user_key)
+      if user then
+        local history = string.sub(user, offset + 1, offset + length)
+        redis.call('SETRANGE', user_key, offset, string.sub(blob, base + 24, base + 31) .. string.sub(history, 1, length - 8))
+      end
+      redis.call('HINCRBY', counters, 'views', 1)
+      redis.call('ZINCRBY', prefix .. ':trending', 1, v)
+    end
+    redis.call('HINCRBY', counters, 'events', 1)
+    if liked == 1 then redis.call('HINCRBY', counters, 'likes', 1) end
+    if completed == 1 then redis.call('HINCRBY', counters, 'completions', 1) end
+    if hidden == 1 then redis.call('HINCRBY', counters, 'hides', 1) end
+    out[i + 1] = 1
+  else
+    out[i + 1] = 0
+  end
+end
+return out
+"""
+BATCH_RECORD = np.dtype(
+    [("event_id", "<i8"), ("user_id", "<i8"), ("video_id", "<i8"), ("video_code", "<i8"),
+     ("viewed", "u1"), ("liked", "u1"), ("completed", "u1"), ("hidden", "u1")]
+)  # fmt: skip
+
+
+@dataclass
+class IngestStats:
+    read: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    claimed: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+
+class IngestWorker:
+    def __init__(
+        self,
+        store: OnlineStore,
+        video_vocabulary: Vocabulary,
+        history_length: int,
+        consumer: str,
+        batch: int = 2_000,  # most a read takes; 2,000 gave 21k events/s vs 17k at 500 (docs/BENCHMARKS.md)
+        claim_idle_ms: int = 10_000,
+        seen_limit: int = 500,
+        dedupe_ttl_s: int = 7 * 86400,
+        offline: OfflineStore | None = None,
+    ):
+        """``offline``: also append applied events to this offline store (one part per batch), so the
+        next retraining sees them; acknowledged only once both are written."""
+        self.store = store
+        self.offline = offline
+        self.client = store.client
+        self.vocabulary = video_vocabulary
+        self._vocabulary_namespace: str | None = None
+        self.consumer = consumer
+        self.batch = batch
+        self.claim_idle_ms = claim_idle_ms
+        self.seen_bytes = seen_limit * 8
+        self.dedupe_ttl_s = dedupe_ttl_s
+        record = user_record(history_length)
+        self.history_offset = record.fields[HISTORY][1]  # byte offset of the history inside a user record
+        self.history_bytes = history_length * 8
+        self.keys = store.keys
+        self.stream, self.dead = store.keys.events, store.keys.dead_letters
+        self.prefix = store.keys.prefix
+        self._apply = self.client.register_script(APPLY)
+        try:
+            self.client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def step(self, block_ms: int = 200) -> IngestStats:
+        """Claim messages a dead consumer left pending, then read new ones; apply and acknowledge."""
+        stats = IngestStats()
+        _, claimed, _ = self.client.xautoclaim(
+            self.stream,
+            GROUP,
+            self.consumer,
+            min_idle_time=self.claim_idle_ms,
+            start_id="0-0",
+            count=self.batch,
+        )
+        stats.claimed = len(claimed)
+        messages = list(claimed)
+        fresh = self.client.xreadgroup(
+            GROUP, self.consumer, {self.stream: ">"}, count=self.batch, block=block_ms
+        )
+        for _, entries in fresh or []:
+            messages.extend(entries)
+        self.process(messages, stats)
+        return stats
+
+    def read_only(self, count: int) -> list:
+        """Read without processing — what a consumer that dies mid-batch leaves behind (tests use it)."""
+        fresh = self.client.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=count)
+        return [entry for _, entries in fresh or [] for entry in entries]
+
+    def process(self, messages: list, stats: IngestStats) -> None:
+        stats.read += len(messages)
+        hides = [(i, f) for i, f in messages if HIDE_CREATOR.encode() in f]
+        if hides:
+            self._hide_creators(hides, stats)
+            messages = [(i, f) for i, f in messages if HIDE_CREATOR.encode() not in f]
+        good, good_ids = self.validated(messages, stats)
+        if len(good):
+            applied = np.array(self.apply(good), dtype=bool)
+            stats.applied += int(applied.sum())
+            stats.duplicates += int((~applied).sum())
+            if self.offline is not None:
+                self._append_offline(good)
+            # Acknowledged only once Redis (and the offline store) have them.
+            self.client.xack(self.stream, GROUP, *good_ids)
+
+    def _hide_creators(self, messages: list, stats: IngestStats) -> None:
+        """Add each hidden creator to the user's set (read by the next request's feature transform)."""
+        pipe = self.client.pipeline(transaction=False)
+        done = []
+        for message_id, fields in messages:
+            raw = fields[HIDE_CREATOR.encode()]
+            try:
+                body = json.loads(raw)
+                user, creator = int(body["user_id"]), int(body["creator_id"])
+                if user < 0 or creator < 0:
+                    raise ValueError("user_id and creator_id must be non-negative")
+            except (ValueError, KeyError, TypeError) as exc:
+                self._dead(message_id, raw, f"bad hide_creator message: {exc}", stats)
+                continue
+            pipe.sadd(self.store.keys.hidden_creators(user), creator)
+            done.append(message_id)
+        if done:
+            pipe.execute()
+            self.client.xack(self.stream, GROUP, *done)
+            stats.applied += len(done)
+
+    def _append_offline(self, events: pd.DataFrame) -> None:
+        """Append events not yet in the offline store. An event applied to Redis by a worker that died
+        before writing it offline has no offline marker, so a re-delivery writes it then: a crash can
+        at worst duplicate an event offline (the marker is set after the write), never lose it."""
+        markers = [self.keys.offline_marker(int(e)) for e in events["event_id"]]
+        written = np.array([v is not None for v in self.client.mget(markers)], dtype=bool)
+        todo = events[~written].drop_duplicates("event_id")
+        if todo.empty:
+            return
+        self.offline.append("events", todo)
+        pipe = self.client.pipeline(transaction=False)
+        for event_id in todo["event_id"]:
+            pipe.set(self.keys.offline_marker(int(event_id)), 1, ex=self.dedupe_ttl_s)
+        pipe.execute()
+
+    def validated(self, messages: list, stats: IngestStats) -> tuple[pd.DataFrame, list]:
+        """Valid events and their message ids; invalid ones are dead-lettered (with the reason) and acked.
+
+        The whole batch is validated at once (one frame); only when that fails is each event checked on
+        its own to find the bad ones, so the common case costs one vectorised validation."""
+        parsed, ids = [], []
+        for message_id, fields in messages:
+            raw = fields.get(b"event", b"")
+            try:
+                parsed.append(json.loads(raw))
+                ids.append(message_id)
+            except ValueError as exc:
+                self._dead(message_id, raw, f"not JSON: {exc}", stats)
+        if not parsed:
+            return pd.DataFrame(columns=EVENTS.names), []
+        try:
+            return validate(self._frame(parsed), EVENTS), ids
+        except (ValidationError, ValueError, TypeError, KeyError):
+            pass
+        good, good_ids = [], []
+        for event, message_id in zip(parsed, ids, strict=True):
+            try:
+                good.append(validate(self._frame([event]), EVENTS))
+                good_ids.append(message_id)
+            except (ValidationError, ValueError, TypeError, KeyError) as exc:
+                self._dead(message_id, json.dumps(event, default=str).encode(), str(exc)[:500], stats)
+        frame = pd.concat(good, ignore_index=True) if good else pd.DataFrame(columns=EVENTS.names)
+        return frame, good_ids
+
+    @staticmethod
+    def _frame(events: list[dict]) -> pd.DataFrame:
+        frame = pd.DataFrame(events)
+        if "timestamp" in frame:
+            frame["timestamp"] = pd.to_datetime(frame["timestamp"])
+        return frame
+
+    def _dead(self, message_id, raw: bytes, reason: str, stats: IngestStats) -> None:
+        self.client.xadd(self.dead, {"event": raw, "reason": reason, "source_id": message_id})
+        self.client.xack(self.stream, GROUP, message_id)
+        stats.dead_lettered += 1
+        stats.reasons.append(reason)
+
+    def apply(self, events: pd.DataFrame) -> list[int]:
+        """Apply validated events (1 = applied, 0 = already applied before: a duplicate or a re-delivery)."""
+        ns = self.store.namespace()
+        records = np.zeros(len(events), dtype=BATCH_RECORD)
+        for name in ("event_id", "user_id", "video_id"):
+            records[name] = events[name].to_numpy(dtype=np.int64)
+        records["video_code"] = self._vocabulary(ns).encode(records["video_id"])
+        duration = events["video_duration_s"].to_numpy(dtype=np.float64)
+        watched = events["watch_time_s"].to_numpy(dtype=np.float64) / np.where(duration > 0, duration, 1.0)
+        records["viewed"] = (watched >= 0.5) & ~events["skipped"].to_numpy(dtype=bool)
+        for name in ("liked", "completed", "hidden"):
+            records[name] = events[name].to_numpy(dtype=bool)
+        result = self._apply(
+            keys=[],
+            args=[self.dedupe_ttl_s, self.history_offset, self.history_bytes, self.seen_bytes, self.prefix, ns,
+                  records.tobytes()],
+        )  # fmt: skip
+        return [int(r) for r in result]
+
+    def _vocabulary(self, namespace: str) -> Vocabulary:
+        """The video vocabulary of the features loaded into ``namespace``: a promotion swaps in features
+        fitted by a new workflow, whose encoded ids differ, so history pushes must follow the swap."""
+        if namespace != self._vocabulary_namespace:
+            features = self.store.meta(namespace).get("features")
+            workflow = Path(features) / "workflow" if features else None
+            if workflow is not None and workflow.exists():
+                self.vocabulary = Vocabulary(workflow, "video_id")
+            self._vocabulary_namespace = namespace
+        return self.vocabulary
+
+    def run(self, seconds: float | None = None, idle_exit: bool = False) -> IngestStats:
+        """Work until ``seconds`` pass (or forever); with ``idle_exit``, stop once the stream is drained."""
+        total = IngestStats()
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while deadline is None or time.monotonic() < deadline:
+            stats = self.step()
+            for name in ("read", "applied", "duplicates", "dead_lettered", "claimed"):
+                setattr(total, name, getattr(total, name) + getattr(stats, name))
+            total.reasons.extend(stats.reasons)
+            if idle_exit and stats.read == 0:
+                break
+        return total

@@ -1,0 +1,73 @@
+"""The in-memory item side of serving: embeddings, creators, categories and upload times by raw id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from reels.workflows.offline_store import OfflineStore
+from reels.workflows.spec import OOV
+
+
+def trending(store: OfflineStore, days: int, limit: int) -> np.ndarray:
+    """Raw ids of the most watched (not skipped) videos over the store's last ``days`` days."""
+    last = store.days()[-1] + pd.Timedelta(days=1)
+    events = store.read_events(
+        last - pd.Timedelta(days=days), last, columns=["video_id", "skipped"]
+    ).compute()
+    counts = events.loc[~events["skipped"], "video_id"].value_counts()
+    return counts.index.to_numpy(dtype=np.int64)[:limit]
+
+
+VIDEO_METADATA = ("creator_id", "category", "upload_time")
+
+
+def video_metadata(store: OfflineStore) -> pd.DataFrame:
+    """The raw video attributes serving needs (creator, category, upload time), indexed by raw video id.
+    Read once when a release is exported, so the serving path never reads the offline store."""
+    return store.read_table("videos").set_index("video_id")[list(VIDEO_METADATA)]
+
+
+class IdLookup:
+    """int64 key -> value by binary search over sorted unique keys (the first value wins for repeated
+    keys). A pandas ``reindex`` per call cost ~0.3 ms per request in the re-rank; this is a few µs."""
+
+    def __init__(self, keys: np.ndarray, values: np.ndarray):
+        self.keys, first = np.unique(np.asarray(keys, dtype=np.int64), return_index=True)
+        self.values = np.asarray(values)[first]
+
+    def __call__(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(values, found): ``values`` is meaningless where ``found`` is False."""
+        query = np.asarray(query, dtype=np.int64)
+        if not len(self.keys):
+            return np.zeros(len(query), dtype=self.values.dtype), np.zeros(len(query), dtype=bool)
+        at = np.minimum(np.searchsorted(self.keys, query), len(self.keys) - 1)
+        return self.values[at], self.keys[at] == query
+
+
+class Catalog:
+    """In-memory item side: embeddings by raw id, creator/category/upload time, encoded -> raw ids."""
+
+    def __init__(self, model_dir: Path, videos: pd.DataFrame):
+        """``videos``: ``video_metadata()`` of the release (raw video id index)."""
+        stored = pd.read_parquet(model_dir / "item_embeddings.parquet")
+        self.raw_ids = stored["raw_video_id"].to_numpy(dtype=np.int64)
+        embeddings = np.stack(stored["embedding"].to_numpy()).astype(np.float32)
+        self.unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+        self.row_of = IdLookup(self.raw_ids, np.arange(len(self.raw_ids)))
+        raw = videos.reindex(self.raw_ids)
+        self.creator = raw["creator_id"].fillna(-1).to_numpy(dtype=np.int64)
+        self.category = raw["category"].fillna("").to_numpy()
+        categories, self.category_code = np.unique(self.category, return_inverse=True)
+        self.n_categories = len(categories)
+        self.upload_s = raw["upload_time"].astype("int64").to_numpy() // 10**9
+        encoded = stored["video_id"].to_numpy()
+        known = encoded > OOV  # OOV/null ids are shared by many videos: no unique raw id to explain with
+        self.raw_of_encoded = IdLookup(encoded[known], self.raw_ids[known])
+
+    def rows(self, raw_ids: np.ndarray) -> np.ndarray:
+        """Catalog row of each raw id, NaN where the catalog does not know it."""
+        rows, found = self.row_of(raw_ids)
+        return np.where(found, rows, np.nan)

@@ -1,0 +1,39 @@
+"""The serving settings shared by every step (config section ``serving``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reels.workflows.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    candidates: int = 500  # retrieved and ranked per request
+    max_k: int = 100
+    mmr_lambda: float = 0.7  # 1 = pure score, 0 = pure diversity
+    max_per_creator: int = 2
+    max_per_category: int = 5
+    fresh_candidates: int = 50  # of the candidates: fresh videos closest to the query (the exploration pool)
+    exploration_slots: int = 2  # positions reserved for fresh videos
+    exploration_epsilon: float = 0.2  # per exploration slot: P(a uniformly random fresh video)
+    fresh_hours: float = 48.0
+    trending_days: int = 3
+    trending_size: int = 1000
+    log_exposures: bool = True  # one entry per served feed in the Redis stream reels:exposures
+
+    def __post_init__(self) -> None:
+        checks = {
+            "candidates": self.candidates > 0,
+            "max_k": self.max_k > 0,
+            "mmr_lambda": 0.0 <= self.mmr_lambda <= 1.0,
+            "max_per_creator": self.max_per_creator > 0,
+            "max_per_category": self.max_per_category > 0,
+            "fresh_candidates": 0 <= self.fresh_candidates <= self.candidates,
+            "exploration_slots": self.exploration_slots >= 0,
+            "exploration_epsilon": 0.0 <= self.exploration_epsilon <= 1.0,
+            "fresh_hours": self.fresh_hours >= 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"invalid serving config values: {bad} (got {self})")

@@ -1,0 +1,51 @@
+"""Pipeline step 3, ``ranking``: candidate features from Redis and the MMoE over all candidates in one batch."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reels.feature_store.encoding import RequestEncoder
+from reels.feature_store.store import FeatureStoreUnavailable, OnlineStore
+from reels.models.config import RANKER_TASKS
+from reels.models.inputs import ITEM_FEATURES, RANKER_FEATURES
+from reels.models.ranker import ExportedRanker
+from reels.models.serving.request import (
+    QUERY_USER_FIELDS,
+    REQUEST_CONTEXT,
+    Fallback,
+    QueryFeatures,
+)
+
+
+class Ranking:
+    def __init__(self, store: OnlineStore, ranker: ExportedRanker, encoder: RequestEncoder):
+        self.store = store
+        self.ranker = ranker
+        self.encoder = encoder
+
+    def __call__(
+        self, query: QueryFeatures, candidates: np.ndarray, retrieval_scores: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Fallback]:
+        """Known candidates, final scores, per-task predictions (n, 4) and the fallback in force."""
+        fallback = query.fallback
+        try:
+            rows = self.store.read_videos(candidates) if len(candidates) else None
+        except FeatureStoreUnavailable:
+            rows = None
+            fallback = Fallback.STORE_UNAVAILABLE
+        if rows is None or len(rows.video_ids) == 0:
+            tasks = np.full((len(candidates), len(RANKER_TASKS)), np.nan, dtype=np.float32)
+            return candidates, retrieval_scores.astype(np.float32), tasks, fallback
+        n = len(rows.video_ids)
+        inputs = {}
+        for name in QUERY_USER_FIELDS + REQUEST_CONTEXT:
+            value = query.features[name]
+            inputs[name] = np.repeat(value, n, axis=0)
+        for name in ITEM_FEATURES:
+            inputs[name] = rows.videos[name]
+        inputs["video_age"] = self.encoder.video_age(
+            np.full(n, query.request_time_s), rows.videos["upload_time"]
+        )
+        out = self.ranker({name: inputs[name] for name in RANKER_FEATURES})
+        tasks = np.stack([out[t] for t in RANKER_TASKS], axis=1).astype(np.float32)
+        return rows.video_ids, out["score"].astype(np.float32), tasks, fallback
