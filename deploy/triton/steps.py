@@ -36,10 +36,10 @@ from reels.models.config import RANKER_TASKS
 from reels.models.serving.catalog import Catalog
 from reels.models.serving.feature_transform import FeatureTransform
 from reels.models.serving.ranking import Ranking
-from reels.models.serving.request import REQUEST_CONTEXT, BadRequest, Fallback, QueryFeatures, Request
+from reels.models.serving.request import BadRequest, Fallback, QueryFeatures, Request
 from reels.models.serving.rerank import DiversityRerank
 from reels.models.serving.retrieval import Retrieval
-from reels.workflows.spec import HISTORY, USER_CATEGORICAL, USER_CONTINUOUS
+from reels.workflows.spec import HISTORY, REQUEST_CONTEXT, USER_CATEGORICAL, USER_CONTINUOUS
 
 QUERY_CATEGORICAL = USER_CATEGORICAL + REQUEST_CONTEXT
 

@@ -11,8 +11,8 @@ import numpy as np
 
 from reels.feature_store.encoding import RequestEncoder
 from reels.feature_store.store import FeatureStoreUnavailable, OnlineStore
-from reels.models.serving.request import QUERY_USER_FIELDS, REQUEST_CONTEXT, Fallback, QueryFeatures, Request
-from reels.workflows.spec import HISTORY, OOV, USER_CATEGORICAL, USER_CONTINUOUS
+from reels.models.serving.request import QUERY_USER_FIELDS, Fallback, QueryFeatures, Request
+from reels.workflows.spec import HISTORY, OOV, REQUEST_CONTEXT, USER_CATEGORICAL, USER_CONTINUOUS
 
 
 class FeatureTransform:

@@ -11,10 +11,10 @@ from reels.models.inputs import ITEM_FEATURES, RANKER_FEATURES
 from reels.models.ranker import ExportedRanker
 from reels.models.serving.request import (
     QUERY_USER_FIELDS,
-    REQUEST_CONTEXT,
     Fallback,
     QueryFeatures,
 )
+from reels.workflows.spec import REQUEST_CONTEXT
 
 
 class Ranking:

@@ -14,7 +14,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 # Lowest first: a package may import its own layer and the layers before it, never a later one.
 LAYERS = ("workflows", "feature_store", "models", "deploy", "client")
-HEAVY = ("tensorflow", "nvtabular", "merlin", "faiss", "dask", "distributed", "pandas", "tritonclient", "redis")
+HEAVY = (
+    "tensorflow",
+    "nvtabular",
+    "merlin",
+    "faiss",
+    "dask",
+    "distributed",
+    "pandas",
+    "tritonclient",
+    "redis",
+)
 
 
 def _modules() -> list[tuple[Path, str]]:
@@ -64,13 +74,7 @@ def _imported_after(code: str) -> set[str]:
     [["--help"], ["config"], ["recommend", "--help"], ["retrain", "--help"], ["bench", "serving", "--help"]],
 )
 def test_cli_start_up_imports_no_ml_stack(argv):
-    code = (
-        "from reels.client.cli import main\n"
-        "try:\n"
-        f"    main({argv!r})\n"
-        "except SystemExit:\n"
-        "    pass"
-    )
+    code = f"from reels.client.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass"
     loaded = _imported_after(code)
     assert not loaded & set(HEAVY), f"reels {' '.join(argv)} imported {sorted(loaded & set(HEAVY))}"
 
@@ -91,7 +95,9 @@ def _undocumented(path: Path) -> list[str]:
                 missing += [
                     f"{sub.lineno} {node.name}.{sub.name}"
                     for sub in node.body
-                    if isinstance(sub, ast.FunctionDef) and not sub.name.startswith("_") and not ast.get_docstring(sub)
+                    if isinstance(sub, ast.FunctionDef)
+                    and not sub.name.startswith("_")
+                    and not ast.get_docstring(sub)
                 ]
     return missing
 

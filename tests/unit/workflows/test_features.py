@@ -44,7 +44,7 @@ def test_save_load_transform_round_trip(tiny_features, tiny_store, tmp_path):
     split = tiny_store.time_split(1, 1)
     events = tiny_store.read_events(*split.window("test")).compute().head(500)
     train = tiny_store.read_events(*split.window("train"))
-    aggregates = compute_aggregates(train, tiny_features.manifest_config())
+    aggregates = compute_aggregates(train, tiny_features.manifest().feature_config)
     rows = enrich_events(events, tiny_store.read_table("users"), tiny_store.read_table("videos"), aggregates)
     first = workflow.transform(rows)
     second = reloaded.transform(rows)
@@ -93,7 +93,7 @@ def test_statistics_come_from_the_training_window_only(tiny_features, tiny_store
     fresh = users.loc[sorted(new_users)]
     assert (fresh["user_id"] == OOV).all()  # not in the training vocabulary
     assert fresh["user_event_count"].nunique() == 1  # all at the zero-count value
-    prior = tiny_features.manifest()["aggregate_prior"]
+    prior = tiny_features.manifest().aggregate_prior
     np.testing.assert_allclose(fresh["user_like_rate"], prior["like_rate"], rtol=1e-5)
     # The standardised log-count orders users exactly as a direct count over the training window does.
     counts = train["user_id"].value_counts()
@@ -183,7 +183,7 @@ def test_gpu_features_match_cpu(tiny_store, tiny_features, tmp_path):
 
     if not gpu_available():
         pytest.skip("no NVIDIA GPU with cudf on this machine: the GPU path is exercised on GPU hosts only")
-    gpu = build_features(tiny_store, tmp_path / "gpu", tiny_features.manifest_config(), 1, 1, device="gpu")
+    gpu = build_features(tiny_store, tmp_path / "gpu", tiny_features.manifest().feature_config, 1, 1, device="gpu")
     cpu_train = tiny_features.read_split("train").sort_values("event_id").reset_index(drop=True)
     gpu_train = gpu.read_split("train").sort_values("event_id").reset_index(drop=True)
     pd.testing.assert_frame_equal(
