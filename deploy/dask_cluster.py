@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ClusterInfo:
+    """The cluster a retrain got: its kind, scheduler address, dashboard link (None if none) and workers."""
+
     kind: str  # scheduler | LocalCUDACluster | LocalCluster
     scheduler: str
     dashboard: str | None
@@ -25,6 +27,8 @@ def dask_cluster(
     n_workers: int | None = None,
     dashboard_address: str = ":8787",
 ) -> Iterator[ClusterInfo]:
+    """Context manager: connect to ``scheduler`` or start a local (CUDA) cluster, yield its ``ClusterInfo``
+    while its client is Dask's default, and close the client and any cluster started here on exit."""
     from distributed import Client, LocalCluster
 
     if scheduler:

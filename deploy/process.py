@@ -19,6 +19,7 @@ class ManagedProcess:
     stop_timeout_s: float = 10.0
 
     def start(self):  # pragma: no cover - each launcher defines it
+        """Launch the server, wait until it answers, and return ``self``; raises ``ServiceUnavailable``."""
         raise NotImplementedError
 
     def _launch(
@@ -49,6 +50,7 @@ class ManagedProcess:
         raise ServiceUnavailable(f"{name} not ready within {timeout_s}s; see {log_path}")
 
     def stop(self) -> None:
+        """SIGTERM the process, SIGKILL it after ``stop_timeout_s``, and forget it; a no-op when not running."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:

@@ -16,10 +16,11 @@ from reels.workflows.errors import NotFound
 
 
 class RedisNotInstalled(NotFound):
-    pass
+    """No ``redis-server`` binary on PATH."""
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it; another process may take it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -27,6 +28,8 @@ def free_port() -> int:
 
 @dataclass
 class RedisServer(ManagedProcess):
+    """One ``redis-server`` child process without persistence, its data and log (``redis.log``) in ``data_dir``."""
+
     data_dir: Path
     port: int = 6379
     bind: str = "127.0.0.1"
@@ -36,6 +39,7 @@ class RedisServer(ManagedProcess):
     stop_timeout_s: float = field(default=10.0, init=False)
 
     def command(self) -> list[str]:
+        """The ``redis-server`` argv for these settings; raises ``RedisNotInstalled`` when there is no binary."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RedisNotInstalled(
@@ -52,12 +56,15 @@ class RedisServer(ManagedProcess):
         return cmd
 
     def client(self, timeout_s: float = 0.5) -> redis.Redis:
+        """A redis-py client to this server with connect and command timeouts of ``timeout_s``."""
         return redis.Redis(
             host=self.bind, port=self.port, password=self.password, socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
         )  # fmt: skip
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
+        """Start the server and return ``self`` once it answers PING; raises ``ServiceUnavailable`` when it
+        exits or is not ready within ``timeout_s``."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         client = self.client()
         self._launch(

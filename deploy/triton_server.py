@@ -1,8 +1,9 @@
-"""Run a real ``tritonserver`` on CPU from the nvidia-pytriton wheel (see DESIGN.md for why each step):
+"""Run a real ``tritonserver`` on CPU from the nvidia-pytriton wheel, which needs three set-up steps:
 
 - the wheel ships ``tritonserver`` 2.51, the python backend and per-Python stubs; the 3.11 stub is copied
   into a backend folder of ours, passed as ``--backend-directory``;
-- ``LD_LIBRARY_PATH`` holds ``nvidia_pytriton.libs`` and the base interpreter's LIBDIR (libpython3.11);
+- ``LD_LIBRARY_PATH`` holds ``nvidia_pytriton.libs`` (the copied stub no longer finds its CUDA runtime by
+  its relative path) and the base interpreter's LIBDIR (libpython3.11);
 - the stub ignores PYTHONPATH and resolves ``python3`` through PATH, so the venv's ``bin/`` goes first:
   python models then import ``reels`` and the pinned stack from the venv.
 """
@@ -44,6 +45,8 @@ def backend_directory(build: Path) -> Path:
 
 
 def server_environment() -> dict[str, str]:
+    """A copy of ``os.environ`` for ``tritonserver``: the wheel's libs and LIBDIR on ``LD_LIBRARY_PATH``,
+    the venv's ``bin/`` first on ``PATH``, one thread per op pool unless already set."""
     site = Path(_pytriton_root()).parents[1]
     libs = [str(site / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
     env = dict(os.environ)
@@ -60,6 +63,9 @@ def server_environment() -> dict[str, str]:
 
 @dataclass
 class TritonServer(ManagedProcess):
+    """One ``tritonserver`` child process over ``repository`` with explicit model control, its backend
+    folder and log (``tritonserver.log``) under ``build``."""
+
     repository: Path
     build: Path
     http_port: int = 8000
@@ -69,6 +75,7 @@ class TritonServer(ManagedProcess):
     stop_timeout_s: float = field(default=30.0, init=False)
 
     def command(self) -> list[str]:
+        """The ``tritonserver`` argv (prepares the backend folder under ``build`` as a side effect)."""
         binary = _pytriton_root() / "bin" / "tritonserver"
         return [
             str(binary), f"--model-repository={self.repository}",
@@ -83,13 +90,17 @@ class TritonServer(ManagedProcess):
 
     @property
     def http_url(self) -> str:
+        """``host:port`` of the HTTP endpoint on loopback (no scheme, as tritonclient takes it)."""
         return f"127.0.0.1:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
+        """``host:port`` of the gRPC endpoint on loopback."""
         return f"127.0.0.1:{self.grpc_port}"
 
     def start(self, timeout_s: float = 240.0) -> TritonServer:
+        """Start the server and return ``self`` once it reports ready over HTTP; raises
+        ``ServiceUnavailable`` when it exits or is not ready within ``timeout_s``."""
         import tritonclient.http as http
 
         self.build.mkdir(parents=True, exist_ok=True)

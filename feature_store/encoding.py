@@ -36,6 +36,8 @@ class Vocabulary:
         return len(self.index) + FIRST_ID
 
     def encode(self, values) -> np.ndarray:
+        """The int64 Categorify ids of a 1-d sequence of raw values (``FIRST_ID + row``, ``OOV`` if unknown,
+        ``NULL`` for None/NaN), flattened to one id per value."""
         values = np.asarray(values, dtype=object if isinstance(values, list) else None).reshape(-1)
         if len(values) <= 64:  # a request's few values: dict lookups beat building a pandas index
             out = np.empty(len(values), dtype=np.int64)
@@ -78,7 +80,8 @@ class RequestEncoder:
         self.age_mean, self.age_std = normalize_stats(nvt.Workflow.load(str(workflow_dir)), "video_age")
 
     def context(self, device, request_time_s) -> dict[str, np.ndarray]:
-        """device: strings (None = unknown); request_time_s: unix seconds (UTC). Arrays of equal length."""
+        """The int64 ``device``, ``hour`` and ``day_of_week`` ids, one per request, for device strings
+        (None = unknown) and request times in UTC unix seconds (equal lengths)."""
         seconds = np.asarray(request_time_s, dtype=np.int64).reshape(-1)
         hour = (seconds // 3600) % 24
         day_of_week = (seconds // 86400 + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0 as in pandas
@@ -89,7 +92,8 @@ class RequestEncoder:
         }
 
     def video_age(self, request_time_s, upload_time_s) -> np.ndarray:
-        """Hours since upload at request time -> log1p -> standardise (LogOp >> Normalize)."""
+        """Encoded ``video_age`` (float32): hours since upload at request time (both unix seconds, clipped at 0),
+        log1p'd and standardised with the fitted stats, as the workflow's LogOp >> Normalize does."""
         hours = np.clip(
             (np.asarray(request_time_s, np.float64) - np.asarray(upload_time_s, np.float64)) / 3600.0, 0, None
         )

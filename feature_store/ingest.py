@@ -89,6 +89,9 @@ BATCH_RECORD = np.dtype(
 
 @dataclass
 class IngestStats:
+    """Message counts of one ``step`` or ``run``: read, applied, duplicates skipped, dead-lettered, claimed
+    from dead consumers, and each dead letter's reason."""
+
     read: int = 0
     applied: int = 0
     duplicates: int = 0
@@ -98,6 +101,9 @@ class IngestStats:
 
 
 class IngestWorker:
+    """One consumer of group ``ingest`` on the event stream: validates, dead-letters, applies events to the
+    active namespace with the ``APPLY`` script and optionally appends them to the offline store."""
+
     def __init__(
         self,
         store: OnlineStore,
@@ -162,6 +168,8 @@ class IngestWorker:
         return [entry for _, entries in fresh or [] for entry in entries]
 
     def process(self, messages: list, stats: IngestStats) -> None:
+        """Handle ``(message_id, fields)`` stream entries: hide-creator messages, then events (validated,
+        applied, appended offline), acknowledging each once handled; counts go into ``stats``."""
         stats.read += len(messages)
         hides = [(i, f) for i, f in messages if HIDE_CREATOR.encode() in f]
         if hides:

@@ -25,7 +25,7 @@ The ingest Lua script (``reels.feature_store.ingest``) builds the ``applied``, `
 
 Records are fixed-layout little-endian numpy structured records (``dtype.tobytes()``), so one ``MGET``
 of a user and 500 videos decodes with a single ``np.frombuffer`` per kind: no per-field parsing. Field
-names and order come from the feature spec (``reels.workflows.features``) and the values are the
+names and order come from the feature spec (``reels.workflows.spec``) and the values are the
 *already transformed* model inputs (Categorify ids, standardised floats) written by the feature build.
 """
 
@@ -45,6 +45,8 @@ DEFAULT_PREFIX = "reels"
 
 
 def user_record(history_length: int) -> np.dtype:
+    """The packed user record: int64 Categorify ids (``USER_CATEGORICAL``), float32 ``USER_CONTINUOUS`` and
+    the int64 encoded ``history_video_ids`` of ``history_length`` slots, little-endian, no padding."""
     return np.dtype(
         [(name, "<i8") for name in USER_CATEGORICAL]
         + [(name, "<f4") for name in USER_CONTINUOUS]
@@ -69,18 +71,23 @@ class Keys:
 
     @property
     def active(self) -> str:
+        """The STRING holding the namespace readers use (swapped by a new load)."""
         return f"{self.prefix}:active"
 
     def meta(self, ns: str) -> str:
+        """The namespace's meta HASH: record layouts, row counts, source fingerprints, load time."""
         return f"{self.prefix}:{ns}:meta"
 
     def user(self, ns: str, raw_user_id: int) -> str:
+        """The packed ``user_record`` of a raw user id in namespace ``ns``."""
         return f"{self.prefix}:{ns}:user:{raw_user_id}"
 
     def video(self, ns: str, raw_video_id: int) -> str:
+        """The packed ``VIDEO_RECORD`` of a raw video id in namespace ``ns``."""
         return f"{self.prefix}:{ns}:video:{raw_video_id}"
 
     def seen(self, ns: str, raw_user_id: int) -> str:
+        """The packed int64 raw video ids already shown to a raw user id, in namespace ``ns``."""
         return f"{self.prefix}:{ns}:seen:{raw_user_id}"
 
     def hidden_creators(self, raw_user_id: int) -> str:

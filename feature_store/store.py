@@ -36,6 +36,8 @@ class NoActiveNamespace(FeatureStoreError, NotFound):
 
 @dataclass(frozen=True)
 class LoadReport:
+    """What one load wrote: the new namespace (``v<N>``), record counts per kind and the wall seconds."""
+
     namespace: str
     users: int
     videos: int
@@ -44,6 +46,7 @@ class LoadReport:
 
     @property
     def keys_per_s(self) -> float:
+        """User, video and seen-list keys written per wall-clock second."""
         return (self.users + self.videos + self.seen_lists) / self.seconds
 
 
@@ -75,6 +78,9 @@ def _known_videos(raw_video_ids: np.ndarray, values: list) -> tuple[np.ndarray, 
 
 
 class OnlineStore:
+    """Reads and loads packed feature records in Redis under namespaced keys (``Keys``); Redis failures
+    surface as ``FeatureStoreUnavailable``, an empty store as ``NoActiveNamespace``."""
+
     def __init__(
         self,
         client: redis.Redis,
@@ -196,6 +202,7 @@ class OnlineStore:
         self._namespace = None  # re-read on next access
 
     def meta(self, namespace: str | None = None) -> dict[str, str]:
+        """The meta hash of ``namespace`` (default: the one read now) as str -> str; empty if never loaded."""
         raw = self.client.hgetall(self.keys.meta(namespace or self.namespace()))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
@@ -219,6 +226,8 @@ class OnlineStore:
 
     # ---- reading ----------------------------------------------------------------------------------------
     def namespace(self) -> str:
+        """The namespace reads use: the pinned one, else ``{prefix}:active``, cached for ``namespace_ttl_s``;
+        raises ``NoActiveNamespace`` when nothing is loaded."""
         now = time.monotonic()
         if self._namespace is None or now - self._namespace_read_at > self.namespace_ttl_s:
             try:
@@ -269,8 +278,10 @@ class OnlineStore:
         return OnlineRows(None, *_known_videos(raw_video_ids, values), np.array([], dtype=SEEN_DTYPE))
 
     def read_user(self, raw_user_id: int) -> tuple[np.void | None, np.ndarray]:
+        """The user's packed record (None if unknown) and their int64 raw seen video ids, in one round trip."""
         rows = self.read(raw_user_id, np.array([], dtype=np.int64))
         return rows.user, rows.seen
 
     def hidden_creators(self, raw_user_id: int) -> np.ndarray:
+        """The raw creator ids the user hid, int64, ascending (empty if none)."""
         return self.read(raw_user_id, np.array([], dtype=np.int64)).hidden_creators

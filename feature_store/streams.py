@@ -41,6 +41,8 @@ class EventProducer:
         self.maxlen = maxlen
 
     def send(self, events: list[dict]) -> list[bytes]:
+        """XADD each raw event (``schema.EVENTS`` fields; timestamps sent as strings) as JSON in field
+        ``event``, in one pipeline; returns the stream entry ids in input order."""
         pipe = self.client.pipeline(transaction=False)
         for event in events:
             pipe.xadd(self.stream, {"event": _event_json(event)}, maxlen=self.maxlen, approximate=True)
@@ -55,7 +57,7 @@ class EventProducer:
 
 @dataclass
 class Exposure:
-    """One served feed, as logged: position i of every list is the item at feed position i."""
+    """One served feed, as logged (raw user and video ids): position i of every list is feed position i."""
 
     user_id: int
     request_time_s: int
@@ -70,6 +72,7 @@ class Exposure:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def to_json(self) -> str:
+        """The JSON stream entry: every field plus ``positions`` (0..len(video_ids)-1)."""
         return json.dumps(self.__dict__ | {"positions": list(range(len(self.video_ids)))})
 
 
@@ -91,6 +94,7 @@ class ExposureLog:
         self._paused_until = 0.0
 
     def write(self, exposure: Exposure) -> bool:
+        """Append one feed to the log; False (never an exception) when the entry was dropped."""
         if time.monotonic() < self._paused_until:
             self.failed += 1
             return False
@@ -134,6 +138,8 @@ def read_stream_json(client: redis.Redis, stream: str, field: str, chunk: int = 
 
 
 def explode_exposures(entries: list[dict]) -> pd.DataFrame:
+    """Decoded exposure entries as one typed row per served item (the columns of ``read_exposures``);
+    entries with an empty feed contribute no rows."""
     columns = ["video_ids", "positions", "propensities", "explored", "greedy", "pool"]
     frame = pd.DataFrame(entries, columns=[
         "request_id", "user_id", "request_time_s", "experiment", "variant", "fallback", *columns

@@ -31,16 +31,19 @@ def top_k(scorer: Scorer, n_users: int, seen: Sequence[np.ndarray], k: int, chun
 
 
 def popularity_scorer(item_counts: np.ndarray) -> Scorer:
+    """A scorer giving every user the same float32 scores, ``item_counts`` (one per catalog row)."""
     scores = item_counts.astype(np.float32)[None, :]
     return lambda rows: np.broadcast_to(scores, (len(rows), scores.shape[1]))
 
 
 def random_scorer(n_items: int, seed: int) -> Scorer:
+    """A scorer of uniform [0, 1) float32 scores, deterministic by ``seed`` and call order."""
     rng = np.random.default_rng(seed)
     return lambda rows: rng.random((len(rows), n_items), dtype=np.float32)
 
 
 def embedding_scorer(queries: np.ndarray, items: np.ndarray) -> Scorer:
+    """A scorer of dot products between query rows of ``queries`` (n_users, d) and ``items`` (n_items, d)."""
     return lambda rows: queries[rows] @ items.T
 
 
@@ -62,10 +65,12 @@ class ALS:
         )  # fmt: skip
 
     def fit(self, user_items: sp.csr_matrix) -> ALS:
+        """Fit the factors on a binary (n_users, n_items) training matrix; returns ``self``."""
         self.model.fit(user_items, show_progress=False)
         return self
 
     def scorer(self, query_items: sp.csr_matrix) -> Scorer:
+        """A scorer over query users re-solved from ``query_items`` (row i = query user i's prior views)."""
         factors = self.model.recalculate_user(np.arange(query_items.shape[0]), query_items)
         items = self.model.item_factors
         return lambda rows: factors[rows] @ items.T

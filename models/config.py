@@ -20,6 +20,8 @@ def _fail_on(section: str, checks: dict[str, bool], values: object) -> None:
 
 @dataclass(frozen=True)
 class TwoTowerConfig:
+    """Two-tower retrieval hyperparameters (config section ``two_tower``); raises ``ConfigError`` if invalid."""
+
     output_dim: int = 64  # embedding size shared by query and item towers (FAISS dimension)
     feature_dim: int = 32  # categorical embedding size inside each tower
     hidden_units: tuple[int, ...] = (128,)
@@ -41,6 +43,9 @@ class TwoTowerConfig:
 
 @dataclass(frozen=True)
 class RankerConfig:
+    """MMoE ranker hyperparameters and serving score weights (config section ``ranker``); raises
+    ``ConfigError`` if invalid."""
+
     num_experts: int = 4
     expert_units: tuple[int, ...] = (64,)
     tower_units: tuple[int, ...] = (32,)
@@ -69,6 +74,8 @@ class RankerConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
+    """FAISS index kind and its search parameters (config section ``index``); raises ``ConfigError`` if invalid."""
+
     kind: str = "auto"  # auto | flat | ivf | hnsw  (auto: exact below exact_max_items, else IVF)
     exact_max_items: int = 50_000
     ivf_lists: int = 1024
@@ -87,6 +94,9 @@ class IndexConfig:
 
 @dataclass(frozen=True)
 class EvaluationConfig:
+    """Offline evaluation cut-offs and the ALS baseline's grid (config section ``evaluation``); raises
+    ``ConfigError`` if invalid."""
+
     ks: tuple[int, ...] = (10, 20, 50, 100)
     als_factors: tuple[int, ...] = (32, 64, 128)  # grid searched on the validation window only
     als_regularization: tuple[float, ...] = (0.01, 0.1)
@@ -103,6 +113,9 @@ class EvaluationConfig:
 
 @dataclass(frozen=True)
 class RetrainConfig:
+    """Dask cluster, promotion gate and drift trigger of ``reels retrain`` (config section ``retrain``);
+    raises ``ConfigError`` if invalid."""
+
     scheduler: str = ""  # an existing Dask scheduler address; empty: start a local cluster
     n_workers: int = 0  # local cluster workers (0: one per 2 cores)
     dashboard_address: str = ":8787"

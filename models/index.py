@@ -2,7 +2,8 @@
 
 ``auto`` builds an exact ``IndexFlatIP`` for catalogs up to ``exact_max_items`` and an IVF index above;
 recall@K of the approximate index against exact search is measured at build time on sample queries
-(DESIGN.md: ANN recall on trained embeddings is far below recall on random vectors — measure, don't assume).
+because approximate recall on trained two-tower embeddings is far below recall on random clustered vectors
+(measured: IVF nprobe 128 0.66 vs 0.96, HNSW ef 1024 0.75 vs 0.97).
 With ``device="gpu"`` and faiss GPU support, the index is moved to GPU 0 for search.
 """
 
@@ -22,6 +23,8 @@ from reels.workflows.errors import ConfigError
 
 @dataclass(frozen=True)
 class IndexReport:
+    """What ``build_and_measure`` built: index kind, item count, build seconds and recall@k against exact."""
+
     kind: str
     items: int
     build_s: float
@@ -62,6 +65,8 @@ def build_index(
 def recall_against_exact(
     index: faiss.Index, embeddings: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int
 ) -> float:
+    """Share of the exact inner-product top-``k`` ids (over ``embeddings``/``ids``) that ``index`` also
+    returns for ``queries``, in [0, 1]; ``k`` is capped at the number of items."""
     exact = faiss.IndexIDMap2(faiss.IndexFlatIP(embeddings.shape[1]))
     exact.add_with_ids(np.ascontiguousarray(embeddings, dtype=np.float32), np.asarray(ids, dtype=np.int64))
     k = min(k, len(ids))
@@ -99,6 +104,7 @@ def build_and_measure(
 
 
 def faiss_has_gpu() -> bool:
+    """True when this faiss build has GPU support and sees at least one GPU."""
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
@@ -112,8 +118,10 @@ def to_device(index: faiss.Index, device: str) -> faiss.Index:
 
 
 def save_index(index: faiss.Index, path: Path) -> None:
+    """Write a CPU index to ``path`` with ``faiss.write_index`` (a GPU copy must be moved back first)."""
     faiss.write_index(index, str(path))
 
 
 def load_index(path: Path) -> faiss.Index:
+    """Read an index written by ``save_index``, on CPU."""
     return faiss.read_index(str(path))

@@ -35,11 +35,14 @@ BIAS_FEATURES = ("position", "device")  # training-only inputs of the position-b
 
 
 def feature_schema(artifacts: FeatureArtifacts) -> Schema:
+    """The Merlin schema the feature build wrote for its model-ready parquet (read from the train window)."""
     files = sorted(str(p) for p in artifacts.split_dir("train").glob("part-*.parquet"))
     return Dataset(files[:1], engine="parquet").schema
 
 
 def dataset(frame: pd.DataFrame, schema: Schema, columns: tuple[str, ...]) -> Dataset:
+    """A Merlin ``Dataset`` of ``columns`` of ``frame`` with their part of ``schema``; raises
+    ``InvalidInput`` when the frame lacks one."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise InvalidInput(f"feature frame lacks columns {missing}")
@@ -47,6 +50,7 @@ def dataset(frame: pd.DataFrame, schema: Schema, columns: tuple[str, ...]) -> Da
 
 
 def artifacts_at(path: str | Path) -> FeatureArtifacts:
+    """The finished feature build at ``path``; raises ``NotFound`` when it has no manifest."""
     artifacts = FeatureArtifacts(Path(path))
     if not artifacts.manifest_path.exists():
         raise NotFound(f"no feature artifacts at {path}: run `reels features` first")

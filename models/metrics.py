@@ -23,7 +23,8 @@ def _hits(top_k: np.ndarray, relevant: Sequence[set[int]]) -> np.ndarray:
 
 
 def retrieval_metrics(top_k: np.ndarray, relevant: Sequence[set[int]], ks: Sequence[int]) -> dict[str, float]:
-    """Recall@k and NDCG@k for each k in ``ks`` and MAP@max(ks)... computed on the same ranking."""
+    """Mean ``recall@k``, ``ndcg@k`` and ``map@k`` over users for each k in ``ks``, from one ranking;
+    raises ``InvalidInput`` with no users or fewer than ``max(ks)`` columns."""
     if len(top_k) == 0:
         raise InvalidInput("no users to evaluate")
     max_k = max(ks)
@@ -64,6 +65,7 @@ def novelty(top_k: np.ndarray, item_popularity: np.ndarray) -> float:
 
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """``auc`` (NaN when only one class is present) and ``logloss`` of probabilities clipped to [1e-7, 1-1e-7]."""
     labels = np.asarray(labels).astype(int)
     scores = np.clip(np.asarray(scores, dtype=np.float64), 1e-7, 1 - 1e-7)
     if labels.min() == labels.max():
@@ -72,4 +74,5 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
 
 
 def rmse(targets: np.ndarray, predictions: np.ndarray) -> float:
+    """Root mean squared error, in the targets' units."""
     return float(np.sqrt(mean_squared_error(targets, predictions)))

@@ -44,6 +44,9 @@ def _mlp(units: tuple[int, ...], name: str) -> tf.keras.Sequential:
 
 
 class MultiTaskRanker(tf.keras.Model):
+    """The Keras ranker: ``RANKER_FEATURES`` -> MMoE or shared-bottom trunk -> one sigmoid head per
+    ``RANKER_TASKS``; the position-bias tower is built when configured and applied only in training."""
+
     def __init__(self, schema: Schema, config: RankerConfig, architecture: str = "mmoe", **kwargs):
         super().__init__(name=f"{architecture}_ranker", **kwargs)
         if architecture not in ("mmoe", "shared_bottom"):
@@ -83,6 +86,8 @@ class MultiTaskRanker(tf.keras.Model):
             self.bias_logits = tf.keras.layers.Dense(len(RANKER_TASKS), name="bias_logits")
 
     def task_logits(self, features, training=False) -> dict[str, tf.Tensor]:
+        """Per-task logits, shape (batch,); with ``training`` and position bias on, the bias logit is added
+        (``features`` must then hold ``position`` and ``device``)."""
         x = self.inputs_block(features, training=training)
         if self.architecture == "mmoe":
             experts = tf.stack([e(x, training=training) for e in self.experts], axis=1)  # (b, E, d)
@@ -104,6 +109,7 @@ class MultiTaskRanker(tf.keras.Model):
         return logits
 
     def call(self, features, training=False):
+        """Per-task probabilities in (0, 1), shape (batch,): the sigmoid of ``task_logits``."""
         return {t: tf.sigmoid(v) for t, v in self.task_logits(features, training=training).items()}
 
 
@@ -129,6 +135,8 @@ class Ranker:
         return Loader(data, batch_size=self.config.batch_size, shuffle=shuffle)
 
     def fit(self, train: pd.DataFrame) -> TrainReport:
+        """Train ``config.epochs`` epochs on a feature frame holding ``RANKER_FEATURES``, ``position`` and the
+        task labels; returns the final epoch's loss and the wall seconds."""
         loader = self._loader(train, shuffle=True)
         loader = loader.map(
             lambda x, y: (x, {t: tf.cast(tf.reshape(y[t], (-1,)), tf.float32) for t in RANKER_TASKS})
@@ -152,6 +160,8 @@ class Ranker:
         return predictions
 
     def signature_specs(self) -> dict[str, tf.TensorSpec]:
+        """The exported signature's inputs by feature name: float32 for continuous, int64 ids otherwise,
+        shape (None,) or (None, list length) for lists such as the history."""
         specs = {}
         for col in self.model.feature_schema:
             dtype = tf.float32 if Tags.CONTINUOUS in col.tags else tf.int64
@@ -174,6 +184,9 @@ class Ranker:
 
 
 class ExportedRanker:
+    """A ranker SavedModel written by ``Ranker.export``, called with numpy arrays; returns numpy arrays per
+    task plus ``score``."""
+
     def __init__(self, path: Path):
         self._fn = tf.saved_model.load(str(path)).signatures["serving_default"]
         self.inputs = dict(self._fn.structured_input_signature[1])

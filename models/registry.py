@@ -14,11 +14,13 @@ SERVING_POINTER = "serving"  # <models>/serving: the promoted version (absent: t
 
 
 def next_version(root: Path) -> int:
+    """One above the highest integer-named directory under ``root`` (1 when there is none)."""
     versions = [int(p.name) for p in root.glob("*") if p.is_dir() and p.name.isdigit()]
     return max(versions, default=0) + 1
 
 
 def workflow_hash(features: FeatureArtifacts) -> str:
+    """16 hex digits of SHA-256 over the relative paths and bytes of every file in the fitted workflow."""
     digest = hashlib.sha256()
     for f in sorted(features.workflow_dir.rglob("*")):
         if f.is_file():
@@ -28,6 +30,7 @@ def workflow_hash(features: FeatureArtifacts) -> str:
 
 
 def load_manifest(directory: Path) -> dict:
+    """The parsed ``manifest.json`` of a model version directory; raises ``NotFound`` when it has none."""
     path = Path(directory) / "manifest.json"
     if not path.exists():
         raise NotFound(f"{directory} is not a model artifact directory (no manifest.json)")
@@ -55,6 +58,7 @@ def trained_features(directory: Path) -> FeatureArtifacts:
 
 
 def latest_model_dir(models_root: Path) -> Path:
+    """The highest-numbered version directory under ``models_root``; raises ``NotFound`` when there is none."""
     versions = sorted((p for p in models_root.glob("*") if p.name.isdigit()), key=lambda p: int(p.name))
     if not versions:
         raise NotFound(f"no trained models under {models_root}: run `reels train` first")
@@ -73,6 +77,7 @@ def serving_model_dir(models_root: Path) -> Path:
 
 
 def mark_serving(models_root: Path, version: int) -> None:
+    """Point ``<models_root>/serving`` at ``version``, replacing the pointer atomically."""
     tmp = models_root / f".{SERVING_POINTER}.tmp"
     tmp.write_text(f"{version}\n")
     tmp.replace(models_root / SERVING_POINTER)  # atomic on POSIX

@@ -36,6 +36,9 @@ LIBRARIES_EXTRA = ("merlin-models", "tensorflow-cpu", "faiss-cpu", "implicit", "
 
 @dataclass
 class TrainedModels:
+    """The in-memory result of ``train``: both models, the catalog's raw ids and (n_items, output_dim)
+    float32 embeddings in the same order, the new version directory and its manifest."""
+
     two_tower: TwoTower
     ranker: Ranker
     item_ids: np.ndarray  # raw video ids, catalog order
@@ -45,10 +48,12 @@ class TrainedModels:
 
 
 def item_view_counts(train: pd.DataFrame, cardinality: int) -> np.ndarray:
+    """Viewed events per encoded ``video_id`` (index = Categorify id), length at least ``cardinality``."""
     return np.bincount(train.loc[train["view"] == 1, "video_id"].to_numpy(), minlength=cardinality)
 
 
 def schema_summary(schema) -> list[dict]:
+    """Per Merlin schema column: name, dtype, sorted tags, plus list length and cardinality where known."""
     out = []
     for col in schema:
         entry = {"name": col.name, "dtype": str(col.dtype.name), "tags": sorted(t.value for t in col.tags)}
@@ -69,6 +74,8 @@ def train(
     device: str = "cpu",
     progress: Progress | None = None,
 ) -> TrainedModels:
+    """Train the two-tower and the MMoE ranker on a feature build and write version ``next_version(root)``
+    (layout in the module docstring), staged in ``.<N>.partial`` and renamed into place when complete."""
     say = progress or (lambda _m: None)
     two_tower_config = two_tower_config or TwoTowerConfig()
     ranker_config = ranker_config or RankerConfig()

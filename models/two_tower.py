@@ -34,6 +34,8 @@ from reels.models.inputs import ITEM_FEATURES, QUERY_FEATURES, dataset
 
 @dataclass
 class TrainReport:
+    """One model's training run: examples per epoch, epochs, wall seconds, final epoch loss, architecture."""
+
     examples: int
     epochs: int
     seconds: float
@@ -42,6 +44,7 @@ class TrainReport:
 
     @property
     def examples_per_s(self) -> float:
+        """Training examples processed per wall-clock second, over all epochs."""
         return self.examples * self.epochs / self.seconds
 
 
@@ -58,6 +61,9 @@ def _tower(schema: Schema, config: TwoTowerConfig) -> mm.Encoder:
 
 
 class TwoTower:
+    """The trainable two-tower (``mm.TwoTowerModelV2``) over the build's schema: query and item towers,
+    in-batch negatives, optional logQ correction; embeds queries and items as float32 ``output_dim`` rows."""
+
     def __init__(self, schema: Schema, config: TwoTowerConfig, item_view_counts: np.ndarray):
         """``item_view_counts[i]`` = training views of encoded video id i (length = video_id cardinality)."""
         tf.keras.utils.set_random_seed(config.seed)
@@ -112,11 +118,17 @@ class TwoTower:
         return self._encode(self.model.candidate_encoder, videos, self.item_schema, ITEM_FEATURES)
 
     def save_query_tower(self, path: Path) -> None:
+        """Save the query encoder as a SavedModel at ``path`` (loaded back by ``QueryTower``)."""
         self.model.query_encoder.save(str(path))
 
 
 class QueryTower:
-    """The exported query tower, loaded through its SavedModel signature (fastest on CPU, see DESIGN.md)."""
+    """The exported query tower, called through its SavedModel ``serving_default`` signature; returns one
+    float32 ``output_dim`` embedding per row.
+
+    The signature is the fastest way to call it on CPU: measured on a 2-core CPU for one user, p50 0.43 ms
+    vs 0.73 ms for keras ``load_model`` + ``tf.function`` and 0.9 ms for calling the loaded object directly.
+    """
 
     def __init__(self, path: Path):
         self._fn = tf.saved_model.load(str(path)).signatures["serving_default"]

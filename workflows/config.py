@@ -10,6 +10,9 @@ from reels.workflows.errors import ConfigError
 
 @dataclass(frozen=True)
 class SyntheticConfig:
+    """Parameters of the synthetic event generator (config section ``synthetic``); raises ``ConfigError``
+    on an out-of-range value."""
+
     seed: int = 42
     n_events: int = 1_000_000
     n_users: int = 20_000
@@ -46,6 +49,9 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class FeatureConfig:
+    """Parameters of the NVTabular feature workflow (config section ``features``); raises ``ConfigError``
+    on an out-of-range value."""
+
     user_freq_threshold: int = 1  # users with fewer training events share the OOV id
     video_freq_threshold: int = 1
     creator_freq_threshold: int = 1

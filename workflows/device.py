@@ -14,10 +14,11 @@ Device = Literal["cpu", "gpu"]
 
 
 class DeviceUnavailable(NotFound):
-    pass
+    """``--device gpu`` was asked for but no NVIDIA GPU with an importable GPU stack is present."""
 
 
 def gpu_available() -> bool:
+    """True when merlin-core sees a GPU and cudf imports; never raises."""
     try:
         from merlin.core.compat import HAS_GPU, cudf
     except ImportError:  # pragma: no cover - merlin-core is a hard dependency
@@ -26,6 +27,8 @@ def gpu_available() -> bool:
 
 
 def resolve_device(device: str = "auto") -> Device:
+    """Map ``cpu|gpu|auto`` to the concrete ``"cpu"`` or ``"gpu"``; raises ``ConfigError`` on another value
+    and ``DeviceUnavailable`` for ``gpu`` without a usable GPU."""
     if device not in ("cpu", "gpu", "auto"):
         raise ConfigError(f"device must be one of cpu, gpu, auto (got {device!r})")
     if device == "auto":
@@ -39,4 +42,5 @@ def resolve_device(device: str = "auto") -> Device:
 
 
 def to_pandas(frame):
+    """Return a pandas DataFrame for a cudf or pandas frame (a pandas frame is returned as is, not copied)."""
     return frame.to_pandas() if hasattr(frame, "to_pandas") else frame

@@ -69,7 +69,8 @@ def _watch_fraction(watch_time_s, duration_s):
 
 
 def compute_aggregates(train_events, config: FeatureConfig) -> Aggregates:
-    """``train_events``: a dask or pandas frame of raw events from the training window."""
+    """Per raw user id and raw video id: event count and prior-smoothed like, completion and watch-fraction
+    rates (float32), plus the global prior; ``train_events`` is a dask or pandas frame of raw training events."""
     frame = train_events[["user_id", "video_id", "liked", "completed", "watch_time_s", "video_duration_s"]]
     frame = frame.assign(
         liked=frame["liked"].astype("float64"),

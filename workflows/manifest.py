@@ -94,7 +94,7 @@ class FeatureArtifacts:
 
     @property
     def workflow_dir(self) -> Path:
-        """The fitted NVTabular workflow."""
+        """Folder of the fitted NVTabular workflow (absent in a build made with ``build_features(fitted=...)``)."""
         return self.root / "workflow"
 
     def split_dir(self, name: str) -> Path:
@@ -113,7 +113,7 @@ class FeatureArtifacts:
 
     @property
     def manifest_path(self) -> Path:
-        """``manifest.json``."""
+        """Path of ``manifest.json``, written last, so it exists only for a finished build."""
         return self.root / "manifest.json"
 
     def exists(self) -> bool:
@@ -140,7 +140,7 @@ class FeatureArtifacts:
         return nvt.Workflow.load(str(self.workflow_dir))
 
     def read_split(self, name: str, columns: list[str] | None = None):
-        """One window as a pandas frame."""
+        """One window's ``part-*.parquet`` files concatenated, in part order, into one pandas frame."""
         import pandas as pd
 
         files = sorted(self.split_dir(name).glob("part-*.parquet"))

@@ -55,6 +55,7 @@ NOMINAL_DURATION_S = 100.0
 
 
 def cache_dir() -> Path:
+    """The download cache folder: ``$REELS_CACHE_DIR``, else ``~/.cache/reels`` (not created here)."""
     return Path(os.environ.get("REELS_CACHE_DIR", Path.home() / ".cache" / "reels"))
 
 

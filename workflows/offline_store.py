@@ -38,6 +38,7 @@ class TimeSplit:
     end: pd.Timestamp
 
     def window(self, name: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+        """The half-open ``(start, end)`` of window ``train``, ``valid`` or ``test``; KeyError on another name."""
         return {
             "train": (self.start, self.valid_start),
             "valid": (self.valid_start, self.test_start),
@@ -45,10 +46,13 @@ class TimeSplit:
         }[name]
 
     def as_dict(self) -> dict[str, str]:
+        """The four boundaries as ``str(Timestamp)`` values, keyed by field name (for manifests and JSON)."""
         return {k: str(getattr(self, k)) for k in ("start", "valid_start", "test_start", "end")}
 
 
 class OfflineStore:
+    """The append-only parquet event and dimension store under ``root`` (layout in the module docstring)."""
+
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
 
@@ -91,9 +95,11 @@ class OfflineStore:
 
     # ---- reading ----------------------------------------------------------------------------------------
     def files(self, table: str) -> list[Path]:
+        """The table's part files, sorted by day folder and then by part name (sequence order); may be empty."""
         return sorted((self.root / table).rglob("part-*.parquet"), key=lambda p: (p.parent.name, p.name))
 
     def has(self, table: str) -> bool:
+        """True when the table has at least one part file."""
         return bool(self.files(table))
 
     def read_table(self, table: str) -> pd.DataFrame:
@@ -130,6 +136,7 @@ class OfflineStore:
         return ddf[cols]
 
     def days(self) -> list[pd.Timestamp]:
+        """The UTC days (midnight timestamps) that hold events, ascending; empty for an empty store."""
         return sorted({pd.Timestamp(f.parent.name.split("=")[1]) for f in self.files(EVENTS.name)})
 
     def time_split(self, valid_days: int = 1, test_days: int = 1) -> TimeSplit:

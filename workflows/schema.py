@@ -16,6 +16,8 @@ Kind = Literal["int", "float", "bool", "string", "timestamp"]
 
 @dataclass(frozen=True)
 class Column:
+    """One raw column: its name, value kind and the bounds ``validate`` enforces on ingest."""
+
     name: str
     kind: Kind
     doc: str = ""
@@ -25,6 +27,8 @@ class Column:
 
 @dataclass(frozen=True)
 class Table:
+    """One raw table: its ordered columns, unique key and (for events) the day-partitioning time column."""
+
     name: str
     columns: tuple[Column, ...]
     key: str  # unique on ingest
@@ -33,9 +37,11 @@ class Table:
 
     @property
     def names(self) -> list[str]:
+        """The column names in schema order."""
         return [c.name for c in self.columns]
 
     def column(self, name: str) -> Column:
+        """The column called ``name``; raises KeyError when the table has none."""
         for c in self.columns:
             if c.name == name:
                 return c

@@ -17,6 +17,8 @@ from reels.workflows.synthetic import SyntheticReels
 
 @dataclass(frozen=True)
 class IngestReport:
+    """Row counts written to the offline store by one source import, the days covered and the wall seconds."""
+
     events: int
     users: int
     videos: int
@@ -25,6 +27,7 @@ class IngestReport:
 
     @property
     def events_per_s(self) -> float:
+        """Events written per wall-clock second (``inf`` when no time was measured)."""
         return self.events / self.seconds if self.seconds else float("inf")
 
 

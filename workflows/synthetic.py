@@ -57,14 +57,18 @@ class GroundTruth:
     category_trend: np.ndarray  # (n_categories, n_days) multiplier
 
     def save(self, path: Path) -> None:
+        """Write every field as one array of a compressed ``.npz`` at ``path`` (read back by ``load``)."""
         np.savez_compressed(path, **{k: getattr(self, k) for k in self.__dataclass_fields__})
 
     @classmethod
     def load(cls, path: Path) -> GroundTruth:
+        """Read a ground truth written by ``save``."""
         with np.load(path) as data:
             return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 
     def taste_on_day(self, user_index: np.ndarray, day: int, n_days: int) -> np.ndarray:
+        """The (len(user_index), n_categories) tastes on 0-based ``day``, linearly between ``taste_start``
+        (day 0) and ``taste_end`` (day ``n_days - 1``); ``user_index`` is the 0-based user index, not the id."""
         w = day / max(n_days - 1, 1)
         return (1 - w) * self.taste_start[user_index] + w * self.taste_end[user_index]
 
@@ -216,6 +220,7 @@ class SyntheticReels:
 
     # ---- dimension tables -------------------------------------------------------------------------------
     def users(self) -> pd.DataFrame:
+        """The users table (``schema.USERS``), raw ids ``USER_ID_BASE + user index``, deterministic by seed."""
         cfg = self.config
         rng = np.random.default_rng(cfg.seed + 1)
         signup = self.start - pd.to_timedelta(rng.random(cfg.n_users) * 730, unit="D")
@@ -231,6 +236,8 @@ class SyntheticReels:
         )
 
     def videos(self) -> pd.DataFrame:
+        """The videos table (``schema.VIDEOS``) for the whole period, including videos uploaded on later days;
+        raw ids ``VIDEO_ID_BASE + video index``, creator ids ``CREATOR_ID_BASE + creator index``."""
         n_total = len(self.video_creator)
         return pd.DataFrame(
             {

@@ -21,7 +21,12 @@ request_time_s      INT64 [1]               the request time actually used
 candidate_ids       INT64 [-1]              retrieved raw ids;   retrieval_scores FP32 [-1]
 ranked_ids          INT64 [-1]              rankable raw ids;    ranking_scores FP32 [-1]
 candidate_task_predictions FP32 [-1, 4]     view, liked, completed, watch_fraction per ranked id
-video_ids, scores, task_predictions, explanation_ids, propensities (FP32 [-1]): the response (k rows)
+ranking_fallback    INT32 [1]               the fallback in force after ranking (codes as ``fallback``)
+video_ids           INT64 [-1]              the response: raw video ids in feed order (at most k)
+scores              FP32 [-1]               ranking score per returned video
+task_predictions    FP32 [-1, 4]            per returned video, as candidate_task_predictions
+explanation_ids     INT64 [-1]              raw id of the most similar history video, -1 if none
+propensities        FP32 [-1]               P(video in its slot | request, earlier slots); 1 = ranked
 variant             BYTES [1]               the user's experiment variant ("default" without experiment)
 ==================  ======================  =========================================================
 """

@@ -30,6 +30,8 @@ BATCH = 4096
 
 @dataclass(frozen=True)
 class GateConfig:
+    """Which metrics the gate checks, the relative tolerance on each, and the retrieval cut-offs scored."""
+
     metrics: tuple[str, ...] = ("recall@20", "auc_view")  # every one must pass
     tolerance: float = 0.0  # relative: candidate >= serving x (1 - tolerance)
     ks: tuple[int, ...] = (20,)
@@ -37,12 +39,16 @@ class GateConfig:
 
 @dataclass
 class GateDecision:
+    """The gate's verdict: both versions' metrics (``serving`` None for a first version) and one check per
+    gated metric."""
+
     candidate: dict
     serving: dict | None
     checks: dict = field(default_factory=dict)  # metric -> {candidate, serving, threshold, passed}
 
     @property
     def passed(self) -> bool:
+        """True when every gated metric's check passed."""
         return all(c["passed"] for c in self.checks.values())
 
 

@@ -15,7 +15,8 @@ RANKING_METHODS = ("mmoe", "shared_bottom")
 
 
 def targets(dataset: dict) -> dict:
-    """The issue's targets, computed from the numbers (MovieLens-100k): met or not, with the ratios."""
+    """The project's targets checked on one dataset's numbers: two-tower recall@20 ratios over ALS (>= 1.2x)
+    and popularity (>= 2x), and MMoE AUC >= shared-bottom on every task, each with ``met``."""
     tt, als, pop = (dataset[m]["recall@20"] for m in ("two_tower", "als", "popularity"))
     out = {
         "two_tower_recall@20_vs_als": {"ratio": tt / als if als else float("inf"), "target": 1.2},
@@ -37,6 +38,7 @@ def _fmt(v) -> str:
 
 
 def markdown(results: dict) -> str:
+    """The text of ``docs/RESULTS.md``: protocol, retrieval and ranking tables and targets per dataset."""
     lines = [
         "# Results",
         "",
@@ -47,7 +49,7 @@ def markdown(results: dict) -> str:
         "Protocol: time split by whole days; models trained on the training window only; ALS tuned on the",
         "validation window; every number below is on the test window. Retrieval is full-catalog, excluding",
         "videos the user interacted with before the test window; each query user's query is their first test",
-        "event (features and history as of then). See `models/evaluate.py`.",
+        "event (features and history as of then). See `models/evaluation/offline.py`.",
         "",
     ]
     for name, data in results["datasets"].items():
@@ -98,6 +100,8 @@ def markdown(results: dict) -> str:
 
 
 def plots(results: dict, out_dir: Path) -> list[Path]:
+    """Write ``recall_<dataset>.png`` (recall@K per method) and ``ranking_auc.png`` into ``out_dir``;
+    returns the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, data in results["datasets"].items():
@@ -141,6 +145,7 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
 
 
 def write(results: dict, docs: Path = Path("docs")) -> list[Path]:
+    """Write ``RESULTS.json``, ``RESULTS.md`` and the plots under ``docs``, overwriting; returns the paths."""
     docs.mkdir(parents=True, exist_ok=True)
     flat = {
         name: {**{k: v for k, v in d["retrieval"].items()}, **d["ranking"]}

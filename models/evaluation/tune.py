@@ -1,7 +1,7 @@
 """Light tuning of the two-tower on the validation window only (the test window is never looked at).
 
 Each candidate is a set of TwoTowerConfig overrides; each is trained on the training window and scored by
-Recall@20 on validation queries (same protocol as ``models/evaluate.py``), next to popularity.
+Recall@20 on validation queries (same protocol as ``models/evaluation/offline.py``), next to popularity.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ def tune_two_tower(
     k: int = 20,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
+    """Train one two-tower per ``grid`` entry (overrides of ``base``) and score each by validation
+    recall@``k``; returns ``valid_users``, one row per candidate (popularity first) and the ``best`` overrides."""
     say = progress or (lambda _m: None)
     schema = feature_schema(features)
     train = features.read_split("train")
@@ -73,6 +75,7 @@ def tune_two_tower(
 
 
 def markdown(result: dict, header: str) -> str:
+    """A markdown section under ``header``: the best candidate and a table of validation recall per candidate."""
     key = next(k for k in result["rows"][0] if k.startswith("valid_recall"))
     lines = [header, "", f"{result['valid_users']} validation users; best: `{result['best']}`.", ""]
     lines += [f"| candidate | {key} | train s |", "|---|---:|---:|"]

@@ -1,1 +1,2 @@
-"""Online serving: request types, the four pipeline steps, catalog, experiment assignment and the in-process pipeline."""
+"""Online serving (``reels.models.serving``): request types, the four pipeline steps, the catalog,
+experiment assignment and the in-process pipeline the Triton steps mirror."""

@@ -9,6 +9,9 @@ from reels.workflows.errors import ConfigError
 
 @dataclass(frozen=True)
 class ServingConfig:
+    """Retrieval, re-rank and exploration settings shared by every step (config section ``serving``);
+    raises ``ConfigError`` on an out-of-range value."""
+
     candidates: int = 500  # retrieved and ranked per request
     max_k: int = 100
     mmr_lambda: float = 0.7  # 1 = pure score, 0 = pure diversity

@@ -47,7 +47,10 @@ def _default_variants() -> dict[str, dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Experiment:
-    """``variants``: name -> ``{"weight": w, <ServingConfig re-rank setting>: value, ...}``, in order; the
+    """An A/B experiment on the re-rank (config section ``experiment``); raises ``ConfigError`` when built
+    with a bad variant.
+
+    ``variants``: name -> ``{"weight": w, <ServingConfig re-rank setting>: value, ...}``, in order; the
     first is the control the report compares the others with. One variant = no experiment."""
 
     name: str = "rerank-diversity"
@@ -76,19 +79,24 @@ class Experiment:
 
     @property
     def names(self) -> list[str]:
+        """The variant names in config order (the first is the control)."""
         return list(self.variants)
 
     @property
     def weights(self) -> np.ndarray:
+        """The variants' traffic shares, normalised to sum to 1, in ``names`` order."""
         w = np.array([float(s.get("weight", 1.0)) for s in self.variants.values()])
         return w / w.sum()
 
     def assign(self, user_id: int) -> str:
+        """The variant of a raw user id, by the salted bucketing in the module docstring (deterministic)."""
         u = unit_hash(self.salt, int(user_id))
         i = int(np.searchsorted(np.cumsum(self.weights), u, side="right"))
         return self.names[min(i, len(self.names) - 1)]  # min: guards float rounding of the last sum
 
     def serving_config(self, variant: str, base: ServingConfig) -> ServingConfig:
+        """``base`` with the variant's re-rank overrides applied (ints widened to float where the field is);
+        raises ``ConfigError`` on a mistyped or out-of-range value."""
         overrides = {k: v for k, v in self.variants[variant].items() if k != "weight"}
         for key, value in overrides.items():
             expected = type(getattr(base, key))
@@ -101,8 +109,10 @@ class Experiment:
         return replace(base, **overrides)  # ServingConfig checks the values
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (``name``, ``salt``, ``variants``), the inverse of ``from_dict``."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any] | None) -> Experiment | None:
+        """The experiment described by ``as_dict`` output, or None for None (no experiment)."""
         return None if spec is None else cls(**spec)

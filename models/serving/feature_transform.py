@@ -16,6 +16,9 @@ from reels.workflows.spec import HISTORY, OOV, REQUEST_CONTEXT, USER_CATEGORICAL
 
 
 class FeatureTransform:
+    """Step 1: turns a validated ``Request`` into model-ready 1-row ``QueryFeatures`` (user record from Redis,
+    encoded context), falling back to the OOV user on a cold start or an unreachable store."""
+
     def __init__(self, store: OnlineStore, encoder: RequestEncoder, history_length: int):
         self.store = store
         self.encoder = encoder

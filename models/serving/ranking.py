@@ -18,6 +18,8 @@ from reels.workflows.spec import REQUEST_CONTEXT
 
 
 class Ranking:
+    """Step 3: scores the retrieved candidates with the exported MMoE over their Redis features."""
+
     def __init__(self, store: OnlineStore, ranker: ExportedRanker, encoder: RequestEncoder):
         self.store = store
         self.ranker = ranker
@@ -26,7 +28,9 @@ class Ranking:
     def __call__(
         self, query: QueryFeatures, candidates: np.ndarray, retrieval_scores: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Fallback]:
-        """Known candidates, final scores, per-task predictions (n, 4) and the fallback in force."""
+        """The candidates Redis knows (raw video ids, input order), their float32 combined scores, per-task
+        predictions (n, len(RANKER_TASKS)) and the fallback in force; without video features, the input
+        candidates with their retrieval scores and NaN predictions."""
         fallback = query.fallback
         try:
             rows = self.store.read_videos(candidates) if len(candidates) else None

@@ -16,6 +16,8 @@ QUERY_USER_FIELDS = USER_CATEGORICAL + USER_CONTINUOUS + (HISTORY,)
 
 
 class Fallback(enum.IntEnum):
+    """Why a feed was not fully personalised (0 = it was); sent to clients as this integer."""
+
     NONE = 0
     COLD_START = 1  # unknown user: trending videos
     STORE_UNAVAILABLE = 2  # Redis unreachable: trending videos, no personal features
@@ -27,6 +29,8 @@ class BadRequest(InvalidInput):
 
 @dataclass
 class Request:
+    """One recommendation request: a raw user id, feed length ``k`` and optional device, UTC hour and time."""
+
     user_id: int
     k: int = 20
     device: str | None = None
@@ -34,6 +38,8 @@ class Request:
     request_time_s: int | None = None  # unix seconds; None = now
 
     def validate(self, max_k: int) -> Request:
+        """Check the fields (``BadRequest`` on a negative id, ``k`` outside 1..max_k or an hour outside 0-23),
+        fill a missing ``request_time_s`` with now, and return ``self``."""
         if not isinstance(self.user_id, int | np.integer) or self.user_id < 0:
             raise BadRequest(f"user_id must be a non-negative integer, got {self.user_id!r}")
         if not 0 < self.k <= max_k:

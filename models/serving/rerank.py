@@ -19,6 +19,9 @@ from reels.workflows.spec import OOV
 
 @dataclass
 class Recommendation:
+    """One served feed of raw video ids in feed order, with per-slot scores, task predictions, explanations
+    and exploration propensities (all arrays of length k or fewer)."""
+
     video_ids: np.ndarray
     scores: np.ndarray
     task_predictions: np.ndarray  # (k, len(RANKER_TASKS)), NaN where ranking was skipped (fallback)
@@ -63,6 +66,7 @@ class DiversityRerank:
         self.seed_salt = f"{experiment.name}:{experiment.salt}" if experiment else "explore"
 
     def variant(self, user_id: int) -> str:
+        """The experiment variant of a raw user id (``DEFAULT_VARIANT`` when no experiment runs)."""
         return self.experiment.assign(user_id) if self.experiment else DEFAULT_VARIANT
 
     def __call__(
