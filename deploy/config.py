@@ -40,6 +40,7 @@ class ServerConfig:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
+    bind_address: str = "127.0.0.1"  # where Triton listens; "0.0.0.0" opens it to the network (containers)
     build_dir: str = "build"  # the exported model repository and server logs go here
 
     @property

@@ -71,6 +71,7 @@ class TritonServer(ManagedProcess):
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
+    address: str = "127.0.0.1"  # HTTP, gRPC and metrics bind here; "0.0.0.0" opens them to the network
     process: subprocess.Popen | None = field(default=None, init=False)
     stop_timeout_s: float = field(default=30.0, init=False)
 
@@ -80,6 +81,7 @@ class TritonServer(ManagedProcess):
         return [
             str(binary), f"--model-repository={self.repository}",
             f"--backend-directory={backend_directory(self.build)}",
+            f"--http-address={self.address}", f"--grpc-address={self.address}", f"--metrics-address={self.address}",
             f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}",
             "--allow-http=true", "--allow-grpc=true", "--allow-metrics=true", "--log-verbose=0",
             "--exit-on-error=false", "--strict-readiness=true", "--exit-timeout-secs=5",
@@ -89,14 +91,18 @@ class TritonServer(ManagedProcess):
         ]  # fmt: skip
 
     @property
+    def _host(self) -> str:
+        return "127.0.0.1" if self.address in ("0.0.0.0", "127.0.0.1", "") else self.address
+
+    @property
     def http_url(self) -> str:
-        """``host:port`` of the HTTP endpoint on loopback (no scheme, as tritonclient takes it)."""
-        return f"127.0.0.1:{self.http_port}"
+        """``host:port`` of the HTTP endpoint (no scheme, as tritonclient takes it)."""
+        return f"{self._host}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        """``host:port`` of the gRPC endpoint on loopback."""
-        return f"127.0.0.1:{self.grpc_port}"
+        """``host:port`` of the gRPC endpoint."""
+        return f"{self._host}:{self.grpc_port}"
 
     def start(self, timeout_s: float = 240.0) -> TritonServer:
         """Start the server and return ``self`` once it reports ready over HTTP; raises
