@@ -92,6 +92,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def as_dict(config: Config) -> dict[str, Any]:
+    """The configuration as plain YAML-able sections (what `reels config` prints)."""
     out: dict[str, Any] = {}
     for name in SECTIONS:
         value = getattr(config, name)

@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from reels.client.record import metric_text
 from reels.workflows.manifest import SPLITS, FeatureArtifacts
 from reels.workflows.spec import BINARY_LABELS, HISTORY
 
+if TYPE_CHECKING:
+    from reels.client.triton_client import Recommendations
+    from reels.deploy.retrain import RetrainResult
+    from reels.workflows.drift import DriftCheck
+
+
+def print_table(
+    title: str, rows: Sequence[Sequence[str]], console: Console, left: Sequence[str] = ()
+) -> None:
+    """``rows`` (the header first) as a table; columns named in ``left`` align left, the rest right."""
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(column, justify="left" if column in left else "right")
+    for row in rows[1:]:
+        table.add_row(*row)
+    console.print(table)
+
 
 def print_feature_summary(artifacts: FeatureArtifacts, console: Console) -> None:
+    """A feature build: its split, label rates per window, vocabulary sizes, row counts and timings."""
     manifest = artifacts.manifest()
     workflow = artifacts.load_workflow()
     schema = workflow.output_schema
@@ -62,7 +85,8 @@ def print_feature_summary(artifacts: FeatureArtifacts, console: Console) -> None
     )
 
 
-def print_training_summary(manifest: dict, directory, console: Console) -> None:
+def print_training_summary(manifest: dict, directory: Path, console: Console) -> None:
+    """A trained version: examples, epochs, speed and final loss per model, and the FAISS index built."""
     metrics = manifest["metrics"]
     table = Table(title=f"Trained models, version {manifest['version']}")
     for col in ("model", "examples", "epochs", "seconds", "examples/s", "final loss"):
@@ -84,14 +108,12 @@ def print_training_summary(manifest: dict, directory, console: Console) -> None:
     )
 
 
-def print_recommendations(recs, videos: pd.DataFrame, console: Console, title: str | None = None) -> None:
+def print_recommendations(
+    recs: Recommendations, videos: pd.DataFrame, console: Console, title: str | None = None
+) -> None:
     """A feed as a table: video, category, creator, score, per-task predictions, explanation."""
-    from reels.client.triton_client import FALLBACKS
-
     table = Table(
-        title=title
-        or f"For user {recs.user_id} (fallback: {FALLBACKS.get(recs.fallback, recs.fallback)}, "
-        f"variant: {recs.variant})"
+        title=title or f"For user {recs.user_id} (fallback: {recs.fallback_reason}, variant: {recs.variant})"
     )
     for col in ("#", "video", "category", "creator", "score", "p(view)", "p(like)", "shown with p",
                 "because you watched"):  # fmt: skip
@@ -107,3 +129,48 @@ def print_recommendations(recs, videos: pd.DataFrame, console: Console, title: s
             f"{recs.propensities[i]:.3f}", because_text,
         )  # fmt: skip
     console.print(table)
+
+
+def print_drift(check: DriftCheck, console: Console) -> None:
+    """PSI per feature, drifted ones marked."""
+    rows = [("feature", "kind", "psi", "")]
+    rows += [(r.feature, r.kind, f"{r.psi:.4f}", "DRIFT" if r.psi > check.threshold else "")
+             for r in check.table.itertuples()]  # fmt: skip
+    title = f"PSI: training window vs {'+'.join(check.windows)} (threshold {check.threshold})"
+    print_table(title, rows, console, left=("feature", "kind", ""))
+
+
+def print_exposure(report: dict, console: Console) -> None:
+    """Creator-exposure concentration of the catalog and of the feeds before and after the re-rank."""
+    rows = [("", "Gini", "top-1% creators' share", "creators exposed")]
+    for name in ("catalog", "before_rerank", "after_rerank"):
+        r = report[name]
+        rows.append((name.replace("_", " "), f"{r['gini']:.3f}", f"{r['top1pct_share']:.1%}",
+                     f"{r['creators_exposed']:,}"))  # fmt: skip
+    title = (
+        f"Creator exposure over {report['requests']} feeds of {report['k']} ({report['creators']} creators)"
+    )
+    print_table(title, rows, console)
+
+
+def print_ab_report(report: dict, origin: str, console: Console) -> None:
+    """An A/B report's three tables: metrics per variant, tests against the control, exploration."""
+    from reels.models.evaluation.abtest import rows
+
+    titles = {"metrics": f"A/B test {report['experiment']!r} per variant (from {origin})",
+              "tests": "Differences vs the control: two-proportion z / Welch t per impression; Welch t per user",
+              "exploration": "Exploration slots: logged outcome and IPS estimates of other slot policies"}  # fmt: skip
+    for name, table in rows(report).items():
+        print_table(titles[name], table, console, left=(table[0][0],))
+
+
+def print_gate(result: RetrainResult, console: Console) -> None:
+    """The promotion gate of a retrain, metric by metric, and how long each part took."""
+    rows = [("metric", "candidate", "serving", "threshold", "passed")]
+    for name, check in result.decision.checks.items():
+        values = (metric_text(check[k]) for k in ("candidate", "serving", "threshold"))
+        rows.append((name, *values, "yes" if check["passed"] else "[red]no"))
+    serving = result.serving_dir.name if result.serving_dir else "(none)"
+    title = f"promotion gate: candidate {result.candidate_dir.name} vs serving {serving} on the latest window"
+    print_table(title, rows, console, left=rows[0])
+    console.print("timings: " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from reels.deploy.config import Config
+from reels.deploy.stack import repository_dir
 from reels.deploy.triton.release import ENSEMBLE, STEPS, Release, step_model
 from reels.deploy.triton.repository import (
     add_release,
@@ -34,7 +36,7 @@ from reels.deploy.triton.repository import (
 )
 from reels.feature_store.settings import RedisSettings
 from reels.feature_store.store import OnlineStore
-from reels.models.registry import check_manifest
+from reels.models.registry import check_manifest, mark_serving
 from reels.models.serving.config import ServingConfig
 from reels.workflows.errors import InvalidInput, ReelsError
 from reels.workflows.manifest import FeatureArtifacts
@@ -48,6 +50,8 @@ class PromotionFailed(ReelsError):
 
 @dataclass
 class PromotionReport:
+    """What a hot swap did: versions, the new Redis namespace and how long each part took."""
+
     version: int
     previous: int
     namespace: str
@@ -136,3 +140,43 @@ def _unload(client, version: int) -> None:
             client.unload_model(step_model(step, version))
         except InferenceServerException:  # never loaded
             pass
+
+
+def triton_answers(url: str, timeout_s: float = 2.0) -> bool:
+    """Whether a tritonserver at ``url`` (HTTP, host:port) answers that it is ready."""
+    import tritonclient.http as http
+
+    try:
+        client = http.InferenceServerClient(url, connection_timeout=timeout_s)
+        try:
+            return bool(client.is_server_ready())
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001 - connection refused, timeouts, HTTP errors: nobody serving here
+        return False
+
+
+def promote_or_mark(
+    config: Config, source: str, model_dir: Path, progress: Callable[[str], None] | None = None
+) -> PromotionReport | None:
+    """Serve ``model_dir``: hot-swap it into the running `reels serve` of ``source`` (its repository and
+    the configured Redis) and mark it serving. With no server answering, only mark it, so the next
+    `reels serve` loads it, and return None. ``PromotionFailed``: the previous version keeps serving."""
+    check_manifest(model_dir)
+    say = progress or (lambda _m: None)
+    models_root, version = model_dir.parent, int(model_dir.name)
+    server = config.server
+    repository = repository_dir(config, source)
+    if not repository.exists() or not triton_answers(f"127.0.0.1:{server.http_port}"):
+        say(
+            f"no `reels serve` answering on port {server.http_port} with a repository in {repository}: "
+            f"version {version} is marked serving and is what the next `reels serve` loads"
+        )
+        mark_serving(models_root, version)
+        return None
+    report = promote(
+        repository, model_dir, f"127.0.0.1:{server.grpc_port}", server.redis.store(timeout_s=2.0),
+        server.redis, config.serving, progress=say,
+    )  # fmt: skip
+    mark_serving(models_root, version)
+    return report

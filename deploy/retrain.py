@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from reels.deploy.config import Config
 from reels.deploy.dask_cluster import ClusterInfo, dask_cluster
 from reels.models.config import RetrainConfig
 from reels.models.evaluation.gate import GateConfig, GateDecision, decide, score_version
@@ -32,6 +33,8 @@ from reels.workflows.pipeline import build_features
 
 @dataclass
 class RetrainResult:
+    """One retrain: the cluster it ran on, the candidate and serving versions and the gate's decision."""
+
     cluster: ClusterInfo
     candidate_dir: Path
     serving_dir: Path | None
@@ -41,11 +44,14 @@ class RetrainResult:
 
 
 def retrain(
-    config,  # reels.client.config.Config
+    config: Config,
     source: str,
     scheduler: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> RetrainResult:
+    """Build features on Dask from the whole offline store, train a candidate version and gate it against
+    the serving version on the latest window (the decision is in the result and the candidate's manifest;
+    promoting it is ``reels.deploy.promotion``)."""
     say = progress or (lambda _m: None)
     rc: RetrainConfig = config.retrain
     source_dir = config.source_dir(source)
@@ -123,48 +129,3 @@ def _json_default(value):
     if isinstance(value, np.generic):
         return value.item()
     return str(value)
-
-
-def record(result: RetrainResult, command: str, docs: Path = Path("docs")) -> Path:
-    """Append this retrain's gate to docs/RETRAIN.md (and its numbers to docs/RETRAIN.json)."""
-    from reels.client.bench.data import machine
-
-    gate = json.loads((result.candidate_dir / "manifest.json").read_text())["gate"]
-    entry = {
-        "date": time.strftime("%Y-%m-%d"), "machine": machine(), "command": command,
-        "cluster": {"kind": result.cluster.kind, "workers": result.cluster.workers},
-        "candidate_version": int(result.candidate_dir.name), "gate": gate,
-        "timings_s": {k: round(v, 1) for k, v in result.timings.items()},
-    }  # fmt: skip
-    docs.mkdir(exist_ok=True)
-    json_path = docs / "RETRAIN.json"
-    history = json.loads(json_path.read_text()) if json_path.exists() else []
-    json_path.write_text(json.dumps([*history, entry], indent=2, default=_json_default) + "\n")
-
-    def fmt(v) -> str:
-        return "-" if v is None else f"{v:.4f}"
-
-    lines = [
-        f"### Retrain — {entry['date']}",
-        "",
-        f"Machine: {entry['machine']}. Command: `{command}`. Dask {result.cluster.kind} ({result.cluster.workers} worker(s)"
-        f"). Candidate version {entry['candidate_version']} vs serving version {gate['serving_version']} "
-        f"on the window {gate['window']['test_start']} .. {gate['window']['end']} ({gate['candidate']['test_users']} "
-        f"users, {gate['candidate']['test_impressions']} impressions). Timings (s): {entry['timings_s']}.",
-        "",
-        "| metric | candidate | serving | threshold | passed |",
-        "|---|---:|---:|---:|---|",
-    ]
-    for name, check in gate["checks"].items():
-        lines.append(f"| {name} | {fmt(check['candidate'])} | {fmt(check['serving'])} | {fmt(check['threshold'])} | "
-                     f"{'yes' if check['passed'] else 'no'} |")  # fmt: skip
-    other = sorted(set(gate["candidate"]) - set(gate["checks"]) - {"test_users", "test_impressions"})
-    serving = gate["serving"] or {}
-    lines += ["", "Other metrics, candidate / serving: "
-              + ", ".join(f"{k} {fmt(gate['candidate'][k])} / {fmt(serving.get(k))}" for k in other)
-              + f". Promoted: {'yes' if gate['passed'] else 'no'}."]  # fmt: skip
-    md_path = docs / "RETRAIN.md"
-    header = "# Retraining runs\n\nWritten by `reels retrain --record`: the promotion gate of each run (docs/SERVING.md).\n"
-    text = md_path.read_text() if md_path.exists() else header
-    md_path.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
-    return md_path

@@ -1,23 +1,26 @@
 """Redis + Triton together, as `reels serve` and the demo run them: start redis-server (or reuse one
 that already answers on the configured port), load the online store, export the model repository,
-start tritonserver, and stop everything it started on exit."""
+start tritonserver, and stop everything it started on exit. Also the throw-away online store that the
+exposure report, the A/B simulation and the benchmarks run against (``temporary_store``)."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import redis
 
-from reels.deploy.config import ServerConfig
-from reels.deploy.redis_server import RedisServer
+from reels.deploy.config import Config, ServerConfig
+from reels.deploy.redis_server import RedisServer, free_port
 from reels.deploy.triton.repository import export_repository
 from reels.deploy.triton_server import TritonServer
 from reels.feature_store.store import OnlineStore
 from reels.models.registry import serving_model_dir, trained_features
 from reels.models.serving.config import ServingConfig
 from reels.models.serving.experiment import Experiment
+from reels.workflows.manifest import FeatureArtifacts
 
 
 @contextmanager
@@ -31,7 +34,9 @@ def serving_stack(
     experiment: Experiment | None = None,
     model_dir: Path | None = None,
 ) -> Iterator[tuple[RedisServer | None, TritonServer]]:
-    """``model_dir``: the version to serve (default: the one marked serving, else the latest)."""
+    """Redis (started unless one answers) + the online store + the exported repository + tritonserver.
+
+    ``model_dir``: the version to serve (default: the one marked serving, else the latest)."""
     say = progress or (lambda _m: None)
     model_dir = model_dir or serving_model_dir(source_dir / "models")
     # The features the served models were trained with (a retrain writes its own feature build).
@@ -52,7 +57,7 @@ def serving_stack(
     triton = None
     try:
         client = started_redis.client() if started_redis else probe
-        report = OnlineStore(client).load(features)
+        report = OnlineStore(client, prefix=settings.prefix).load(features)
         say(f"online store: {report.users:,} users, {report.videos:,} videos in namespace {report.namespace}")
         repo = export_repository(
             model_dir, build_dir / "repository",
@@ -61,7 +66,12 @@ def serving_stack(
         )  # fmt: skip
         say(f"starting tritonserver (models from {model_dir})")
         triton = TritonServer(
-            repo, build_dir, server.http_port, server.grpc_port, server.metrics_port
+            repo,
+            build_dir,
+            server.http_port,
+            server.grpc_port,
+            server.metrics_port,
+            address=server.bind_address,
         ).start()
         yield started_redis, triton
     finally:
@@ -69,3 +79,39 @@ def serving_stack(
             triton.stop()
         if started_redis is not None:
             started_redis.stop()
+
+
+def build_dir(config: Config, source: str) -> Path:
+    """Where a source's model repository and server logs go: ``<server.build_dir>/<source>``."""
+    return Path(config.server.build_dir) / source
+
+
+def repository_dir(config: Config, source: str) -> Path:
+    """The model repository `reels export` and `reels serve` write and a promotion adds releases to."""
+    return build_dir(config, source) / "repository"
+
+
+def source_stack(
+    config: Config, source: str, progress: Callable[[str], None] | None = None
+) -> AbstractContextManager[tuple[RedisServer | None, TritonServer]]:
+    """``serving_stack`` for a source as the configuration describes it (what `reels serve` runs)."""
+    return serving_stack(
+        config.source_dir(source), build_dir(config, source), config.server, config.serving,
+        progress=progress, experiment=config.experiment,
+    )  # fmt: skip
+
+
+@contextmanager
+def temporary_store(
+    features: FeatureArtifacts | None = None, timeout_s: float = 5.0, maxmemory: str = "2gb"
+) -> Iterator[OnlineStore]:
+    """An online store on a redis-server of its own (a free loopback port, a temporary folder), with
+    ``features`` loaded when given; the server and its folder are gone on exit."""
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        RedisServer(Path(tmp), port=free_port(), maxmemory=maxmemory) as server,
+    ):
+        store = OnlineStore(server.client(timeout_s=timeout_s))
+        if features is not None:
+            store.load(features)
+        yield store

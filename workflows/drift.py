@@ -9,10 +9,13 @@ Rule of thumb: < 0.1 stable, 0.1–0.25 moderate, > 0.25 significant.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
 from reels.workflows.errors import InvalidInput
+from reels.workflows.manifest import FeatureArtifacts
 from reels.workflows.spec import (
     CONTEXT_CATEGORICAL,
     CONTEXT_CONTINUOUS,
@@ -37,6 +40,7 @@ def _psi(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def psi_categorical(train: pd.Series, recent: pd.Series) -> float:
+    """PSI of a categorical feature, its values as the bins."""
     values = np.union1d(train.unique(), recent.unique())
     p = train.value_counts().reindex(values, fill_value=0).to_numpy(dtype=float)
     q = recent.value_counts().reindex(values, fill_value=0).to_numpy(dtype=float)
@@ -44,6 +48,7 @@ def psi_categorical(train: pd.Series, recent: pd.Series) -> float:
 
 
 def psi_continuous(train: pd.Series, recent: pd.Series, bins: int = 10) -> float:
+    """PSI of a continuous feature over ``bins`` quantile bins of the training window."""
     edges = np.unique(np.quantile(train.to_numpy(dtype=float), np.linspace(0, 1, bins + 1)[1:-1]))
     p = np.bincount(
         np.searchsorted(edges, train.to_numpy(dtype=float), side="right"), minlength=len(edges) + 1
@@ -69,3 +74,34 @@ def drift_table(
             fn = psi_categorical if kind == "categorical" else psi_continuous
             rows.append({"feature": name, "kind": kind, "psi": fn(train[name], recent[name])})
     return pd.DataFrame(rows).sort_values("psi", ascending=False, ignore_index=True)
+
+
+@dataclass(frozen=True)
+class DriftCheck:
+    """A feature build's training window against its recent windows: the PSI table and the verdict."""
+
+    table: pd.DataFrame  # feature, kind, psi; largest first
+    windows: tuple[str, ...]
+    threshold: float
+
+    @property
+    def drifted(self) -> list[str]:
+        """The features whose PSI is above the threshold (largest first)."""
+        return self.table.loc[self.table["psi"] > self.threshold, "feature"].tolist()
+
+    @property
+    def largest(self) -> tuple[str, float]:
+        """The feature that moved most, and its PSI."""
+        top = self.table.iloc[0]
+        return str(top["feature"]), float(top["psi"])
+
+
+def check_drift(
+    features: FeatureArtifacts, threshold: float, windows: tuple[str, ...] = ("valid", "test")
+) -> DriftCheck:
+    """PSI of every model input of ``features`` between its training window and ``windows`` together.
+
+    ``reels drift`` runs it on a source's feature build, ``reels retrain --if-drift`` on the build the
+    serving version was trained with (a retrain writes builds of its own)."""
+    recent = pd.concat([features.read_split(w) for w in windows], ignore_index=True)
+    return DriftCheck(drift_table(features.read_split("train"), recent), tuple(windows), threshold)

@@ -19,13 +19,16 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dask.dataframe as dd
 import pandas as pd
 
 from reels.workflows.errors import InvalidInput, NotFound
 from reels.workflows.schema import EVENTS, TABLES, Table
 from reels.workflows.validate import validate
+
+if TYPE_CHECKING:
+    import dask.dataframe as dd
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,8 @@ class OfflineStore:
             files = [f for f in files if lo <= pd.Timestamp(f.parent.name.split("=")[1]) < hi]
         cols = columns or EVENTS.names
         read_cols = sorted(set(cols) | {"timestamp"}, key=EVENTS.names.index)
+        import dask.dataframe as dd  # imported on use: the CLI's light commands never pay for dask
+
         ddf = dd.read_parquet([str(f) for f in files], columns=read_cols, engine="pyarrow", index=False)
         if start is not None:
             ddf = ddf[ddf["timestamp"] >= start]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -20,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from reels.client.bench import DOCS, record
+from reels.client.record import machine
+from reels.deploy.config import Config
 
 
 def world_for(n_events: int):
@@ -84,20 +84,8 @@ def _run_phase(phase: str, n_events: int, workdir: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores ({cpu}), {mem_gib:.0f} GiB RAM, {platform.system()} {platform.release()}"
-
-
 def run(events: list[int], workdir: Path) -> dict:
+    """Generation, the I/O floor and the feature build at each event count, each in its own process."""
     workdir.mkdir(parents=True, exist_ok=True)
     rows = {}
     for n in events:
@@ -124,6 +112,7 @@ def run(events: list[int], workdir: Path) -> dict:
 
 
 def table(report: dict) -> str:
+    """The run as a markdown section of BENCHMARKS.md."""
     lines = [
         f"### Data pipeline — {report['date']}",
         "",
@@ -143,13 +132,9 @@ def table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(args: argparse.Namespace) -> int:
-    report = run(args.events, Path(args.workdir))
-    print(table(report))
-    if args.record:
-        record("data", report, table(report))
-        print(f"recorded in {DOCS / 'BENCHMARKS.md'} and {DOCS / 'BENCHMARKS.json'}")
-    return 0
+def measure(args: argparse.Namespace, config: Config) -> dict:
+    """`reels bench data`: every phase at each of ``--events``."""
+    return run(args.events, Path(args.workdir))
 
 
 if __name__ == "__main__":  # one phase, in its own process (see _run_phase)

@@ -9,19 +9,18 @@ recommendation reads), with a worker running.
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from reels.client.bench import DOCS, record
-from reels.client.bench.data import machine
+from reels.client.record import machine
+from reels.deploy.config import Config
+from reels.workflows.offline_store import OfflineStore
 
 
-def _events(store, n: int, start: int) -> list[dict]:
+def _events(store: OfflineStore, n: int, start: int) -> list[dict]:
     import pandas as pd
 
     frame = store.read_events().tail(n, compute=True).reset_index(drop=True)
@@ -33,22 +32,20 @@ def _events(store, n: int, start: int) -> list[dict]:
 
 
 def run(source_dir: Path, n_events: int, freshness_samples: int, batch: int = 2_000) -> dict:
-    from reels.deploy.redis_server import RedisServer, free_port
+    """Drain throughput (batched and one event per round trip) and XADD-to-visible freshness, against a
+    temporary redis-server loaded with the source's features."""
+    from reels.deploy.stack import temporary_store
     from reels.feature_store.encoding import Vocabulary
     from reels.feature_store.ingest import IngestWorker
-    from reels.feature_store.store import OnlineStore
     from reels.feature_store.streams import EventProducer
     from reels.workflows.manifest import FeatureArtifacts
-    from reels.workflows.offline_store import OfflineStore
 
     features = FeatureArtifacts(source_dir / "features")
     history_length = features.manifest().history_length
     vocabulary = Vocabulary(features.workflow_dir, "video_id")
     store = OfflineStore(source_dir / "store")
-    with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp), port=free_port()) as srv:
-        online = OnlineStore(srv.client(timeout_s=5.0))
-        online.load(features)
-        producer = EventProducer(online.client)
+    with temporary_store(features) as online:
+        producer = EventProducer(online.client, online.keys.prefix)
 
         def drain(batch: int, events: list[dict], name: str) -> float:
             for i in range(0, len(events), 5_000):
@@ -104,6 +101,7 @@ def run(source_dir: Path, n_events: int, freshness_samples: int, batch: int = 2_
 
 
 def table(r: dict) -> str:
+    """The run as a markdown section of BENCHMARKS.md."""
     i, f = r["ingest"], r["freshness"]
     return "\n".join(
         [
@@ -120,14 +118,12 @@ def table(r: dict) -> str:
     )
 
 
-def main(args: argparse.Namespace, config) -> int:
-    report = run(config.source_dir(args.source), args.events, args.samples, args.batch)
-    print(table(report))
-    if args.record:
-        record("ingest", {"ingest": report["ingest"], "freshness": report["freshness"],
-                          **{k: report[k] for k in ("date", "machine", "command")}}, table(report))  # fmt: skip
-        data = json.loads((DOCS / "BENCHMARKS.json").read_text())
-        data["freshness"], data["ingest_throughput"] = report["freshness"], report["ingest"]
-        (DOCS / "BENCHMARKS.json").write_text(json.dumps(data, indent=2) + "\n")
-        print(f"recorded in {DOCS / 'BENCHMARKS.md'} and {DOCS / 'BENCHMARKS.json'}")
-    return 0
+def measure(args: argparse.Namespace, config: Config) -> dict:
+    """`reels bench ingest` on ``--source``'s store and features."""
+    return run(config.source_dir(args.source), args.events, args.samples, args.batch)
+
+
+def sections(report: dict) -> dict[str, dict]:
+    """BENCHMARKS.json keys: the run under ``ingest``, and freshness and throughput at the top level too
+    (where earlier runs recorded them)."""
+    return {"ingest": report, "freshness": report["freshness"], "ingest_throughput": report["ingest"]}

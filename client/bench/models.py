@@ -14,12 +14,17 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 
-from reels.client.bench import DOCS, record
-from reels.client.bench.data import machine
+from reels.client.record import machine
+from reels.deploy.config import Config
+
+if TYPE_CHECKING:
+    from reels.models.two_tower import TwoTower
+    from reels.workflows.manifest import FeatureArtifacts
 
 
 def _latencies_ms(index: faiss.Index, queries: np.ndarray, k: int, batch: int, repeats: int) -> np.ndarray:
@@ -35,6 +40,7 @@ def _latencies_ms(index: faiss.Index, queries: np.ndarray, k: int, batch: int, r
 
 
 def catalog_of(items: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``size`` item embeddings: a sample of ``items``, or ``items`` resampled with jitter (module doc)."""
     if size <= len(items):
         return items[rng.choice(len(items), size, replace=False)]
     base = items[rng.integers(0, len(items), size)]
@@ -43,6 +49,7 @@ def catalog_of(items: np.ndarray, size: int, rng: np.random.Generator) -> np.nda
 
 
 def faiss_bench(items: np.ndarray, queries: np.ndarray, sizes: list[int], k: int = 500) -> dict:
+    """Build time, latency and recall against exact search of each index kind at each catalog size."""
     from reels.models.config import IndexConfig
     from reels.models.index import build_index, recall_against_exact
 
@@ -77,7 +84,8 @@ def faiss_bench(items: np.ndarray, queries: np.ndarray, sizes: list[int], k: int
     return results
 
 
-def training_bench(features_dir: Path, epochs: int = 1) -> dict:
+def training_bench(features_dir: Path, epochs: int = 1) -> tuple[dict, TwoTower, FeatureArtifacts]:
+    """Examples/s of one epoch of each model, with the trained two-tower and the features it read."""
     from reels.models.config import RankerConfig, TwoTowerConfig
     from reels.models.inputs import artifacts_at, feature_schema
     from reels.models.ranker import Ranker
@@ -98,6 +106,7 @@ def training_bench(features_dir: Path, epochs: int = 1) -> dict:
 
 
 def run(features_dir: Path, sizes: list[int]) -> dict:
+    """Training throughput, then FAISS on the trained embeddings resampled to ``sizes``."""
     import pandas as pd
 
     print("[bench] training throughput (1 epoch each)", flush=True)
@@ -117,6 +126,7 @@ def run(features_dir: Path, sizes: list[int]) -> dict:
 
 
 def table(report: dict) -> str:
+    """The run as a markdown section of BENCHMARKS.md."""
     t = report["training_examples_per_s"]
     lines = [
         f"### Models — {report['date']}",
@@ -144,10 +154,6 @@ def table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(args: argparse.Namespace) -> int:
-    report = run(Path(args.features), args.sizes)
-    print(table(report))
-    if args.record:
-        record("models", report, table(report))
-        print(f"recorded in {DOCS / 'BENCHMARKS.md'} and {DOCS / 'BENCHMARKS.json'}")
-    return 0
+def measure(args: argparse.Namespace, config: Config) -> dict:
+    """`reels bench models`: training throughput on ``--features`` and FAISS at ``--sizes``."""
+    return run(Path(args.features), args.sizes)

@@ -20,15 +20,22 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from rich.console import Console
 
-from reels.client.bench import DOCS, record
-from reels.client.bench.data import machine
+if TYPE_CHECKING:
+    from reels.feature_store.store import OnlineStore
+
+from reels.client.record import machine
+from reels.deploy.config import Config
+from reels.deploy.triton.release import ENSEMBLE
 
 
 def perf_analyzer_env() -> dict[str, str]:
+    """The environment perf_analyzer runs in: libcudart.so.12 from its wheel on LD_LIBRARY_PATH."""
     import nvidia.cuda_runtime as cuda_runtime
 
     cudart = Path(list(cuda_runtime.__path__)[0]) / "lib"
@@ -50,6 +57,7 @@ def request_users(features_dir: Path, n: int, seed: int = 0) -> np.ndarray:
 
 
 def write_input_data(path: Path, users: np.ndarray, k: int) -> None:
+    """perf_analyzer's ``--input-data`` file: one request per user, devices drawn at random."""
     devices = np.random.default_rng(1).choice(["ios", "android", "web"], len(users))
     data = [
         {"user_id": [int(u)], "k": [k], "device": [str(d)], "hour": [-1], "request_time": [0]}
@@ -86,13 +94,13 @@ def perf_analyzer(
     stability_percentage: int = 50,
     max_trials: int = 6,
 ) -> tuple[subprocess.CompletedProcess, dict | None]:
-    """One perf_analyzer run against the ``reels`` ensemble: the finished process and, when it wrote its
+    """One perf_analyzer run against the ensemble: the finished process and, when it wrote its
     CSV, the measured p50/p95/p99 latency (ms) and requests/s."""
     binary = Path(sys.executable).parent / "perf_analyzer"
     with tempfile.TemporaryDirectory() as tmp:
         csv_path = Path(tmp) / "out.csv"
         cmd = [
-            str(binary), "-m", "reels", "-u", url, "-i", protocol, "--input-data", str(input_data),
+            str(binary), "-m", ENSEMBLE, "-u", url, "-i", protocol, "--input-data", str(input_data),
             "--concurrency-range", f"{concurrency}:{concurrency}", "--percentile", "99",
             "--measurement-interval", str(int(seconds * 1000)), "--stability-percentage", str(stability_percentage),
             "--max-trials", str(max_trials), "-f", str(csv_path),
@@ -112,6 +120,7 @@ def perf_analyzer(
 def run_perf_analyzer(
     protocol: str, url: str, stats_url: str, input_data: Path, concurrency: int, seconds: float
 ) -> dict:
+    """One measured perf_analyzer run with Triton's per-step compute and queue time over the same window."""
     before = _model_stats(stats_url)
     done, measured = perf_analyzer(protocol, url, input_data, concurrency, seconds)
     after = _model_stats(stats_url)
@@ -122,7 +131,7 @@ def run_perf_analyzer(
     breakdown = {}
     for model, b in after.items():
         count = b["count"] - before.get(model, {}).get("count", 0)
-        if count and model != "reels":
+        if count and model != ENSEMBLE:
             breakdown[model] = {
                 "compute_ms": (b["compute_ns"] - before[model]["compute_ns"]) / count / 1e6,
                 "queue_ms": (b["queue_ns"] - before[model]["queue_ns"]) / count / 1e6,
@@ -138,14 +147,13 @@ def _summary(latencies_ms: list[float], seconds: float) -> dict:
     }  # fmt: skip
 
 
-def in_process(model_dir: Path, redis_client, users: np.ndarray, k: int) -> tuple[dict, dict]:
+def in_process(model_dir: Path, store: OnlineStore, users: np.ndarray, k: int) -> tuple[dict, dict]:
     """The same pipeline in this process (sequential, concurrency 1) and its compute floor."""
-    from reels.feature_store.store import OnlineStore
     from reels.models.inputs import QUERY_FEATURES, RANKER_FEATURES
     from reels.models.serving.pipeline import InProcessPipeline
     from reels.models.serving.request import Request
 
-    pipeline = InProcessPipeline(model_dir, OnlineStore(redis_client))
+    pipeline = InProcessPipeline(model_dir, store)
     for user in users[:20]:  # warm-up
         pipeline.recommend(Request(int(user), k))
     latencies, started = [], time.perf_counter()
@@ -180,8 +188,16 @@ def in_process(model_dir: Path, redis_client, users: np.ndarray, k: int) -> tupl
 
 
 def run(
-    config, source: str, concurrency: list[int], seconds: float, requests: int, console, instances: list[int]
+    config: Config,
+    source: str,
+    concurrency: list[int],
+    seconds: float,
+    requests: int,
+    console: Console,
+    instances: list[int],
 ) -> dict:
+    """perf_analyzer over gRPC and HTTP at each concurrency (and other instance counts), then the
+    in-process pipeline and the compute floor on the same requests."""
     from reels.deploy.stack import serving_stack
     from reels.models.registry import serving_model_dir
 
@@ -215,7 +231,7 @@ def run(
                     )
                     report.setdefault("instances", {}).setdefault(str(extra), {})[str(c)] = result
     stack = serving_stack(source_dir, build, config.server, config.serving, console.print, instances[0])
-    with stack as (redis_server, triton):
+    with stack as (_, triton):
         with tempfile.TemporaryDirectory() as tmp:
             input_data = Path(tmp) / "requests.json"
             write_input_data(input_data, users, k)
@@ -227,15 +243,16 @@ def run(
                         protocol, url, triton.http_url, input_data, c, seconds
                     )
 
-        client = redis_server.client() if redis_server else config.server.redis.client(timeout_s=5.0)
         console.print("in-process pipeline and compute floor")
-        full, floor = in_process(serving_model_dir(source_dir / "models"), client, users, k)
+        store = config.server.redis.store(timeout_s=5.0)  # the stack's Redis, started or found there
+        full, floor = in_process(serving_model_dir(source_dir / "models"), store, users, k)
     report["serving"]["in_process"] = full
     report["serving"]["floor"] = floor
     return report
 
 
 def table(report: dict) -> str:
+    """The run as a markdown section of BENCHMARKS.md."""
     s = report["serving"]
     floor = s["floor"]["p50_ms"]
     lines = [
@@ -267,15 +284,12 @@ def table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(args: argparse.Namespace, config) -> int:
-    from rich.console import Console
+def measure(args: argparse.Namespace, config: Config) -> dict:
+    """`reels bench serving` with the command's sources, concurrencies and instance counts."""
+    return run(config, args.source, args.concurrency, args.seconds, args.requests, Console(), args.instances)
 
-    console = Console()
-    report = run(config, args.source, args.concurrency, args.seconds, args.requests, console, args.instances)
-    print(table(report))
-    if args.record:
-        section = {**report["serving"], **{k: report[k] for k in ("date", "machine", "command", "settings")}}
-        section["instances"] = report.get("instances", {})
-        record("serving", section, table(report))
-        print(f"recorded in {DOCS / 'BENCHMARKS.md'} and {DOCS / 'BENCHMARKS.json'}")
-    return 0
+
+def sections(report: dict) -> dict[str, dict]:
+    """BENCHMARKS.json key ``serving``: the paths' numbers next to the run's date, machine and settings."""
+    about = {k: report[k] for k in ("date", "machine", "command", "settings")}
+    return {"serving": {**report["serving"], **about, "instances": report.get("instances", {})}}

@@ -10,15 +10,13 @@ Records are random but shaped exactly like the feature build's output (the spec'
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from reels.client.bench import DOCS, record
-from reels.client.bench.data import machine
+from reels.client.record import machine
+from reels.deploy.config import Config
 from reels.workflows.spec import (
     HISTORY,
     USER_CATEGORICAL,
@@ -28,7 +26,10 @@ from reels.workflows.spec import (
 )
 
 
-def frames(n_users: int, n_videos: int, history_length: int = 20, seed: int = 0):
+def frames(
+    n_users: int, n_videos: int, history_length: int = 20, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, np.ndarray]]:
+    """Random user rows, video rows and seen lists shaped like a feature build's (the spec's columns)."""
     rng = np.random.default_rng(seed)
     users = pd.DataFrame({c: rng.integers(0, 1000, n_users) for c in USER_CATEGORICAL})
     for c in USER_CONTINUOUS:
@@ -50,16 +51,12 @@ def _percentiles(ms: list[float]) -> dict:
 
 
 def run(n_users: int, n_videos: int, reads: int) -> dict:
-    from reels.deploy.redis_server import RedisServer, free_port
-    from reels.feature_store.store import OnlineStore
+    """Bulk load and read latency on a temporary redis-server, each next to its baseline."""
+    from reels.deploy.stack import temporary_store
 
     users, videos, seen = frames(n_users, n_videos)
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        RedisServer(Path(tmp), port=free_port(), maxmemory="4gb") as srv,
-    ):
-        client = srv.client(timeout_s=5.0)
-        store = OnlineStore(client)
+    with temporary_store(maxmemory="4gb") as store:
+        client = store.client
         report = store.load_frames(users, videos, seen, history_length=20)
         # Baseline: the same kind of SET, one round trip each, on a 10k-key sample.
         sample = [(f"bench:{i}", bytes(100)) for i in range(10_000)]
@@ -102,6 +99,7 @@ def run(n_users: int, n_videos: int, reads: int) -> dict:
 
 
 def table(r: dict) -> str:
+    """The run as a markdown section of BENCHMARKS.md."""
     load, read = r["load"], r["read_user_plus_500"]
     base = read["per_key_get_baseline"]
     return "\n".join(
@@ -122,10 +120,6 @@ def table(r: dict) -> str:
     )
 
 
-def main(args: argparse.Namespace) -> int:
-    report = run(args.users, args.videos, args.reads)
-    print(table(report))
-    if args.record:
-        record("store", report, table(report))
-        print(f"recorded in {DOCS / 'BENCHMARKS.md'} and {DOCS / 'BENCHMARKS.json'}")
-    return 0
+def measure(args: argparse.Namespace, config: Config) -> dict:
+    """`reels bench store`: ``--users`` users and ``--videos`` videos, ``--reads`` timed reads."""
+    return run(args.users, args.videos, args.reads)

@@ -7,6 +7,7 @@ no request it sent failed; the probe gives an exact count of its own requests an
 
 from __future__ import annotations
 
+import argparse
 import re
 import tempfile
 import threading
@@ -15,13 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
 
-from reels.client.bench.serving import perf_analyzer
+from reels.client.bench.serving import perf_analyzer, request_users, write_input_data
+from reels.client.record import machine
+from reels.deploy.config import Config
 from reels.workflows.errors import NotFound
 
 
 @dataclass
 class LoadReport:
+    """What the load saw: every perf_analyzer run and each probe request's outcome and latency."""
+
     perf_analyzer_runs: list[dict] = field(default_factory=list)  # per run: exit code, p50/p99, rps, count
     probe_ok: int = 0
     probe_failed: int = 0
@@ -31,9 +37,11 @@ class LoadReport:
 
     @property
     def perf_analyzer_failed_runs(self) -> int:
+        """perf_analyzer runs that stopped on a failed request."""
         return sum(1 for r in self.perf_analyzer_runs if r["failed"])
 
     def summary(self) -> dict:
+        """The numbers BENCHMARKS.md reports for a window."""
         lat = np.array(self.probe_latencies_ms or [0.0])
         return {
             "perf_analyzer_runs": len(self.perf_analyzer_runs),
@@ -125,15 +133,13 @@ class LoadDuringAction:
                     self.report.probe_errors.append(f"{type(exc).__name__}: {exc}"[:300])
 
 
-def run(config, source: str, version: int | None, baseline_s: float, concurrency: int, console) -> dict:
+def run(
+    config: Config, source: str, version: int | None, baseline_s: float, concurrency: int, console: Console
+) -> dict:
     """Serve the serving version, measure a steady window, then promote ``version`` (default: the newest
     trained one) under the same load, and compare. The serving pointer is left as it was."""
-
-    from reels.client.bench.data import machine
-    from reels.client.bench.serving import request_users, write_input_data
     from reels.deploy.promotion import promote
     from reels.deploy.stack import serving_stack
-    from reels.feature_store.store import OnlineStore
     from reels.models.registry import latest_model_dir, serving_model_dir, trained_features
 
     source_dir = config.source_dir(source)
@@ -160,7 +166,7 @@ def run(config, source: str, version: int | None, baseline_s: float, concurrency
     }  # fmt: skip
     with serving_stack(
         source_dir, build, s, config.serving, console.print, experiment=config.experiment, model_dir=serving
-    ) as (redis_server, triton):
+    ) as (_, triton):
         with tempfile.TemporaryDirectory() as tmp:
             input_data = Path(tmp) / "requests.json"
             write_input_data(input_data, users, 20)
@@ -170,14 +176,12 @@ def run(config, source: str, version: int | None, baseline_s: float, concurrency
             ) as steady:
                 time.sleep(baseline_s)
             console.print(f"promoting version {candidate.name} under the same load")
-            client = redis_server.client() if redis_server else s.redis.client(timeout_s=5.0)
-            redis = s.redis
             with LoadDuringAction(
                 triton.grpc_url, triton.http_url, input_data, users, concurrency, k=20
             ) as swap:
                 promotion = promote(
-                    triton.repository, candidate, triton.grpc_url, OnlineStore(client), redis, config.serving,
-                    console.print,
+                    triton.repository, candidate, triton.grpc_url, s.redis.store(timeout_s=5.0), s.redis,
+                    config.serving, console.print,
                 )  # fmt: skip
     report["steady"] = steady.report.summary()
     report["swap"] = swap.report.summary()
@@ -189,6 +193,7 @@ def run(config, source: str, version: int | None, baseline_s: float, concurrency
 
 
 def table(report: dict) -> str:
+    """The run as a markdown section of BENCHMARKS.md."""
     steady, swap = report["steady"], report["swap"]
     lines = [
         f"### Hot swap under load — {report['date']}",
@@ -217,14 +222,6 @@ def table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(args, config) -> int:
-    from rich.console import Console
-
-    from reels.client.bench import DOCS, record
-
-    report = run(config, args.source, args.version, args.seconds, args.concurrency, Console())
-    print(table(report))
-    if args.record:
-        record("swap", report, table(report))
-        print(f"recorded in {DOCS / 'BENCHMARKS.md'} and {DOCS / 'BENCHMARKS.json'}")
-    return 0
+def measure(args: argparse.Namespace, config: Config) -> dict:
+    """`reels bench swap`: promote ``--version`` under ``--concurrency`` after a ``--seconds`` steady window."""
+    return run(config, args.source, args.version, args.seconds, args.concurrency, Console())

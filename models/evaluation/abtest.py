@@ -4,6 +4,10 @@
 and respond to them with the generator's own response model (``workflows.synthetic.respond``); the
 pipeline logs each feed to the exposure stream and the responses become events in the foundation schema.
 
+``run_simulation``: the whole run behind ``reels ab-simulate`` on an online store that is already loaded:
+sample known users, serve and answer their feeds, send the events to the stream, and write the logged
+exposures and the streamed events as parquet next to ``simulation.json``.
+
 ``join`` + ``ab_report``: events are joined back onto the logged exposures and summarised per variant —
 view rate, like rate and watch time per impression with 95% intervals (Wilson for rates, Student t for
 the mean), tests against the control (two-proportion z-test, Welch t-test, and a Welch test over per-user
@@ -12,7 +16,12 @@ means, the unit that was randomised), and inverse-propensity estimates for the e
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -20,15 +29,25 @@ import redis
 from scipy import stats
 
 from reels.feature_store.layout import DEFAULT_PREFIX, Keys
-from reels.feature_store.streams import read_stream_json
-from reels.models.serving.pipeline import InProcessPipeline
+from reels.feature_store.store import OnlineStore
+from reels.feature_store.streams import EventProducer, read_exposures, read_stream_json
+from reels.models.serving.config import ServingConfig
+from reels.models.serving.experiment import Experiment
 from reels.models.serving.request import Request
-from reels.workflows.errors import InvalidInput
+from reels.workflows.errors import InvalidInput, NotFound
+from reels.workflows.manifest import FeatureArtifacts
+from reels.workflows.offline_store import OfflineStore
+from reels.workflows.spec import OOV
 from reels.workflows.synthetic import CREATOR_ID_BASE, USER_ID_BASE, VIDEO_ID_BASE, GroundTruth, respond
+
+if TYPE_CHECKING:  # the models (TensorFlow, FAISS) load only for a simulation, not for a report
+    from reels.models.serving.pipeline import InProcessPipeline
 
 Z95 = float(stats.norm.ppf(0.975))
 METRICS = ("view_rate", "like_rate", "watch_time_s")
 COLUMN = {"view_rate": "viewed", "like_rate": "liked", "watch_time_s": "watch_time_s"}
+# What a simulation writes to its folder (``run_simulation``) and the report reads (``read_simulation``).
+EXPOSURES_FILE, EVENTS_FILE, RUN_FILE = "exposures.parquet", "events.parquet", "simulation.json"
 
 
 # ---- simulation ---------------------------------------------------------------------------------------------
@@ -114,6 +133,130 @@ def read_events(client: redis.Redis, prefix: str = DEFAULT_PREFIX, chunk: int = 
     return frame
 
 
+def read_logs(client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What an A/B analysis reads from Redis: the exposure log (one row per served item) and the events."""
+    return read_exposures(client, prefix), read_events(client, prefix)
+
+
+# ---- the simulation run -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SimulationSpec:
+    """What to simulate: ``users`` known users sampled with ``seed``, ``sessions`` feeds of ``k`` each."""
+
+    users: int = 2000
+    sessions: int = 1
+    k: int = 20
+    seed: int = 0  # the user sample and the response noise
+    start: str | None = None  # first request time; None: the end of the data, so fresh videos exist
+
+
+@dataclass(frozen=True)
+class SimulationRun:
+    """What one simulation served and wrote; ``simulation.json`` in ``directory`` records it."""
+
+    directory: Path
+    command: str
+    start: str
+    users: int
+    sessions: int
+    feeds: int
+    events: int
+    exposures_written: int
+    exposures_lost: int
+    seconds: float
+    feeds_per_variant: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def exposures_path(self) -> Path:
+        """The logged exposures, one row per served item."""
+        return self.directory / EXPOSURES_FILE
+
+    @property
+    def events_path(self) -> Path:
+        """The events as the stream holds them."""
+        return self.directory / EVENTS_FILE
+
+
+def sample_users(features: FeatureArtifacts, n: int, seed: int = 0, known_only: bool = True) -> np.ndarray:
+    """``n`` raw user ids of a feature build drawn without replacement (all of them when it has fewer);
+    ``known_only`` leaves out users whose encoded id is OOV (too rare to be in the vocabulary)."""
+    users = pd.read_parquet(features.users_path, columns=["user_id", "raw_user_id"])
+    if known_only:
+        users = users[users["user_id"] > OOV]
+    ids = users["raw_user_id"].to_numpy()
+    return np.random.default_rng(seed).choice(ids, min(n, len(ids)), replace=False)
+
+
+def load_ground_truth(offline: OfflineStore) -> GroundTruth:
+    """The synthetic generator's ground truth of a store (``NotFound`` for any other source)."""
+    path = offline.root / "ground_truth.npz"
+    if not path.exists():
+        raise NotFound(f"no ground truth in {offline.root}: simulation needs `reels data synthetic`")
+    return GroundTruth.load(path)
+
+
+def run_simulation(
+    store: OnlineStore,
+    model_dir: Path,
+    features: FeatureArtifacts,
+    offline: OfflineStore,
+    out: Path,
+    spec: SimulationSpec,
+    serving: ServingConfig | None = None,
+    experiment: Experiment | None = None,
+    position_bias: float = 0.06,
+    command: str = "",
+    progress: Callable[[int], None] | None = None,
+) -> SimulationRun:
+    """Simulate ``spec`` against ``model_dir`` served in process from ``store`` (``features`` loaded into
+    it), with the users' ground truth and video durations from the synthetic ``offline`` store: the feeds
+    go to the store's exposure log, the responses to its event stream, and both, read back from Redis, to
+    ``out`` as parquet with ``simulation.json``. ``progress`` gets 1 per feed."""
+    from reels.models.serving.pipeline import InProcessPipeline
+
+    started = time.time()
+    truth = load_ground_truth(offline)
+    users = np.sort(sample_users(features, spec.users, spec.seed))
+    start = pd.Timestamp(spec.start) if spec.start else pd.Timestamp(features.manifest().split["end"])
+    durations = offline.read_table("videos").set_index("video_id")["duration_s"]
+    pipeline = InProcessPipeline(model_dir, store, serving, experiment)
+    events = simulate(
+        pipeline, truth, durations, users, spec.k, int(start.timestamp()), seed=spec.seed,
+        sessions=spec.sessions, position_bias=position_bias, progress=progress,
+    )  # fmt: skip
+    prefix = store.keys.prefix
+    EventProducer(store.client, prefix).send(events.to_dict("records"))
+    exposures, streamed = read_logs(store.client, prefix)
+    log = pipeline.rerank.exposures  # None when serving.log_exposures is off
+    feeds = exposures.drop_duplicates("request_id")
+    run = SimulationRun(
+        directory=out, command=command or repr(spec), start=str(start), users=len(users),
+        sessions=spec.sessions, feeds=len(feeds), events=len(events),
+        exposures_written=log.written if log else 0, exposures_lost=log.failed if log else 0,
+        seconds=round(time.time() - started, 1),
+        feeds_per_variant={str(v): int(n) for v, n in feeds["variant"].value_counts().items()},
+    )  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    exposures.to_parquet(run.exposures_path, index=False)
+    streamed.to_parquet(run.events_path, index=False)
+    record = {k: v for k, v in asdict(run).items() if k != "directory"}
+    (out / RUN_FILE).write_text(json.dumps(record, indent=2))
+    return run
+
+
+def read_simulation(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict | None]:
+    """The exposures and events a simulation wrote to ``folder``, and its ``simulation.json`` (or None)."""
+    folder = Path(folder)
+    if not (folder / EXPOSURES_FILE).exists():
+        raise NotFound(f"no exposures in {folder}: run `reels ab-simulate` first (or report on --redis)")
+    run = folder / RUN_FILE
+    return (
+        pd.read_parquet(folder / EXPOSURES_FILE),
+        pd.read_parquet(folder / EVENTS_FILE),
+        json.loads(run.read_text()) if run.exists() else None,
+    )
+
+
 # ---- analysis -----------------------------------------------------------------------------------------------
 def join(exposures: pd.DataFrame, events: pd.DataFrame, window_s: int = 86400) -> pd.DataFrame:
     """One row per served item with its outcome: ``viewed`` (an event that was not a skip), ``liked``,
@@ -150,6 +293,7 @@ def join(exposures: pd.DataFrame, events: pd.DataFrame, window_s: int = 86400) -
 
 
 def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (NaNs for n = 0)."""
     if n == 0:
         return (np.nan, np.nan)
     p = successes / n
@@ -159,6 +303,7 @@ def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
 
 
 def mean_ci(x: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Student t interval of a mean (NaNs below two values)."""
     if len(x) < 2:
         return (np.nan, np.nan)
     half = stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
@@ -294,6 +439,7 @@ def rows(report: dict) -> dict[str, list[list[str]]]:
 
 
 def markdown(report: dict, header: str) -> str:
+    """``header`` and the report's three tables in markdown (what ``reels ab-report --record`` appends)."""
     parts = [header.rstrip("\n"), ""]
     for table in rows(report).values():
         parts.append("| " + " | ".join(table[0]) + " |")

@@ -21,12 +21,15 @@ def gini(counts: np.ndarray) -> float:
 
 
 def top_share(counts: np.ndarray, fraction: float = 0.01) -> float:
+    """The share of all exposure that goes to the top ``fraction`` of creators."""
     x = np.sort(np.asarray(counts, dtype=np.float64))[::-1]
     top = max(1, int(round(len(x) * fraction)))
     return float(x[:top].sum() / max(x.sum(), 1.0))
 
 
 def exposure_report(pipeline: InProcessPipeline, users: np.ndarray, k: int, request_time_s: int) -> dict:
+    """Gini, top-1% share and creators exposed for the catalog, the ranker's top-k and the served feeds
+    of ``users`` (one request each at ``request_time_s``)."""
     catalog = pipeline.rerank.catalog
     creators = pd.Index(np.unique(catalog.creator))
     before = np.zeros(len(creators))

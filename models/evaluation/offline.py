@@ -31,6 +31,8 @@ Progress = Callable[[str], None]
 
 @dataclass
 class Queries:
+    """The query users of one window, their relevant and already seen catalog positions."""
+
     frame: pd.DataFrame  # one row per query user: the first event in the window
     relevant: list[set[int]]  # catalog positions viewed in the window and unseen before
     seen: list[np.ndarray]  # catalog positions interacted with before the window
@@ -44,6 +46,7 @@ def catalog_positions(catalog_ids: np.ndarray) -> pd.Series:
 
 
 def build_queries(before: pd.DataFrame, window: pd.DataFrame, catalog_ids: np.ndarray) -> Queries:
+    """The queries of ``window`` given everything ``before`` it (the protocol in the module doc)."""
     position_of = catalog_positions(catalog_ids)
     before = before[before["raw_video_id"].isin(position_of.index)]
     window = window[window["raw_video_id"].isin(position_of.index)]
@@ -109,6 +112,7 @@ def _beyond_accuracy(top: np.ndarray, category: np.ndarray, popularity: np.ndarr
 
 
 def tune_als(train_matrix, queries: Queries, n_items: int, config: EvaluationConfig, k: int = 20) -> dict:
+    """The ALS factors and regularisation with the best recall@k on ``queries`` (the validation window)."""
     best = None
     for factors in config.als_factors:
         for reg in config.als_regularization:
@@ -126,6 +130,7 @@ def evaluate_retrieval(
     config: EvaluationConfig,
     progress: Progress | None = None,
 ) -> dict:
+    """Recall, NDCG and beyond-accuracy metrics of the two-tower and the baselines on the test window."""
     say = progress or (lambda _m: None)
     train = features.read_split("train")
     valid = features.read_split("valid")
@@ -204,3 +209,18 @@ def evaluate_ranking(
     out["shared_bottom"]["train_examples_per_s"] = round(shared_report.examples_per_s, 1)
     out["_protocol"] = {"test_impressions": len(test), "tasks": list(RANKER_TASKS)}
     return out
+
+
+def evaluate(
+    features: FeatureArtifacts,
+    trained: TrainedModels,
+    config: EvaluationConfig,
+    ranker_config: RankerConfig,
+    progress: Progress | None = None,
+) -> dict:
+    """Retrieval against the baselines and ranking against a shared-bottom model, on the test window of
+    the build ``trained`` was trained on: ``{"retrieval": ..., "ranking": ...}``."""
+    return {
+        "retrieval": evaluate_retrieval(features, trained, config, progress),
+        "ranking": evaluate_ranking(features, trained, ranker_config, progress),
+    }

@@ -1,0 +1,75 @@
+"""`reels bench <name>`: run one benchmark of ``reels.client.bench``, print its section and, with
+--record, write it to docs/BENCHMARKS.md and docs/BENCHMARKS.json."""
+
+from __future__ import annotations
+
+import argparse
+
+from reels.client.cli.common import SOURCES, load_config, uses_ml_stack
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bench`` and its benchmarks."""
+    p = subparsers.add_parser(
+        "bench", help="benchmarks; results go to docs/BENCHMARKS.md and docs/BENCHMARKS.json"
+    )
+    bench = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    b = bench.add_parser("data", help="generation events/s and NVTabular fit+transform time and peak memory")
+    b.add_argument(
+        "--events", type=int, nargs="+", default=[1_000_000, 10_000_000], help="event counts to run"
+    )
+    b.add_argument("--workdir", default="build/bench", help="scratch folder for stores and features")
+    b = bench.add_parser("models", help="training examples/s; FAISS build, latency and recall per index type")
+    b.add_argument("--features", default="data/synthetic/features", help="feature artifacts to train on")
+    b.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="catalog sizes")
+    b = bench.add_parser(
+        "store", help="Redis online store: bulk-load keys/s and one-user+500-videos read latency"
+    )
+    b.add_argument("--users", type=int, default=100_000)
+    b.add_argument("--videos", type=int, default=100_000)
+    b.add_argument("--reads", type=int, default=1000)
+    b = bench.add_parser(
+        "serving", help="perf_analyzer on the ensemble (HTTP/gRPC) vs in-process vs compute floor"
+    )
+    b.add_argument("--source", choices=SOURCES, default="synthetic")
+    b.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    b.add_argument("--seconds", type=float, default=5.0, help="perf_analyzer measurement window")
+    b.add_argument(
+        "--instances", type=int, nargs="+", default=[1], help="instances per model; the first is the full run"
+    )
+    b.add_argument("--requests", type=int, default=1000, help="distinct requests in the input data")
+    b = bench.add_parser(
+        "swap", help="promote a trained version into a running Triton under perf_analyzer load"
+    )
+    b.add_argument("--source", choices=SOURCES, default="synthetic")
+    b.add_argument("--version", type=int, help="the version to promote (default: the newest trained one)")
+    b.add_argument("--seconds", type=float, default=30.0, help="length of the steady-state window")
+    b.add_argument("--concurrency", type=int, default=2, help="perf_analyzer concurrency")
+    b = bench.add_parser("ingest", help="event stream: ingest events/s and event-to-online-feature freshness")
+    b.add_argument("--source", choices=SOURCES, default="synthetic")
+    b.add_argument("--events", type=int, default=20_000)
+    b.add_argument("--samples", type=int, default=300, help="events timed one by one for freshness")
+    b.add_argument("--batch", type=int, default=2_000, help="events per worker read / script call")
+    for b in bench.choices.values():  # every benchmark records the same way
+        b.add_argument(
+            "--record", action="store_true", help="append the results to docs/BENCHMARKS.md and .json"
+        )
+        b.set_defaults(func=cmd_bench)
+
+
+@uses_ml_stack
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run ``reels.client.bench.<name>``, print its section and record it with ``--record``."""
+    import importlib
+
+    from reels.client.record import benchmark
+
+    bench = importlib.import_module(f"reels.client.bench.{args.bench}")
+    report = bench.measure(args, load_config(args))
+    text = bench.table(report)
+    print(text)
+    if args.record:
+        sections = bench.sections(report) if hasattr(bench, "sections") else {args.bench: report}
+        markdown_path, json_path = benchmark(sections, text)
+        print(f"recorded in {markdown_path} and {json_path}")
+    return 0

@@ -1,0 +1,116 @@
+"""`reels train`, `reels evaluate`, `reels tune`: train a new version, evaluate against the baselines
+(docs/RESULTS.*), tune the two-tower on the validation window (docs/TUNING.md)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from reels.client.cli.common import SOURCES, add_source, load_config, spinner, uses_ml_stack
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from reels.deploy.config import Config
+    from reels.models.train import TrainedModels
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``train``, ``evaluate`` and ``tune``."""
+    p = subparsers.add_parser(
+        "train", help="train the two-tower and MMoE models and write a versioned artifact directory"
+    )
+    add_source(p)
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser(
+        "evaluate", help="train and evaluate against baselines; writes docs/RESULTS.{md,json} + plots"
+    )
+    p.add_argument("--sources", nargs="+", choices=SOURCES, default=["movielens", "synthetic"])
+    p.add_argument("--fresh", action="store_true", help="rebuild the data and features first")
+    p.add_argument("--docs", default="docs", help="where RESULTS.md/.json and plots/ go ('' to skip writing)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = subparsers.add_parser(
+        "tune", help="light two-tower tuning on the validation window (never the test window)"
+    )
+    add_source(p, default="movielens")
+    p.add_argument("--record", action="store_true", help="append the table to docs/TUNING.md")
+    p.set_defaults(func=cmd_tune)
+
+
+def train_version(config: Config, source: str, console: Console) -> TrainedModels:
+    """Train a new version of the source's models under a spinner, then print its summary."""
+    from reels.client.render import print_training_summary
+    from reels.deploy import jobs
+
+    with spinner(console, "training") as say:
+        _, trained = jobs.train(config, source, say)
+    print_training_summary(trained.manifest, trained.directory, console)
+    return trained
+
+
+@uses_ml_stack
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a new version (building the store and features first where missing)."""
+    from rich.console import Console
+
+    train_version(load_config(args), args.source, Console())
+    return 0
+
+
+@uses_ml_stack
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Train and evaluate on each source; write docs/RESULTS.* unless ``--docs ''``."""
+    from rich.console import Console
+
+    from reels.client.record import machine
+    from reels.deploy import jobs
+    from reels.models.evaluation.report import write
+
+    config = load_config(args)
+    console = Console()
+    with spinner(console, "evaluating", log=True) as say:
+        run = jobs.evaluate(config, args.sources, args.fresh, say)
+    for name, dataset in run["datasets"].items():
+        retrieval, ranking = dataset["retrieval"], dataset["ranking"]
+        console.print(
+            f"{name}: two_tower recall@20 {retrieval['two_tower']['recall@20']:.4f}, "
+            f"als {retrieval['als']['recall@20']:.4f}, popularity {retrieval['popularity']['recall@20']:.4f}; "
+            f"MMoE AUC view {ranking['mmoe']['auc_view']:.4f} vs shared-bottom {ranking['shared_bottom']['auc_view']:.4f}"
+        )
+    # The date stays first: the other keys of the run follow the machine and the command.
+    results = {"date": run["date"], "machine": machine(), "command": args.command_line, **run}
+    if args.docs:
+        for path in write(results, Path(args.docs)):
+            console.print(f"wrote {path}")
+    return 0
+
+
+@uses_ml_stack
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Tune the two-tower on the validation window and print (``--record``: append) the table."""
+    import time
+
+    from rich.console import Console
+
+    from reels.client.record import append_section, machine
+    from reels.deploy import jobs
+    from reels.models.evaluation.tune import markdown, tune_two_tower
+
+    config = load_config(args)
+    console = Console()
+    with spinner(console, "tuning on the validation window") as say:
+        features = jobs.ensure_features(config, args.source, say)
+        result = tune_two_tower(features, config.two_tower, progress=say)
+    header = (
+        f"### Two-tower on {args.source}, validation window — {time.strftime('%Y-%m-%d')}\n\n"
+        f"Machine: {machine()}. Command: `{args.command_line}`."
+    )
+    text = markdown(result, header)
+    console.print(text)
+    if args.record:
+        path = append_section(Path("docs") / "TUNING.md", text, "# Tuning (validation windows only)\n")
+        console.print(f"recorded in {path}")
+    return 0
