@@ -34,10 +34,11 @@ from reels.feature_store.encoding import Vocabulary
 from reels.feature_store.layout import user_record
 from reels.feature_store.store import OnlineStore
 from reels.feature_store.streams import GROUP, HIDE_CREATOR
+from reels.workflows.errors import InvalidInput
 from reels.workflows.offline_store import OfflineStore
 from reels.workflows.schema import EVENTS
-from reels.workflows.spec import HISTORY
-from reels.workflows.validate import ValidationError, validate
+from reels.workflows.spec import HISTORY, MAX_RAW_ID
+from reels.workflows.validate import validate
 
 # One call applies a whole batch: ARGV = ttl, history offset, history bytes, seen-list bytes, prefix,
 # namespace, and the packed batch (BATCH_RECORD per event). Per event, atomically: set the dedupe marker
@@ -194,9 +195,9 @@ class IngestWorker:
             try:
                 body = json.loads(raw)
                 user, creator = int(body["user_id"]), int(body["creator_id"])
-                if user < 0 or creator < 0:
-                    raise ValueError("user_id and creator_id must be non-negative")
-            except (ValueError, KeyError, TypeError) as exc:
+                if not (0 <= user <= MAX_RAW_ID and 0 <= creator <= MAX_RAW_ID):
+                    raise ValueError("user_id and creator_id must be between 0 and 2^53-1")
+            except (ValueError, KeyError, TypeError, RecursionError) as exc:
                 self._dead(message_id, raw, f"bad hide_creator message: {exc}", stats)
                 continue
             pipe.sadd(self.store.keys.hidden_creators(user), creator)
@@ -230,28 +231,33 @@ class IngestWorker:
         for message_id, fields in messages:
             raw = fields.get(b"event", b"")
             try:
-                parsed.append(json.loads(raw))
+                event = json.loads(raw)
+                if not isinstance(event, dict):
+                    raise ValueError(f"expected a JSON object, got {type(event).__name__}")
+                parsed.append(event)
                 ids.append(message_id)
-            except ValueError as exc:
-                self._dead(message_id, raw, f"not JSON: {exc}", stats)
+            except (ValueError, RecursionError) as exc:  # RecursionError: a deeply nested poison pill
+                self._dead(message_id, raw[:4096], f"not a JSON event: {str(exc)[:200]}", stats)
         if not parsed:
             return pd.DataFrame(columns=EVENTS.names), []
         try:
-            return validate(self._frame(parsed), EVENTS), ids
-        except (ValidationError, ValueError, TypeError, KeyError):
+            return _checked_ids(validate(self._frame(parsed), EVENTS)), ids
+        except Exception:  # noqa: BLE001 - some event is bad: find which, one by one, below
             pass
         good, good_ids = [], []
         for event, message_id in zip(parsed, ids, strict=True):
             try:
-                good.append(validate(self._frame([event]), EVENTS))
+                good.append(_checked_ids(validate(self._frame([event]), EVENTS)))
                 good_ids.append(message_id)
-            except (ValidationError, ValueError, TypeError, KeyError) as exc:
-                self._dead(message_id, json.dumps(event, default=str).encode(), str(exc)[:500], stats)
+            except Exception as exc:  # noqa: BLE001 - any bad message is dead-lettered, never kills the worker
+                raw = fields_of(messages, message_id)
+                self._dead(message_id, raw[:4096], f"{type(exc).__name__}: {str(exc)[:500]}", stats)
         frame = pd.concat(good, ignore_index=True) if good else pd.DataFrame(columns=EVENTS.names)
         return frame, good_ids
 
     @staticmethod
     def _frame(events: list[dict]) -> pd.DataFrame:
+        """One frame of parsed events, timestamps as datetimes."""
         frame = pd.DataFrame(events)
         if "timestamp" in frame:
             frame["timestamp"] = pd.to_datetime(frame["timestamp"])
@@ -305,3 +311,16 @@ class IngestWorker:
             if idle_exit and stats.read == 0:
                 break
         return total
+
+
+def _checked_ids(events: pd.DataFrame) -> pd.DataFrame:
+    """``events`` unchanged when every id fits a double exactly; ``InvalidInput`` otherwise."""
+    for name in ("event_id", "user_id", "video_id"):
+        if len(events) and int(events[name].max()) > MAX_RAW_ID:
+            raise InvalidInput(f"{name} above 2^53-1 (ids travel through Lua doubles and would be rounded)")
+    return events
+
+
+def fields_of(messages: list, message_id) -> bytes:
+    """The raw ``event`` field of ``message_id`` among ``(id, fields)`` stream entries."""
+    return next(fields.get(b"event", b"") for mid, fields in messages if mid == message_id)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 PAD, NULL, OOV = 0, 1, 2
 FIRST_ID = 3
+# Raw ids (events, users, videos) stay below 2^53: the ingest script's Lua numbers are doubles.
+MAX_RAW_ID = 2**53 - 1
 
 USER_CATEGORICAL = ("user_id", "age_bucket", "country", "user_language")
 USER_CONTINUOUS = ("user_event_count", "user_like_rate", "user_completion_rate", "user_watch_fraction")

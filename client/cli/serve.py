@@ -66,7 +66,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 @uses_ml_stack
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run Redis + Triton until Ctrl-C (or ``--seconds``), then stop what was started."""
+    """Run Redis + Triton until Ctrl-C, SIGTERM or ``--seconds``, then stop what was started."""
+    import signal
     import time
 
     from rich.console import Console
@@ -75,6 +76,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = load_config(args)
     console = Console()
+    # systemd, Docker and Kubernetes stop a service with SIGTERM: stop the children as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     with source_stack(config, args.source, console.print) as (_, triton):
         console.print(
             f"[bold green]serving[/]: HTTP {triton.http_url}, gRPC {triton.grpc_url}, "
@@ -87,6 +90,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:  # the way to stop a server: not an interrupted command
             console.print("stopping")
     return 0
+
+
+def _interrupt(signum: int, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:

@@ -91,7 +91,10 @@ class FeatureTransformStep:
                 )
         user_id, k, device, hour, request_time = (tensors[name] for name in self.inputs)
         raw_device = device.reshape(-1)[0]
-        raw_device = raw_device.decode() if isinstance(raw_device, bytes) else str(raw_device)
+        try:
+            raw_device = raw_device.decode() if isinstance(raw_device, bytes) else str(raw_device)
+        except UnicodeDecodeError as exc:
+            raise BadRequest(f"device must be UTF-8 text, got {raw_device[:32]!r}") from exc
         request = Request(
             user_id=int(user_id.reshape(-1)[0]),
             k=int(k.reshape(-1)[0]),

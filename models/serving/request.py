@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from reels.workflows.errors import InvalidInput
-from reels.workflows.spec import HISTORY, USER_CATEGORICAL, USER_CONTINUOUS
+from reels.workflows.spec import HISTORY, MAX_RAW_ID, USER_CATEGORICAL, USER_CONTINUOUS
 
 QUERY_USER_FIELDS = USER_CATEGORICAL + USER_CONTINUOUS + (HISTORY,)
 
@@ -27,6 +27,11 @@ class BadRequest(InvalidInput):
     """Malformed request: reported to the caller as an invalid-argument error."""
 
 
+# Request times outside this window are mistakes (milliseconds for seconds, a sign error): rejected.
+EARLIEST_REQUEST_S = 946_684_800  # 2000-01-01 UTC
+LATEST_REQUEST_S = 4_102_444_800  # 2100-01-01 UTC
+
+
 @dataclass
 class Request:
     """One recommendation request: a raw user id, feed length ``k`` and optional device, UTC hour and time."""
@@ -38,14 +43,22 @@ class Request:
     request_time_s: int | None = None  # unix seconds; None = now
 
     def validate(self, max_k: int) -> Request:
-        """Check the fields (``BadRequest`` on a negative id, ``k`` outside 1..max_k or an hour outside 0-23),
-        fill a missing ``request_time_s`` with now, and return ``self``."""
-        if not isinstance(self.user_id, int | np.integer) or self.user_id < 0:
-            raise BadRequest(f"user_id must be a non-negative integer, got {self.user_id!r}")
+        """Check the fields (``BadRequest`` on an id outside 0..2^53-1, ``k`` outside 1..max_k, an hour
+        outside 0-23 or a request time outside 2000-2100), fill a missing ``request_time_s`` with now, and
+        return ``self``."""
+        if not isinstance(self.user_id, int | np.integer) or not 0 <= self.user_id <= MAX_RAW_ID:
+            raise BadRequest(f"user_id must be an integer between 0 and 2^53-1, got {self.user_id!r}")
         if not 0 < self.k <= max_k:
             raise BadRequest(f"k must be between 1 and {max_k}, got {self.k}")
         if self.hour is not None and not 0 <= self.hour <= 23:
             raise BadRequest(f"hour must be between 0 and 23, got {self.hour}")
+        if (
+            self.request_time_s is not None
+            and not EARLIEST_REQUEST_S <= self.request_time_s < LATEST_REQUEST_S
+        ):
+            raise BadRequest(
+                f"request_time must be unix seconds between 2000 and 2100 (or 0 for now), got {self.request_time_s}"
+            )
         if self.request_time_s is None:
             self.request_time_s = int(time.time())
         return self

@@ -78,3 +78,66 @@ def test_accepted_writes_survive_a_kill_9_of_redis_without_save(tmp_path):
 def test_scratch_servers_can_turn_persistence_off(tmp_path):
     with RedisServer(tmp_path / "redis", port=free_port(), durable=False) as server:
         assert server.client().config_get("appendonly") == {"appendonly": "no"}
+
+
+def test_poison_messages_are_dead_lettered_and_the_rest_applied(loaded_store, tiny_features, tiny_store):
+    from reels.feature_store.encoding import Vocabulary
+    from reels.feature_store.ingest import IngestWorker
+
+    keys = loaded_store.keys
+    frame = tiny_store.read_events().compute().tail(10).reset_index(drop=True)
+    frame["event_id"] = 7 * 10**9 + frame.index
+    frame["timestamp"] = frame["timestamp"].max()
+    valid = frame.to_dict("records")
+    too_big = dict(valid[0], event_id=2**53 + 1)
+    EventProducer(loaded_store.client).send([*valid, too_big])
+    loaded_store.client.xadd(keys.events, {"event": "[" * 100_000 + "]" * 100_000})  # RecursionError
+    loaded_store.client.xadd(keys.events, {"event": b"\xff\xfe not utf-8"})
+    loaded_store.client.xadd(keys.events, {"event": "[1, 2, 3]"})  # JSON, but not an event
+    worker = IngestWorker(loaded_store, Vocabulary(tiny_features.workflow_dir, "video_id"), 5, consumer="w")
+    stats = worker.run(idle_exit=True)
+    assert (stats.applied, stats.dead_lettered) == (10, 4)
+    assert loaded_store.client.xpending(keys.events, "ingest")["pending"] == 0
+    reasons = [fields[b"reason"].decode() for _, fields in loaded_store.client.xrange(keys.dead_letters)]
+    assert any("2^53" in r for r in reasons) and any("JSON" in r for r in reasons), reasons
+
+
+def test_reels_serve_stops_its_servers_on_sigterm(tiny_models, tmp_path):
+    import subprocess
+    import sys
+    import urllib.request
+
+    source = tmp_path / "data" / "synthetic"
+    source.mkdir(parents=True)
+    (source / "models").symlink_to(tiny_models.directory.parent)
+    http_port = free_port()
+    settings = {
+        "data.root": tmp_path / "data", "server.build_dir": tmp_path / "build", "server.redis_port": free_port(),
+        "server.http_port": http_port, "server.grpc_port": free_port(), "server.metrics_port": free_port(),
+    }  # fmt: skip
+    overrides = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    command = [sys.executable, "-m", "reels.client.cli", *overrides, "serve", "synthetic"]
+    log = (tmp_path / "serve.log").open("wb")
+    serve = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=1
+                ) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        children = psutil.Process(serve.pid).children(recursive=True)
+        assert {c.name() for c in children} >= {"tritonserver", "redis-server"}
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=90) == 0
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert alive == [], [c.name() for c in alive]
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        log.close()
