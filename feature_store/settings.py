@@ -38,20 +38,25 @@ class RedisSettings:
         path = os.environ.get(PASSWORD_FILE_ENV)
         return Path(path).read_text().strip() or None if path else None
 
-    def client(self, timeout_s: float = 0.5) -> redis.Redis:
-        """A redis-py client with connect and command timeouts of ``timeout_s``."""
+    def client(self, timeout_s: float = 0.5, retries: bool = True) -> redis.Redis:
+        """A redis-py client with connect and command timeouts of ``timeout_s``. ``retries=False``: a
+        failed command fails at once (the serving path has fallbacks; redis-py's default retries made
+        each request wait seconds while Redis was away)."""
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
+        extra = {} if retries else {"retry": Retry(NoBackoff(), 0)}
         return redis.Redis(
             host=self.host, port=self.port, password=self.resolved_password(), socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s, health_check_interval=0,
+            socket_connect_timeout=timeout_s, health_check_interval=0, **extra,
         )  # fmt: skip
 
-    def store(self, timeout_s: float = 0.5, **kwargs) -> OnlineStore:
+    def store(self, timeout_s: float = 0.5, retries: bool = True, **kwargs) -> OnlineStore:
         """An ``OnlineStore`` over a new client (``kwargs`` go to ``OnlineStore``)."""
         from reels.feature_store.store import OnlineStore
 
-        return OnlineStore(self.client(timeout_s), prefix=self.prefix, **kwargs)
+        return OnlineStore(self.client(timeout_s, retries), prefix=self.prefix, **kwargs)
 
     def as_spec(self) -> dict[str, str | int]:
         """The settings without the password, for release specs and logs."""

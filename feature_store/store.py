@@ -87,6 +87,7 @@ class OnlineStore:
         prefix: str = DEFAULT_PREFIX,
         namespace_ttl_s: float = 1.0,
         pinned_namespace: str | None = None,
+        unavailable_pause_s: float = 0.0,
     ):
         """``pinned_namespace``: always read this namespace instead of the active one (a served release
         reads the features it was loaded with, so two releases can serve side by side during a swap)."""
@@ -97,6 +98,10 @@ class OnlineStore:
         self._namespace: str | None = None
         self._namespace_read_at = 0.0
         self._user_dtype: np.dtype | None = None
+        # Circuit breaker: after Redis failed, reads fail at once for this long instead of each waiting
+        # for a timeout (0: off). Serving sets it; its callers then serve their flagged fallback.
+        self.unavailable_pause_s = unavailable_pause_s
+        self._unavailable_until = 0.0
 
     # ---- loading ----------------------------------------------------------------------------------------
     def load(
@@ -225,6 +230,16 @@ class OnlineStore:
                 self.client.unlink(*batch)
 
     # ---- reading ----------------------------------------------------------------------------------------
+    def _tripped(self, exc: Exception) -> FeatureStoreUnavailable:
+        """Open the circuit breaker (when one is set) and describe the failure."""
+        if self.unavailable_pause_s:
+            self._unavailable_until = time.monotonic() + self.unavailable_pause_s
+        return FeatureStoreUnavailable(f"Redis unreachable: {exc}")
+
+    def _check_breaker(self) -> None:
+        if self._unavailable_until and time.monotonic() < self._unavailable_until:
+            raise FeatureStoreUnavailable("Redis failed moments ago: skipping it for a moment")
+
     def namespace(self) -> str:
         """The namespace reads use: the pinned one, else ``{prefix}:active``, cached for ``namespace_ttl_s``;
         raises ``NoActiveNamespace`` when nothing is loaded."""
@@ -245,12 +260,13 @@ class OnlineStore:
                         [tuple(f) if len(f) == 2 else (f[0], f[1], tuple(f[2])) for f in json.loads(meta)]
                     )
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                raise FeatureStoreUnavailable(f"Redis unreachable: {exc}") from exc
+                raise self._tripped(exc) from exc
             self._namespace, self._namespace_read_at = namespace, now
         return self._namespace
 
     def read(self, raw_user_id: int, raw_video_ids: np.ndarray) -> OnlineRows:
         """The user's record, their seen list and every known candidate video in one round trip."""
+        self._check_breaker()
         ns = self.namespace()
         raw_video_ids = np.asarray(raw_video_ids, dtype=np.int64)
         keys = [self.keys.user(ns, raw_user_id)] + [self.keys.video(ns, int(v)) for v in raw_video_ids]
@@ -261,7 +277,7 @@ class OnlineStore:
             pipe.smembers(self.keys.hidden_creators(raw_user_id))
             values, seen_blob, hidden = pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise FeatureStoreUnavailable(f"Redis unreachable: {exc}") from exc
+            raise self._tripped(exc) from exc
         user = np.frombuffer(values[0], dtype=self._user_dtype)[0] if values[0] is not None else None
         seen = np.frombuffer(seen_blob, dtype=SEEN_DTYPE) if seen_blob else np.array([], dtype=SEEN_DTYPE)
         hidden_creators = np.array(sorted(int(c) for c in hidden), dtype=np.int64)
@@ -269,12 +285,13 @@ class OnlineStore:
 
     def read_videos(self, raw_video_ids: np.ndarray) -> OnlineRows:
         """Known videos among ``raw_video_ids`` (one MGET); ``user`` and ``seen`` are left empty."""
+        self._check_breaker()
         ns = self.namespace()
         raw_video_ids = np.asarray(raw_video_ids, dtype=np.int64)
         try:
             values = self.client.mget([self.keys.video(ns, int(v)) for v in raw_video_ids])
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise FeatureStoreUnavailable(f"Redis unreachable: {exc}") from exc
+            raise self._tripped(exc) from exc
         return OnlineRows(None, *_known_videos(raw_video_ids, values), np.array([], dtype=SEEN_DTYPE))
 
     def read_user(self, raw_user_id: int) -> tuple[np.void | None, np.ndarray]:

@@ -144,8 +144,11 @@ class Release:
         return pd.read_parquet(self.videos_path(self.repository, self.version))
 
     def store(self) -> OnlineStore:
-        """The online store, pinned to the release's namespace, failing fast (serving has fallbacks)."""
-        return self.redis.store(timeout_s=0.2, pinned_namespace=self.namespace)
+        """The online store, pinned to the release's namespace, failing fast: no retries, and after a
+        failure Redis is skipped for a second (each step serves its flagged fallback meanwhile)."""
+        return self.redis.store(
+            timeout_s=0.2, retries=False, pinned_namespace=self.namespace, unavailable_pause_s=1.0
+        )
 
     def encoder(self) -> RequestEncoder:
         """Request-time encoding with the release's fitted workflow."""

@@ -9,6 +9,7 @@ import signal
 import time
 
 import psutil
+import pytest
 
 from reels.deploy.redis_server import RedisServer, free_port
 from reels.deploy.triton_server import TritonServer
@@ -141,3 +142,28 @@ def test_reels_serve_stops_its_servers_on_sigterm(tiny_models, tmp_path):
         if serve.poll() is None:
             serve.kill()
         log.close()
+
+
+def test_a_stalled_redis_costs_one_timeout_then_fails_fast_until_it_is_back(tiny_features, tmp_path):
+    from reels.feature_store.settings import RedisSettings
+    from reels.feature_store.store import FeatureStoreUnavailable
+
+    with RedisServer(tmp_path / "redis", port=free_port()) as server:
+        settings = RedisSettings(port=server.port)
+        settings.store(timeout_s=5.0).load(tiny_features)
+        store = settings.store(timeout_s=0.2, retries=False, unavailable_pause_s=1.0)
+        store.read(1, [])  # warm: connection open, namespace cached
+        os.kill(server.process.pid, signal.SIGSTOP)  # a stalled server: connections hang, nothing refused
+        try:
+            waits = []
+            for _ in range(20):
+                started = time.perf_counter()
+                with pytest.raises(FeatureStoreUnavailable):
+                    store.read_videos([1, 2, 3])
+                waits.append(time.perf_counter() - started)
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        assert waits[0] < 1.0  # one timeout (0.2 s), no retries with backoff
+        assert max(waits[1:]) < 0.01  # the breaker is open: no waiting at all
+        time.sleep(1.1)
+        assert store.read_videos([1, 2, 3]).user is None  # closed again: Redis answers
