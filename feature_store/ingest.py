@@ -129,9 +129,7 @@ class IngestWorker:
         self.claim_idle_ms = claim_idle_ms
         self.seen_bytes = seen_limit * 8
         self.dedupe_ttl_s = dedupe_ttl_s
-        record = user_record(history_length)
-        self.history_offset = record.fields[HISTORY][1]  # byte offset of the history inside a user record
-        self.history_bytes = history_length * 8
+        self._set_history_layout(history_length)  # until a namespace's own meta says otherwise
         self.keys = store.keys
         self.stream, self.dead = store.keys.events, store.keys.dead_letters
         self.prefix = store.keys.prefix
@@ -292,12 +290,22 @@ class IngestWorker:
         """The video vocabulary of the features loaded into ``namespace``: a promotion swaps in features
         fitted by a new workflow, whose encoded ids differ, so history pushes must follow the swap."""
         if namespace != self._vocabulary_namespace:
-            features = self.store.meta(namespace).get("features")
+            meta = self.store.meta(namespace)
+            features = meta.get("features")
             workflow = Path(features) / "workflow" if features else None
             if workflow is not None and workflow.exists():
                 self.vocabulary = Vocabulary(workflow, "video_id")
+            # The user records of this namespace were packed with its own history length (a retrain may
+            # change it): the history offset and size inside a record follow the namespace, too.
+            if "history_length" in meta:
+                self._set_history_layout(int(meta["history_length"]))
             self._vocabulary_namespace = namespace
         return self.vocabulary
+
+    def _set_history_layout(self, history_length: int) -> None:
+        record = user_record(history_length)
+        self.history_offset = record.fields[HISTORY][1]  # byte offset of the history inside a user record
+        self.history_bytes = history_length * 8
 
     def run(self, seconds: float | None = None, idle_exit: bool = False) -> IngestStats:
         """Work until ``seconds`` pass (or forever); with ``idle_exit``, stop once the stream is drained."""

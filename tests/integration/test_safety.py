@@ -167,3 +167,23 @@ def test_a_stalled_redis_costs_one_timeout_then_fails_fast_until_it_is_back(tiny
         assert max(waits[1:]) < 0.01  # the breaker is open: no waiting at all
         time.sleep(1.1)
         assert store.read_videos([1, 2, 3]).user is None  # closed again: Redis answers
+
+
+def test_ingest_packs_histories_with_the_namespace_history_length(loaded_store, tiny_features, tiny_store):
+    from reels.feature_store.encoding import Vocabulary
+    from reels.feature_store.ingest import IngestWorker
+    from reels.workflows.spec import HISTORY
+
+    event = tiny_store.read_events().compute().tail(1).to_dict("records")[0]
+    event.update(event_id=8 * 10**9, watch_time_s=event["video_duration_s"], skipped=False, hidden=False)
+    user = int(event["user_id"])
+    before, _ = loaded_store.read_user(user)
+    EventProducer(loaded_store.client).send([event])
+    vocabulary = Vocabulary(tiny_features.workflow_dir, "video_id")
+    # A worker started with another build's length (20) must follow the namespace's own (5).
+    IngestWorker(loaded_store, vocabulary, history_length=20, consumer="w-len").run(idle_exit=True)
+    after, _ = loaded_store.read_user(user)
+    assert len(after[HISTORY]) == len(before[HISTORY]) == 5
+    assert after[HISTORY][0] == vocabulary.encode([event["video_id"]])[0]
+    assert list(after[HISTORY][1:]) == list(before[HISTORY][:-1])
+    assert after["user_like_rate"] == before["user_like_rate"]  # the rest of the record is untouched
