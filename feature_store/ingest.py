@@ -194,7 +194,7 @@ class IngestWorker:
                 body = json.loads(raw)
                 user, creator = int(body["user_id"]), int(body["creator_id"])
                 if not (0 <= user <= MAX_RAW_ID and 0 <= creator <= MAX_RAW_ID):
-                    raise ValueError("user_id and creator_id must be between 0 and 2^53-1")
+                    raise ValueError("user_id and creator_id must be non-negative and below 2^53")
             except (ValueError, KeyError, TypeError, RecursionError) as exc:
                 self._dead(message_id, raw, f"bad hide_creator message: {exc}", stats)
                 continue
