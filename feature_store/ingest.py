@@ -105,6 +105,9 @@ class IngestWorker:
     """One consumer of group ``ingest`` on the event stream: validates, dead-letters, applies events to the
     active namespace with the ``APPLY`` script and optionally appends them to the offline store."""
 
+    trim_every_s = 5.0  # how often ``run`` trims acknowledged entries
+    keep_s = 86_400.0  # acknowledged entries younger than this stay (live A/B reports read them)
+
     def __init__(
         self,
         store: OnlineStore,
@@ -114,7 +117,8 @@ class IngestWorker:
         batch: int = 2_000,  # most a read takes; 2,000 gave 21k events/s vs 17k at 500 (docs/BENCHMARKS.md)
         claim_idle_ms: int = 10_000,
         seen_limit: int = 500,
-        dedupe_ttl_s: int = 7 * 86400,
+        dedupe_ttl_s: int = 3600,  # bounds the markers' memory (~200 B/event); re-deliveries come in seconds
+        dead_letter_limit: int = 100_000,
         offline: OfflineStore | None = None,
     ):
         """``offline``: also append applied events to this offline store (one part per batch), so the
@@ -129,6 +133,7 @@ class IngestWorker:
         self.claim_idle_ms = claim_idle_ms
         self.seen_bytes = seen_limit * 8
         self.dedupe_ttl_s = dedupe_ttl_s
+        self.dead_letter_limit = dead_letter_limit
         self._set_history_layout(history_length)  # until a namespace's own meta says otherwise
         self.keys = store.keys
         self.stream, self.dead = store.keys.events, store.keys.dead_letters
@@ -262,7 +267,10 @@ class IngestWorker:
         return frame
 
     def _dead(self, message_id, raw: bytes, reason: str, stats: IngestStats) -> None:
-        self.client.xadd(self.dead, {"event": raw, "reason": reason, "source_id": message_id})
+        self.client.xadd(
+            self.dead, {"event": raw, "reason": reason, "source_id": message_id},
+            maxlen=self.dead_letter_limit, approximate=True,
+        )  # fmt: skip
         self.client.xack(self.stream, GROUP, message_id)
         stats.dead_lettered += 1
         stats.reasons.append(reason)
@@ -311,14 +319,32 @@ class IngestWorker:
         """Work until ``seconds`` pass (or forever); with ``idle_exit``, stop once the stream is drained."""
         total = IngestStats()
         deadline = None if seconds is None else time.monotonic() + seconds
+        next_trim = time.monotonic() + self.trim_every_s
         while deadline is None or time.monotonic() < deadline:
             stats = self.step()
             for name in ("read", "applied", "duplicates", "dead_lettered", "claimed"):
                 setattr(total, name, getattr(total, name) + getattr(stats, name))
             total.reasons.extend(stats.reasons)
+            if time.monotonic() >= next_trim:
+                self.trim_acknowledged()
+                next_trim = time.monotonic() + self.trim_every_s
             if idle_exit and stats.read == 0:
                 break
+        self.trim_acknowledged()
         return total
+
+    def trim_acknowledged(self) -> int:
+        """Drop stream entries that every consumer group has acknowledged and that are older than
+        ``keep_s`` (``XTRIM MINID``): the stream stays bounded, an event not applied yet is never dropped,
+        and a day of events stays readable for live A/B reports. Returns how many entries went."""
+        floor = _stream_id(f"{int((time.time() - self.keep_s) * 1000)}-0")
+        for group in self.client.xinfo_groups(self.stream):
+            pending = self.client.xpending(self.stream, group["name"])
+            oldest = pending["min"] if pending["pending"] else group["last-delivered-id"]
+            floor = min(floor, _stream_id(oldest))
+        if floor == (0, 0):
+            return 0
+        return int(self.client.xtrim(self.stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))
 
 
 def _checked_ids(events: pd.DataFrame) -> pd.DataFrame:
@@ -332,3 +358,10 @@ def _checked_ids(events: pd.DataFrame) -> pd.DataFrame:
 def fields_of(messages: list, message_id) -> bytes:
     """The raw ``event`` field of ``message_id`` among ``(id, fields)`` stream entries."""
     return next(fields.get(b"event", b"") for mid, fields in messages if mid == message_id)
+
+
+def _stream_id(value) -> tuple[int, int]:
+    """``b"1700000000000-3"`` -> ``(1700000000000, 3)`` (comparable)."""
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)

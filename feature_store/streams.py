@@ -35,7 +35,9 @@ def _event_json(event: dict) -> str:
 class EventProducer:
     """What a client (or the simulator) uses to send interaction events."""
 
-    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, maxlen: int = 1_000_000):
+    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, maxlen: int | None = None):
+        """``maxlen``: trim the stream on every send (None, the default: the ingest workers trim only
+        what every group acknowledged, so an event not applied yet is never dropped)."""
         self.client = client
         self.stream = Keys(prefix).events
         self.maxlen = maxlen
@@ -45,14 +47,18 @@ class EventProducer:
         ``event``, in one pipeline; returns the stream entry ids in input order."""
         pipe = self.client.pipeline(transaction=False)
         for event in events:
-            pipe.xadd(self.stream, {"event": _event_json(event)}, maxlen=self.maxlen, approximate=True)
+            pipe.xadd(
+                self.stream, {"event": _event_json(event)}, maxlen=self.maxlen, approximate=bool(self.maxlen)
+            )
         return pipe.execute()
 
     def hide_creator(self, user_id: int, creator_id: int) -> bytes:
         """ "Don't show me this creator": not an impression, so not an event of the offline schema; a
         message of its own on the same stream, applied as a SADD (idempotent, so re-delivery is harmless)."""
         body = json.dumps({"user_id": int(user_id), "creator_id": int(creator_id), "timestamp": time.time()})
-        return self.client.xadd(self.stream, {HIDE_CREATOR: body}, maxlen=self.maxlen, approximate=True)
+        return self.client.xadd(
+            self.stream, {HIDE_CREATOR: body}, maxlen=self.maxlen, approximate=bool(self.maxlen)
+        )
 
 
 @dataclass

@@ -187,3 +187,25 @@ def test_ingest_packs_histories_with_the_namespace_history_length(loaded_store, 
     assert after[HISTORY][0] == vocabulary.encode([event["video_id"]])[0]
     assert list(after[HISTORY][1:]) == list(before[HISTORY][:-1])
     assert after["user_like_rate"] == before["user_like_rate"]  # the rest of the record is untouched
+
+
+def test_the_event_stream_is_trimmed_only_below_what_is_acknowledged(loaded_store, tiny_features, tiny_store):
+    from reels.feature_store.encoding import Vocabulary
+    from reels.feature_store.ingest import IngestWorker
+
+    keys = loaded_store.keys
+    frame = tiny_store.read_events().compute().tail(10).reset_index(drop=True)
+    frame["event_id"] = 9 * 10**9 + frame.index
+    frame["timestamp"] = frame["timestamp"].max()
+    events = frame.to_dict("records")
+    vocabulary = Vocabulary(tiny_features.workflow_dir, "video_id")
+    worker = IngestWorker(loaded_store, vocabulary, 5, consumer="w-trim", claim_idle_ms=3_600_000)
+    worker.keep_s = 0.0  # keep nothing that is acknowledged
+    EventProducer(loaded_store.client).send(events[:5])
+    assert worker.run(idle_exit=True).applied == 5
+    later = EventProducer(loaded_store.client).send(events[5:])
+    stuck = IngestWorker(loaded_store, vocabulary, 5, consumer="w-stuck").read_only(3)  # delivered, not acked
+    worker.trim_acknowledged()
+    remaining = [entry_id for entry_id, _ in loaded_store.client.xrange(keys.events)]
+    assert remaining == later  # the five acknowledged entries went; the unacknowledged ones all stayed
+    assert [entry_id for entry_id, _ in stuck] == later[:3]
