@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
+import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -28,6 +33,61 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if INTEGRATION in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.integration)
+
+
+def _tail(run: subprocess.CompletedProcess) -> str:
+    return " ".join((run.stdout + run.stderr).split())[-300:]
+
+
+@functools.cache
+def server_problems() -> tuple[str, ...]:
+    """What keeps the real redis-server and tritonserver from running here (empty when both start)."""
+    problems = []
+    redis = shutil.which("redis-server")
+    if redis is None:
+        problems.append("redis-server is not on PATH: `apt-get install redis-server` (Debian's package)")
+    else:
+        run = subprocess.run([redis, "--version"], capture_output=True, text=True, timeout=60)
+        if run.returncode != 0 or "Redis server" not in run.stdout:
+            problems.append(f"`{redis} --version` failed: {_tail(run)}")
+    # tritonserver, its python backend and the per-Python stubs come from the nvidia-pytriton wheel
+    # (deploy/triton_server.py); find_spec locates it without importing it.
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or spec.origin is None:
+        problems.append(
+            "nvidia-pytriton is not installed in this environment, so there is no tritonserver: "
+            "`pip install -c deploy/constraints-cpu.txt nvidia-pytriton==0.7.0`"
+        )
+    else:
+        root = Path(spec.origin).parent / "tritonserver"
+        binary = root / "bin" / "tritonserver"
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+        if not os.access(binary, os.X_OK):
+            problems.append(f"no executable tritonserver at {binary} (a broken nvidia-pytriton install?)")
+        else:
+            from reels.deploy.triton_server import server_environment
+
+            run = subprocess.run(
+                [str(binary), "--help"], env=server_environment(), capture_output=True, text=True, timeout=60
+            )
+            if "Usage: tritonserver" not in run.stdout + run.stderr:  # --help exits 1 after the usage
+                problems.append(f"{binary} does not start (missing shared libraries?): {_tail(run)}")
+        if not stub.exists():
+            problems.append(f"nvidia-pytriton has no python backend stub for Python {version} ({stub})")
+    return tuple(problems)
+
+
+def pytest_runtest_setup(item):
+    """Integration tests need the real servers: where one is missing or does not start, each of them fails
+    here, before any fixture tries to start it, with what is wrong and how to install it. Never a skip: CI
+    installs both (`bash deploy/setup.sh`), so a missing server there is a broken setup to see."""
+    if item.get_closest_marker("integration") and (problems := server_problems()):
+        pytest.fail(
+            "integration tests run the real redis-server and tritonserver "
+            "(`bash deploy/setup.sh` installs both):\n  " + "\n  ".join(problems),
+            pytrace=False,
+        )
 
 
 TINY = SyntheticConfig(

@@ -1,5 +1,12 @@
 """End to end: a real redis-server, a real tritonserver running the reels ensemble over exported,
-trained models, queried over HTTP and gRPC with the project's client."""
+trained models, queried over HTTP and gRPC with the project's client.
+
+The stack is shared by the module, and some tests change it (hide a creator, stop and restart Redis,
+hot-swap a new release, read the exposure log). So that any order works: every test serves users of its
+own (``users`` below), compares only with what it read itself, restores what it changed in a ``finally``,
+and reads the serving release from the repository instead of assuming one."""
+
+import time
 
 import numpy as np
 import pandas as pd
@@ -15,6 +22,7 @@ from reels.feature_store.store import OnlineStore
 from reels.feature_store.streams import read_exposures
 from reels.models.serving.config import ServingConfig
 from reels.models.serving.experiment import Experiment
+from reels.workflows.spec import HISTORY, OOV
 
 CONFIG = ServingConfig(candidates=200, max_k=50, max_per_creator=2, max_per_category=6)
 EXPERIMENT = Experiment(name="e2e", salt="t", variants={"control": {}, "diverse": {"mmr_lambda": 0.4}})
@@ -25,69 +33,97 @@ WHEN = 1_800_000_000  # a fixed request time keeps freshness, hence scores, dete
 def stack(tiny_models, tiny_features, tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     redis_server = RedisServer(root / "redis", port=free_port()).start()
-    OnlineStore(redis_server.client()).load(tiny_features)
-    repo = export_repository(
-        tiny_models.directory, root / "repository", RedisSettings(port=redis_server.port), CONFIG,
-        experiment=EXPERIMENT,
-    )  # fmt: skip
-    triton = TritonServer(repo, root / "build", free_port(), free_port(), free_port()).start()
-    yield {"redis": redis_server, "triton": triton, "features": tiny_features}
-    triton.stop()
-    redis_server.stop()
+    try:
+        OnlineStore(redis_server.client()).load(tiny_features)
+        repo = export_repository(
+            tiny_models.directory, root / "repository", RedisSettings(port=redis_server.port), CONFIG,
+            experiment=EXPERIMENT,
+        )  # fmt: skip
+        triton = TritonServer(repo, root / "build", free_port(), free_port(), free_port()).start()
+        try:
+            yield {"redis": redis_server, "triton": triton, "features": tiny_features}
+        finally:
+            triton.stop()
+    finally:
+        redis_server.stop()  # also when a test left it stopped: stop() is then a no-op
 
 
 @pytest.fixture(scope="module")
-def known_user(tiny_features):
-    users = pd.read_parquet(tiny_features.users_path)
-    return int(users.loc[users["user_id"] > 2, "raw_user_id"].iloc[0])
+def users(tiny_features) -> np.ndarray:
+    """Raw ids of known users with a viewing history, in file order: each test takes a slice of its own."""
+    frame = pd.read_parquet(tiny_features.users_path)
+    history = np.stack(frame["history_video_ids"].to_numpy())
+    return frame.loc[(frame["user_id"] > OOV) & (history > OOV).any(axis=1), "raw_user_id"].to_numpy()
+
+
+def _history(store: OnlineStore, video_ids: pd.Series, user: int) -> set[int]:
+    """The raw ids of the videos in the user's history, as the online store holds it now."""
+    record, _ = store.read_user(user)
+    encoded = np.asarray(record[HISTORY])
+    return set(video_ids.loc[encoded[encoded > OOV]].tolist())
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_recommendations_over_both_protocols_are_deterministic(stack, known_user, protocol):
+def test_recommendations_over_both_protocols_are_deterministic(stack, users, protocol):
+    user = int(users[0])
     url = stack["triton"].http_url if protocol == "http" else stack["triton"].grpc_url
     with ReelsClient(url, protocol) as client:
         assert client.health() == {"live": True, "ready": True, "model_ready": True}
-        first = client.recommend(known_user, k=10, device="ios", hour=20, request_time=WHEN)
-        second = client.recommend(known_user, k=10, device="ios", hour=20, request_time=WHEN)
+        first = client.recommend(user, k=10, device="ios", hour=20, request_time=WHEN)
+        second = client.recommend(user, k=10, device="ios", hour=20, request_time=WHEN)
     assert first.fallback == 0
     assert len(first.video_ids) == 10 and len(set(first.video_ids)) == 10
     np.testing.assert_array_equal(first.video_ids, second.video_ids)
+    np.testing.assert_allclose(first.scores, second.scores)
     assert set(first.task_predictions) == {"view", "liked", "completed", "watch_fraction"}
     assert all(((p >= 0) & (p <= 1)).all() for p in first.task_predictions.values())
 
 
-def test_http_and_grpc_agree(stack, known_user):
+def test_http_and_grpc_agree(stack, users):
+    user = int(users[1])
     with (
         ReelsClient(stack["triton"].http_url, "http") as h,
         ReelsClient(stack["triton"].grpc_url, "grpc") as g,
     ):
-        a = h.recommend(known_user, k=15, device="android", request_time=WHEN)
-        b = g.recommend(known_user, k=15, device="android", request_time=WHEN)
+        a = h.recommend(user, k=15, device="android", request_time=WHEN)
+        b = g.recommend(user, k=15, device="android", request_time=WHEN)
     np.testing.assert_array_equal(a.video_ids, b.video_ids)
     np.testing.assert_allclose(a.scores, b.scores)
+    np.testing.assert_array_equal(a.explanation_ids, b.explanation_ids)
 
 
-def test_no_seen_videos_and_creator_caps(stack, known_user, tiny_store):
+def test_no_seen_videos_creator_caps_and_explanations_from_the_history(
+    stack, users, tiny_store, tiny_features
+):
+    creators = tiny_store.read_table("videos").set_index("video_id")["creator_id"]
+    raw_video = pd.read_parquet(tiny_features.videos_path).set_index("video_id")["raw_video_id"]
+    store = OnlineStore(stack["redis"].client())
     with ReelsClient(stack["triton"].http_url) as client:
-        recs = client.recommend(known_user, k=20, request_time=WHEN)
-    seen = set(OnlineStore(stack["redis"].client()).read_user(known_user)[1])
-    assert not set(recs.video_ids) & seen
-    creators = tiny_store.read_table("videos").set_index("video_id").loc[recs.video_ids, "creator_id"]
-    assert creators.value_counts().max() <= CONFIG.max_per_creator
-    explained = recs.explanation_ids[recs.explanation_ids >= 0]
-    assert len(explained) > 0
+        for user in map(int, users[2:7]):
+            recs = client.recommend(user, k=20, request_time=WHEN)
+            _, seen = store.read_user(user)
+            history = _history(store, raw_video, user)
+            assert recs.fallback == 0 and len(recs.video_ids) == 20
+            assert not set(recs.video_ids) & set(seen)
+            assert creators.loc[recs.video_ids].value_counts().max() <= CONFIG.max_per_creator
+            # Every video is explained by the most similar video the user watched: one of their history.
+            assert history, user
+            assert len(recs.explanation_ids) == 20
+            assert set(recs.explanation_ids) <= history, (user, recs.explanation_ids, history)
+        cold = client.recommend(424_242_425, k=5, request_time=WHEN)
+    assert (cold.explanation_ids == -1).all()  # no history: nothing to explain with
 
 
-def test_response_carries_variant_and_propensities_and_is_logged(stack, tiny_features):
-    users = pd.read_parquet(tiny_features.users_path)
-    users = users.loc[users["user_id"] > 2, "raw_user_id"].to_numpy()[:12]
+def test_response_carries_variant_and_propensities_and_is_logged(stack, users, tiny_features):
+    served_users = users[20:32]  # 12 users of this test only: both variants among them
     end = int(pd.Timestamp(tiny_features.manifest().split["end"]).timestamp())  # fresh videos exist
-    client_redis = stack["redis"].client()
-    client_redis.delete("reels:exposures")
+    when = end + 7  # this test's own request time: its feeds are told apart from any other in the log
     with ReelsClient(stack["triton"].grpc_url, "grpc") as client:
-        served = {int(u): client.recommend(int(u), k=10, request_time=end) for u in users}
-    assert {r.variant for r in served.values()} == {"control", "diverse"}  # 12 users: both variants
-    log = read_exposures(client_redis)
+        served = {int(u): client.recommend(int(u), k=10, request_time=when) for u in served_users}
+    assert {r.variant for r in served.values()} == {"control", "diverse"}
+    log = read_exposures(stack["redis"].client())
+    log = log[log["user_id"].isin(served) & (log["request_time_s"] == when)]
+    assert log["request_id"].nunique() == len(served_users)  # one logged feed per request
     for user, recs in served.items():
         assert recs.variant == EXPERIMENT.assign(user)
         assert recs.propensities.dtype == np.float32 and len(recs.propensities) == 10
@@ -96,7 +132,7 @@ def test_response_carries_variant_and_propensities_and_is_logged(stack, tiny_fea
         assert (entry["variant"] == recs.variant).all()
         np.testing.assert_array_equal(entry["video_id"], recs.video_ids)
         np.testing.assert_allclose(entry["propensity"], recs.propensities)
-    assert (log["pool"] > 0).sum() >= len(users)  # exploration slots filled from fresh candidates
+    assert (log["pool"] > 0).sum() >= len(served_users)  # exploration slots filled from fresh candidates
     assert (log["propensity"] < 1).any()
 
 
@@ -113,14 +149,14 @@ def test_cold_start_user_gets_trending_videos(stack):
     [
         (0, 1, "k must be between 1 and 50"),
         (51, 1, "k must be between 1 and 50"),
-        (5, -3, "user_id must be a non-negative"),
+        (5, -3, "user_id must be an integer between 0 and"),
     ],
 )
-def test_bad_requests_are_rejected_and_the_server_keeps_serving(stack, known_user, k, user, message):
+def test_bad_requests_are_rejected_and_the_server_keeps_serving(stack, users, k, user, message):
     with ReelsClient(stack["triton"].http_url) as client:
         with pytest.raises(ClientError, match=message):
             client.recommend(user, k=k, request_time=WHEN)
-        assert len(client.recommend(known_user, k=5, request_time=WHEN).video_ids) == 5
+        assert len(client.recommend(int(users[9]), k=5, request_time=WHEN).video_ids) == 5
 
 
 def _inputs(user_id: np.ndarray, user_type: str) -> list:
@@ -137,7 +173,7 @@ def _inputs(user_id: np.ndarray, user_type: str) -> list:
     return inputs
 
 
-def test_wrong_dtype_and_shape_are_rejected(stack, known_user):
+def test_wrong_dtype_and_shape_are_rejected(stack, users):
     client = http.InferenceServerClient(stack["triton"].http_url)
     with pytest.raises(Exception, match="(?i)data.?type|INT64"):
         client.infer("reels", _inputs(np.array([1.5], dtype=np.float32), "FP32"))
@@ -147,44 +183,74 @@ def test_wrong_dtype_and_shape_are_rejected(stack, known_user):
         client.infer("reels", _inputs(np.array([1], dtype=np.int64), "INT64")[:1])
     client.close()
     with ReelsClient(stack["triton"].http_url) as ok:
-        assert ok.recommend(known_user, k=3, request_time=WHEN).fallback == 0
+        assert ok.recommend(int(users[9]), k=3, request_time=WHEN).fallback == 0
 
 
-def test_hidden_creator_disappears_from_the_next_feed(stack, known_user, tiny_store, tiny_features):
+def test_hidden_creator_disappears_from_the_next_feed(stack, users, tiny_store, tiny_features):
     from reels.feature_store.encoding import Vocabulary
     from reels.feature_store.ingest import IngestWorker
     from reels.feature_store.streams import EventProducer
 
+    user = int(users[7])  # hides a creator: no other test serves this user
     creators = tiny_store.read_table("videos").set_index("video_id")["creator_id"]
-    with ReelsClient(stack["triton"].http_url) as client:
-        before = client.recommend(known_user, k=20, request_time=WHEN)
-        hidden = int(creators.loc[before.video_ids[0]])
-        online = OnlineStore(stack["redis"].client())
-        EventProducer(online.client).hide_creator(known_user, hidden)
-        IngestWorker(online, Vocabulary(tiny_features.workflow_dir, "video_id"), 5, consumer="t").run(
-            idle_exit=True
-        )
-        after = client.recommend(known_user, k=20, request_time=WHEN)
-    assert hidden not in set(creators.loc[after.video_ids])
-    assert len(after.video_ids) == 20
-    online.client.delete(online.keys.hidden_creators(known_user))
+    online = OnlineStore(stack["redis"].client())
+    assert len(online.hidden_creators(user)) == 0
+    try:
+        with ReelsClient(stack["triton"].http_url) as client:
+            before = client.recommend(user, k=20, request_time=WHEN)
+            hidden = int(creators.loc[before.video_ids[0]])
+            EventProducer(online.client).hide_creator(user, hidden)
+            IngestWorker(online, Vocabulary(tiny_features.workflow_dir, "video_id"), 5, consumer="t").run(
+                idle_exit=True
+            )
+            assert list(online.hidden_creators(user)) == [hidden]
+            after = client.recommend(user, k=20, request_time=WHEN)
+        assert hidden not in set(creators.loc[after.video_ids])
+        assert len(after.video_ids) == 20
+    finally:
+        online.client.delete(online.keys.hidden_creators(user))
+    assert len(online.hidden_creators(user)) == 0
 
 
-def test_redis_down_means_flagged_fallback_and_back_means_personal(stack, known_user):
+def _logging_again(url: str, redis_client, user: int, timeout_s: float = 30.0) -> bool:
+    """Serve ``user`` until a feed reaches the exposure log again (it pauses after a failed write)."""
+    when = WHEN + 1  # request times of this helper only: its feeds are told apart in the log
+    deadline = time.monotonic() + timeout_s
+    with ReelsClient(url) as client:
+        while time.monotonic() < deadline:
+            client.recommend(user, k=5, request_time=when)
+            log = read_exposures(redis_client)
+            if ((log["user_id"] == user) & (log["request_time_s"] == when)).any():
+                return True
+            time.sleep(0.2)
+            when += 1
+    return False
+
+
+def test_redis_down_means_flagged_fallback_and_back_means_personal(stack, users):
+    user = int(users[8])
     redis_server = stack["redis"]
     redis_server.client().save()  # the restart below reloads this snapshot
     redis_server.stop()
-    with ReelsClient(stack["triton"].http_url) as client:
-        down = client.recommend(known_user, k=10, request_time=WHEN)
-        assert down.fallback == 2
-        assert len(down.video_ids) == 10
-        assert down.variant == EXPERIMENT.assign(known_user)  # the exposure log failed, the request did not
-        redis_server.start()
-        for _ in range(20):
-            again = client.recommend(known_user, k=10, request_time=WHEN)
-            if again.fallback == 0:
-                break
-        assert again.fallback == 0
+    try:
+        with ReelsClient(stack["triton"].http_url) as client:
+            down = client.recommend(user, k=10, request_time=WHEN)
+            assert down.fallback == 2
+            assert len(down.video_ids) == 10
+            assert down.variant == EXPERIMENT.assign(user)  # the exposure log failed, the request did not
+            redis_server.start()
+            deadline = time.monotonic() + 30
+            again = client.recommend(user, k=10, request_time=WHEN)
+            while again.fallback != 0 and time.monotonic() < deadline:
+                time.sleep(0.2)
+                again = client.recommend(user, k=10, request_time=WHEN)
+            assert again.fallback == 0
+    finally:
+        if redis_server.process is None:  # stopped above and not restarted: the next tests need it
+            redis_server.start()
+        # Leave the stack as the other tests expect it: personal feeds, and every feed logged again.
+        restored = _logging_again(stack["triton"].http_url, redis_server.client(), user)
+    assert restored, "the exposure log did not recover after Redis came back"
 
 
 def test_hot_swap_under_perf_analyzer_load_fails_no_request(stack, tiny_models, tiny_features, tmp_path):

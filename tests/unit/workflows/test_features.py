@@ -183,7 +183,9 @@ def test_gpu_features_match_cpu(tiny_store, tiny_features, tmp_path):
 
     if not gpu_available():
         pytest.skip("no NVIDIA GPU with cudf on this machine: the GPU path is exercised on GPU hosts only")
-    gpu = build_features(tiny_store, tmp_path / "gpu", tiny_features.manifest().feature_config, 1, 1, device="gpu")
+    gpu = build_features(
+        tiny_store, tmp_path / "gpu", tiny_features.manifest().feature_config, 1, 1, device="gpu"
+    )
     cpu_train = tiny_features.read_split("train").sort_values("event_id").reset_index(drop=True)
     gpu_train = gpu.read_split("train").sort_values("event_id").reset_index(drop=True)
     pd.testing.assert_frame_equal(
