@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
@@ -16,6 +15,8 @@ from reels.workflows.manifest import SPLITS, FeatureArtifacts
 from reels.workflows.spec import BINARY_LABELS, HISTORY
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from reels.client.triton_client import Recommendations
     from reels.deploy.retrain import RetrainResult
     from reels.workflows.drift import DriftCheck
@@ -64,6 +65,8 @@ def print_feature_summary(artifacts: FeatureArtifacts, console: Console) -> None
             vocab.add_row(column.name, f"{sizes['cardinality']:,}")
     vocab.add_row(HISTORY, "shares video_id's")
     console.print(vocab)
+
+    import pandas as pd  # only the summaries that read parquet need pandas
 
     users = pd.read_parquet(artifacts.users_path)
     videos = pd.read_parquet(artifacts.videos_path)

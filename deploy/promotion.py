@@ -6,7 +6,7 @@ Order of operations, each step leaving the server able to answer every request:
 1. load the version's features into a *new* Redis namespace, not yet active (the serving release keeps
    reading the namespace it is pinned to);
 2. write the release (its own step models ``<step>_v<N>`` + ``serving-N.json`` pinned to that
-   namespace) and ensemble version N naming them, and load the ensemble with explicit model control:
+   namespace), point the ensemble's config at them, and reload the ensemble with explicit model control:
    Triton loads the new step models while the running ensemble and its step models keep answering
    untouched, then swaps the ensemble; requests already inside the old one finish on the old release;
 3. activate the new namespace (the ingest workers follow it), keep the previous one for requests in
@@ -28,6 +28,7 @@ from reels.deploy.config import Config
 from reels.deploy.stack import repository_dir
 from reels.deploy.triton.release import ENSEMBLE, STEPS, Release, step_model
 from reels.deploy.triton.repository import (
+    ENSEMBLE_VERSION,
     add_release,
     instances_of,
     pin_ensemble,
@@ -96,7 +97,7 @@ def promote(
     # The repository API over gRPC: with the (minutes long) load request held on Triton's HTTP front
     # end, one request of an HTTP client timed out in each of two runs here; none did with gRPC control.
     client = grpc.InferenceServerClient(triton_url)
-    say(f"loading ensemble version {version} and its step models beside version {previous}")
+    say(f"loading release {version}'s step models beside release {previous}, then the ensemble over them")
     try:
         # One load request: Triton loads the new release's step models (new models: the serving ones are
         # not touched), then swaps the ensemble to version N once all are ready; until then the running
@@ -104,8 +105,11 @@ def promote(
         # step models instead (new *versions* of the same models) failed requests here ("failed to find
         # the requested model version"), loading them one by one and concurrently alike.
         client.load_model(ENSEMBLE)
-        ready = {step_model(s, version): "1" for s in STEPS} | {ENSEMBLE: str(version)}
+        ready = {step_model(s, version): "1" for s in STEPS} | {ENSEMBLE: str(ENSEMBLE_VERSION)}
         missing = [m for m, v in ready.items() if not client.is_model_ready(m, v)]
+        serving = {s.model_name for s in client.get_model_config(ENSEMBLE).config.ensemble_scheduling.step}
+        if serving != {step_model(s, version) for s in STEPS}:
+            missing.append(f"{ENSEMBLE} still runs {sorted(serving)}")
         if missing:
             raise PromotionFailed(f"not ready after the load: {missing}")
     except (InferenceServerException, PromotionFailed) as exc:

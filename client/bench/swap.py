@@ -33,7 +33,6 @@ class LoadReport:
     probe_failed: int = 0
     probe_errors: list[str] = field(default_factory=list)
     probe_latencies_ms: list[float] = field(default_factory=list)
-    versions_seen: set[int] = field(default_factory=set)
 
     @property
     def perf_analyzer_failed_runs(self) -> int:
@@ -46,6 +45,9 @@ class LoadReport:
         return {
             "perf_analyzer_runs": len(self.perf_analyzer_runs),
             "perf_analyzer_failed_runs": self.perf_analyzer_failed_runs,
+            "perf_analyzer_runs_spanning_the_swap": sum(
+                1 for r in self.perf_analyzer_runs if r.get("spanned_swap")
+            ),
             "perf_analyzer_requests": sum(r.get("requests", 0) for r in self.perf_analyzer_runs),
             "perf_analyzer_p99_ms_worst_run": max(
                 (r.get("p99_ms", 0.0) for r in self.perf_analyzer_runs), default=0
@@ -105,7 +107,18 @@ class LoadDuringAction:
             # non-zero when latency was not stable over its windows (expected while models load, so the
             # stability band is wide): that is not a failed request.
             unstable = "Failed to obtain stable measurement" in output
-            run = {"exit_code": done.returncode, "failed": done.returncode != 0 and not unstable}
+            # perf_analyzer summarises server-side statistics per composing model of the ensemble. When a
+            # promotion swaps the composing models inside its window, it cannot, and stops with this
+            # message after its requests were answered (a failed request stops it with "had error" and
+            # the request's error instead). Such a window is counted apart; the probe client measures
+            # every request across it.
+            spanned_swap = (
+                "failed to find the requested model version" in output and "had error" not in output
+            )
+            run = {
+                "exit_code": done.returncode, "spanned_swap": spanned_swap,
+                "failed": done.returncode != 0 and not unstable and not spanned_swap,
+            }  # fmt: skip
             if done.returncode != 0:
                 run["error"] = output[-1500:]
             run.update(measured or {})

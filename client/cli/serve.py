@@ -98,15 +98,16 @@ def _interrupt(signum: int, _frame) -> None:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     """One feed from the running ensemble (rejected: exit 2; Triton unreachable: exit 4)."""
-    from rich.console import Console
-
-    from reels.client.render import print_recommendations
     from reels.client.triton_client import ReelsClient
 
     config = load_config(args)
     port = config.server.http_port if args.protocol == "http" else config.server.grpc_port
     with ReelsClient(args.url or f"127.0.0.1:{port}", args.protocol) as client:
         recs = client.recommend(args.user, k=args.k, device=args.client_device, hour=args.hour)
+    from rich.console import Console  # rendering imports come after the request: a failure stays fast
+
+    from reels.client.render import print_recommendations
+
     print_recommendations(recs, video_table(config, args.source), Console())
     return 0
 

@@ -104,9 +104,19 @@ def add_release(
     return release.version
 
 
+ENSEMBLE_VERSION = 1
+
+
 def pin_ensemble(repository: Path, version: int) -> None:
-    """Make ensemble version ``version`` (a folder of its own) run release ``version``'s step models."""
-    (repository / ENSEMBLE / str(version)).mkdir(parents=True, exist_ok=True)
+    """Make the ensemble run release ``version``'s step models.
+
+    The ensemble keeps one version (``ENSEMBLE_VERSION``) whose config names the serving release: a
+    promotion reloads it with the next release's step models, which Triton swaps in once loaded while
+    requests in flight finish on the old ones. A new ensemble version per release would change what
+    "latest" means in the middle of a client's measurement (perf_analyzer failed its summary with "failed
+    to find the requested model version"), and would make a rollback to a lower release impossible
+    under a latest-version policy."""
+    (repository / ENSEMBLE / str(ENSEMBLE_VERSION)).mkdir(parents=True, exist_ok=True)
     path = repository / ENSEMBLE / "config.pbtxt"
     ensemble = read_config(path)
     for step in ensemble.ensemble_scheduling.step:
@@ -131,10 +141,9 @@ def instances_of(repository: Path, version: int) -> int:
 
 
 def remove_release(repository: Path, version: int) -> None:
-    """Delete an unloaded release's files (its step models, ensemble version and spec)."""
+    """Delete an unloaded release's files (its step models, spec, trending feed and video metadata)."""
     for name in STEPS:
         shutil.rmtree(repository / step_model(name, version), ignore_errors=True)
-    shutil.rmtree(repository / ENSEMBLE / str(version), ignore_errors=True)
     Release.spec_path(repository, version).unlink(missing_ok=True)
     Release.trending_path(repository, version).unlink(missing_ok=True)
     Release.videos_path(repository, version).unlink(missing_ok=True)

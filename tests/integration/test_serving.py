@@ -254,13 +254,15 @@ def test_redis_down_means_flagged_fallback_and_back_means_personal(stack, users)
 
 
 def test_hot_swap_under_perf_analyzer_load_fails_no_request(stack, tiny_models, tiny_features, tmp_path):
-    """Promote another version while perf_analyzer and a probe client keep the ensemble busy."""
+    """Promote another version, then roll back to the lower one, while perf_analyzer and a probe client
+    keep the ensemble busy."""
     import json
     import shutil
 
     from reels.client.bench.serving import request_users, write_input_data
     from reels.client.bench.swap import LoadDuringAction
     from reels.deploy.promotion import promote
+    from reels.deploy.triton.release import STEPS
     from reels.deploy.triton.repository import pinned_version
 
     repository = stack["triton"].repository
@@ -288,8 +290,19 @@ def test_hot_swap_under_perf_analyzer_load_fails_no_request(stack, tiny_models, 
     assert summary["probe_requests"] > 10
     assert pinned_version(repository) == serving + 1 == report.version
     assert store.namespace() == report.namespace != before
+    assert summary["perf_analyzer_runs_spanning_the_swap"] <= 2, summary
     client = http.InferenceServerClient(triton.http_url)
-    assert client.is_model_ready("reels", str(serving + 1))
-    assert all(client.is_model_ready(f"{step}_v{serving + 1}") for step in ("retrieval", "ranking"))
-    assert all(client.is_model_ready(f"{step}_v{serving}") for step in ("retrieval", "ranking"))  # rollback
+    steps = {s["model_name"] for s in client.get_model_config("reels")["ensemble_scheduling"]["step"]}
+    assert steps == {f"{step}_v{serving + 1}" for step in STEPS}  # the ensemble runs the new release
+    assert all(
+        client.is_model_ready(f"{step}_v{serving}") for step in STEPS
+    )  # the old one stays for rollback
+
+    # Roll back to the lower version under the same load: the ensemble names release ``serving`` again.
+    with LoadDuringAction(triton.grpc_url, triton.http_url, tmp_path / "requests.json", users) as load:
+        back = promote(repository, tiny_models.directory, triton.grpc_url, store, redis, CONFIG)
+    assert load.report.perf_analyzer_failed_runs == 0 and load.report.probe_failed == 0, load.report.summary()
+    assert pinned_version(repository) == back.version == int(tiny_models.manifest["version"]) < serving + 1
+    steps = {s["model_name"] for s in client.get_model_config("reels")["ensemble_scheduling"]["step"]}
+    assert steps == {f"{step}_v{back.version}" for step in STEPS}
     client.close()
