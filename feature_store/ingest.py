@@ -41,10 +41,10 @@ from reels.workflows.spec import HISTORY, MAX_RAW_ID
 from reels.workflows.validate import validate
 
 # One call applies a whole batch: ARGV = ttl, history offset, history bytes, seen-list bytes, prefix,
-# namespace, and the packed batch (BATCH_RECORD per event). Per event, atomically: set the dedupe marker
-# or skip; append to the seen list (trimmed back to the newest entries once it doubles); push a viewed
+# namespace, and the packed batch (BATCH_RECORD per event). Per event: skip it if its dedupe marker
+# exists; append to the seen list (trimmed back to the newest entries once it doubles); push a viewed
 # video's encoded id to the front of the history inside the user record; bump the video's counters and
-# trending score. Ids must stay below 2^53 (Lua numbers are doubles).
+# trending score; then set the marker. Ids must stay below 2^53 (Lua numbers are doubles).
 APPLY = """
 local ttl, offset, length, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local prefix, ns, blob = ARGV[5], ARGV[6], ARGV[7]
@@ -54,7 +54,8 @@ for i = 0, #blob / 36 - 1 do
   local event_id, user_id, video_id = struct.unpack('<i8i8i8', blob, base)
   local e, u, v = string.format('%.0f', event_id), string.format('%.0f', user_id), string.format('%.0f', video_id)
   local viewed, liked, completed, hidden = string.byte(blob, base + 32, base + 35)
-  if redis.call('SET', prefix .. ':applied:' .. e, '1', 'NX', 'EX', ttl) then
+  local marker = prefix .. ':applied:' .. e
+  if redis.call('EXISTS', marker) == 0 then
     local seen_key = prefix .. ':' .. ns .. ':seen:' .. u
     local seen_length = redis.call('APPEND', seen_key, string.sub(blob, base + 16, base + 23))
     if seen_length > 2 * cap then  -- trim rarely: keep the newest cap bytes
@@ -75,6 +76,9 @@ for i = 0, #blob / 36 - 1 do
     if liked == 1 then redis.call('HINCRBY', counters, 'likes', 1) end
     if completed == 1 then redis.call('HINCRBY', counters, 'completions', 1) end
     if hidden == 1 then redis.call('HINCRBY', counters, 'hides', 1) end
+    -- The marker goes last: a script that fails on an event (a wrong-typed key, out of memory) leaves
+    -- it unmarked, so the retry applies it instead of skipping it as a duplicate.
+    redis.call('SET', marker, '1', 'EX', ttl)
     out[i + 1] = 1
   else
     out[i + 1] = 0
@@ -98,6 +102,7 @@ class IngestStats:
     duplicates: int = 0
     dead_lettered: int = 0
     claimed: int = 0
+    failed_applies: int = 0  # messages whose apply failed (retried, or dead-lettered after max_deliveries)
     reasons: list[str] = field(default_factory=list)
 
 
@@ -119,6 +124,7 @@ class IngestWorker:
         seen_limit: int = 500,
         dedupe_ttl_s: int = 3600,  # bounds the markers' memory (~200 B/event); re-deliveries come in seconds
         dead_letter_limit: int = 100_000,
+        max_deliveries: int = 3,
         offline: OfflineStore | None = None,
     ):
         """``offline``: also append applied events to this offline store (one part per batch), so the
@@ -134,6 +140,7 @@ class IngestWorker:
         self.seen_bytes = seen_limit * 8
         self.dedupe_ttl_s = dedupe_ttl_s
         self.dead_letter_limit = dead_letter_limit
+        self.max_deliveries = max_deliveries
         self._set_history_layout(history_length)  # until a namespace's own meta says otherwise
         self.keys = store.keys
         self.stream, self.dead = store.keys.events, store.keys.dead_letters
@@ -181,13 +188,55 @@ class IngestWorker:
             messages = [(i, f) for i, f in messages if HIDE_CREATOR.encode() not in f]
         good, good_ids = self.validated(messages, stats)
         if len(good):
-            applied = np.array(self.apply(good), dtype=bool)
-            stats.applied += int(applied.sum())
-            stats.duplicates += int((~applied).sum())
-            if self.offline is not None:
-                self._append_offline(good)
+            applied, failed = self._apply_isolating_failures(good, good_ids)
+            done = np.array([message_id not in failed for message_id in good_ids], dtype=bool)
+            stats.applied += int((applied & done).sum())
+            stats.duplicates += int((~applied & done).sum())
+            if self.offline is not None and done.any():
+                self._append_offline(good[done])
             # Acknowledged only once Redis (and the offline store) have them.
-            self.client.xack(self.stream, GROUP, *good_ids)
+            if done.any():
+                self.client.xack(self.stream, GROUP, *[i for i, ok in zip(good_ids, done, strict=True) if ok])
+            if failed:
+                self._retry_or_dead_letter(messages, failed, stats)
+
+    def _apply_isolating_failures(self, events: pd.DataFrame, ids: list) -> tuple[np.ndarray, dict]:
+        """Apply the batch in one script call; if the script fails (a key of the wrong type, Redis out of
+        memory), apply the events one by one to find the ones that fail. Events the failed call applied
+        before its error carry their dedupe markers, so the second pass skips them as duplicates.
+        Returns (applied flags in ``ids`` order, failed message id -> reason)."""
+        try:
+            return np.array(self.apply(events), dtype=bool), {}
+        except redis.ResponseError:
+            pass
+        applied, failed = [], {}
+        for row, message_id in enumerate(ids):
+            try:
+                applied.append(bool(self.apply(events.iloc[[row]])[0]))
+            except redis.ResponseError as exc:
+                applied.append(False)
+                failed[message_id] = str(exc)[:300]
+        return np.array(applied, dtype=bool), failed
+
+    def _retry_or_dead_letter(self, messages: list, failed: dict, stats: IngestStats) -> None:
+        """Leave a message whose apply failed pending (claimed and retried after ``claim_idle_ms``) until
+        it was delivered ``max_deliveries`` times, then dead-letter it: a message that always fails must
+        not be handed back forever."""
+        for message_id, reason in failed.items():
+            entry = self.client.xpending_range(self.stream, GROUP, min=message_id, max=message_id, count=1)
+            delivered = int(entry[0]["times_delivered"]) if entry else self.max_deliveries
+            stats.failed_applies += 1
+            if delivered < self.max_deliveries:
+                continue
+            try:
+                self._dead(
+                    message_id,
+                    fields_of(messages, message_id)[:4096],
+                    f"apply failed {delivered} times: {reason}",
+                    stats,
+                )
+            except redis.ResponseError as exc:  # e.g. out of memory: it stays pending, retried later
+                stats.reasons.append(f"could not dead-letter {message_id!r}: {exc}")
 
     def _hide_creators(self, messages: list, stats: IngestStats) -> None:
         """Add each hidden creator to the user's set (read by the next request's feature transform)."""
@@ -322,7 +371,7 @@ class IngestWorker:
         next_trim = time.monotonic() + self.trim_every_s
         while deadline is None or time.monotonic() < deadline:
             stats = self.step()
-            for name in ("read", "applied", "duplicates", "dead_lettered", "claimed"):
+            for name in ("read", "applied", "duplicates", "dead_lettered", "claimed", "failed_applies"):
                 setattr(total, name, getattr(total, name) + getattr(stats, name))
             total.reasons.extend(stats.reasons)
             if time.monotonic() >= next_trim:

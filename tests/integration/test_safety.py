@@ -209,3 +209,34 @@ def test_the_event_stream_is_trimmed_only_below_what_is_acknowledged(loaded_stor
     remaining = [entry_id for entry_id, _ in loaded_store.client.xrange(keys.events)]
     assert remaining == later  # the five acknowledged entries went; the unacknowledged ones all stayed
     assert [entry_id for entry_id, _ in stuck] == later[:3]
+
+
+def test_an_event_whose_apply_keeps_failing_is_dead_lettered_after_three_deliveries(
+    loaded_store, tiny_features, tiny_store
+):
+    from reels.feature_store.encoding import Vocabulary
+    from reels.feature_store.ingest import IngestWorker
+
+    keys = loaded_store.keys
+    frame = tiny_store.read_events().compute().drop_duplicates("user_id").tail(6).reset_index(drop=True)
+    frame["event_id"] = 11 * 10**9 + frame.index
+    frame["timestamp"] = frame["timestamp"].max()
+    events = frame.to_dict("records")
+    poisoned = int(events[2]["user_id"])
+    seen = keys.seen(loaded_store.namespace(), poisoned)
+    loaded_store.client.delete(seen)
+    loaded_store.client.hset(seen, "not", "a string")  # the script's APPEND on it fails with WRONGTYPE
+    EventProducer(loaded_store.client).send(events)
+    vocabulary = Vocabulary(tiny_features.workflow_dir, "video_id")
+    worker = IngestWorker(loaded_store, vocabulary, 5, consumer="w-fail", claim_idle_ms=0, max_deliveries=3)
+    stats = worker.run(idle_exit=True)
+    # Events the failed batch call applied before its error count as duplicates on the one-by-one retry.
+    assert (stats.applied + stats.duplicates, stats.dead_lettered) == (5, 1), stats
+    assert loaded_store.client.xpending(keys.events, "ingest")["pending"] == 0
+    [(_, dead)] = loaded_store.client.xrange(keys.dead_letters)
+    assert b"apply failed 3 times" in dead[b"reason"] and b"WRONGTYPE" in dead[b"reason"]
+    ns = loaded_store.namespace()
+    counted = sum(
+        int(loaded_store.client.hget(keys.counters(ns, int(e["video_id"])), "events") or 0) for e in events
+    )
+    assert counted == 5  # the five good events exactly once, the failing one never
