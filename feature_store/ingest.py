@@ -41,45 +41,51 @@ from reels.workflows.spec import HISTORY, MAX_RAW_ID
 from reels.workflows.validate import validate
 
 # One call applies a whole batch: ARGV = ttl, history offset, history bytes, seen-list bytes, prefix,
-# namespace, and the packed batch (BATCH_RECORD per event). Per event: skip it if its dedupe marker
-# exists; append to the seen list (trimmed back to the newest entries once it doubles); push a viewed
+# namespace, and the packed batch (BATCH_RECORD per event). Per event: set the dedupe marker or skip;
+# append to the seen list (trimmed back to the newest entries once it doubles); push a viewed
 # video's encoded id to the front of the history inside the user record; bump the video's counters and
-# trending score; then set the marker. Ids must stay below 2^53 (Lua numbers are doubles).
+# trending score. An event whose updates fail is unmarked and reported by its error message (the rest
+# of the batch goes on). Ids must stay below 2^53 (Lua numbers are doubles).
 APPLY = """
 local ttl, offset, length, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local prefix, ns, blob = ARGV[5], ARGV[6], ARGV[7]
 local out = {}
+local function apply_event(base, u, v)
+  local viewed, liked, completed, hidden = string.byte(blob, base + 32, base + 35)
+  local seen_key = prefix .. ':' .. ns .. ':seen:' .. u
+  local seen_length = redis.call('APPEND', seen_key, string.sub(blob, base + 16, base + 23))
+  if seen_length > 2 * cap then  -- trim rarely: keep the newest cap bytes
+    redis.call('SET', seen_key, redis.call('GETRANGE', seen_key, seen_length - cap, -1))
+  end
+  local counters = prefix .. ':' .. ns .. ':counters:' .. v
+  if viewed == 1 then
+    local user_key = prefix .. ':' .. ns .. ':user:' .. u
+    local user = redis.call('GET', user_key)
+    if user then
+      local history = string.sub(user, offset + 1, offset + length)
+      redis.call('SETRANGE', user_key, offset, string.sub(blob, base + 24, base + 31) .. string.sub(history, 1, length - 8))
+    end
+    redis.call('HINCRBY', counters, 'views', 1)
+    redis.call('ZINCRBY', prefix .. ':trending', 1, v)
+  end
+  redis.call('HINCRBY', counters, 'events', 1)
+  if liked == 1 then redis.call('HINCRBY', counters, 'likes', 1) end
+  if completed == 1 then redis.call('HINCRBY', counters, 'completions', 1) end
+  if hidden == 1 then redis.call('HINCRBY', counters, 'hides', 1) end
+end
 for i = 0, #blob / 36 - 1 do
   local base = i * 36 + 1
   local event_id, user_id, video_id = struct.unpack('<i8i8i8', blob, base)
   local e, u, v = string.format('%.0f', event_id), string.format('%.0f', user_id), string.format('%.0f', video_id)
-  local viewed, liked, completed, hidden = string.byte(blob, base + 32, base + 35)
   local marker = prefix .. ':applied:' .. e
-  if redis.call('EXISTS', marker) == 0 then
-    local seen_key = prefix .. ':' .. ns .. ':seen:' .. u
-    local seen_length = redis.call('APPEND', seen_key, string.sub(blob, base + 16, base + 23))
-    if seen_length > 2 * cap then  -- trim rarely: keep the newest cap bytes
-      redis.call('SET', seen_key, redis.call('GETRANGE', seen_key, seen_length - cap, -1))
+  if redis.call('SET', marker, '1', 'NX', 'EX', ttl) then
+    local ok, err = pcall(apply_event, base, u, v)
+    if ok then
+      out[i + 1] = 1
+    else  -- e.g. a key of the wrong type: unmark the event so a retry applies it, and go on with the batch
+      redis.call('DEL', marker)
+      out[i + 1] = tostring(type(err) == 'table' and err.err or err)
     end
-    local counters = prefix .. ':' .. ns .. ':counters:' .. v
-    if viewed == 1 then
-      local user_key = prefix .. ':' .. ns .. ':user:' .. u
-      local user = redis.call('GET', user_key)
-      if user then
-        local history = string.sub(user, offset + 1, offset + length)
-        redis.call('SETRANGE', user_key, offset, string.sub(blob, base + 24, base + 31) .. string.sub(history, 1, length - 8))
-      end
-      redis.call('HINCRBY', counters, 'views', 1)
-      redis.call('ZINCRBY', prefix .. ':trending', 1, v)
-    end
-    redis.call('HINCRBY', counters, 'events', 1)
-    if liked == 1 then redis.call('HINCRBY', counters, 'likes', 1) end
-    if completed == 1 then redis.call('HINCRBY', counters, 'completions', 1) end
-    if hidden == 1 then redis.call('HINCRBY', counters, 'hides', 1) end
-    -- The marker goes last: a script that fails on an event (a wrong-typed key, out of memory) leaves
-    -- it unmarked, so the retry applies it instead of skipping it as a duplicate.
-    redis.call('SET', marker, '1', 'EX', ttl)
-    out[i + 1] = 1
   else
     out[i + 1] = 0
   end
@@ -201,22 +207,15 @@ class IngestWorker:
                 self._retry_or_dead_letter(messages, failed, stats)
 
     def _apply_isolating_failures(self, events: pd.DataFrame, ids: list) -> tuple[np.ndarray, dict]:
-        """Apply the batch in one script call; if the script fails (a key of the wrong type, Redis out of
-        memory), apply the events one by one to find the ones that fail. Events the failed call applied
-        before its error carry their dedupe markers, so the second pass skips them as duplicates.
-        Returns (applied flags in ``ids`` order, failed message id -> reason)."""
+        """Apply the batch in one script call. Returns (applied flags in ``ids`` order, failed message id
+        -> reason): an event whose updates failed inside the script, or every event when Redis refused
+        the script as a whole (e.g. out of memory)."""
         try:
-            return np.array(self.apply(events), dtype=bool), {}
-        except redis.ResponseError:
-            pass
-        applied, failed = [], {}
-        for row, message_id in enumerate(ids):
-            try:
-                applied.append(bool(self.apply(events.iloc[[row]])[0]))
-            except redis.ResponseError as exc:
-                applied.append(False)
-                failed[message_id] = str(exc)[:300]
-        return np.array(applied, dtype=bool), failed
+            results = self.apply(events)
+        except redis.ResponseError as exc:
+            return np.zeros(len(ids), dtype=bool), dict.fromkeys(ids, str(exc)[:300])
+        failed = {i: r[:300] for i, r in zip(ids, results, strict=True) if isinstance(r, str)}
+        return np.array([r == 1 for r in results], dtype=bool), failed
 
     def _retry_or_dead_letter(self, messages: list, failed: dict, stats: IngestStats) -> None:
         """Leave a message whose apply failed pending (claimed and retried after ``claim_idle_ms``) until
@@ -324,8 +323,9 @@ class IngestWorker:
         stats.dead_lettered += 1
         stats.reasons.append(reason)
 
-    def apply(self, events: pd.DataFrame) -> list[int]:
-        """Apply validated events (1 = applied, 0 = already applied before: a duplicate or a re-delivery)."""
+    def apply(self, events: pd.DataFrame) -> list[int | str]:
+        """Apply validated events: per event 1 = applied, 0 = already applied before (a duplicate or a
+        re-delivery), or the error message of an update that failed (the event stays unapplied)."""
         ns = self.store.namespace()
         records = np.zeros(len(events), dtype=BATCH_RECORD)
         for name in ("event_id", "user_id", "video_id"):
@@ -341,7 +341,7 @@ class IngestWorker:
             args=[self.dedupe_ttl_s, self.history_offset, self.history_bytes, self.seen_bytes, self.prefix, ns,
                   records.tobytes()],
         )  # fmt: skip
-        return [int(r) for r in result]
+        return [r.decode() if isinstance(r, bytes) else int(r) for r in result]
 
     def _vocabulary(self, namespace: str) -> Vocabulary:
         """The video vocabulary of the features loaded into ``namespace``: a promotion swaps in features
