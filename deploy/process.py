@@ -36,18 +36,21 @@ class ManagedProcess:
         that exits or a timeout raises, naming the log."""
         with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ServiceUnavailable(f"{name} exited with {self.process.returncode}; see {log_path}")
-            try:
-                if ready():
-                    return
-            except Exception:  # noqa: BLE001 - not listening yet
-                pass
-            time.sleep(poll_s)
-        self.stop()
-        raise ServiceUnavailable(f"{name} not ready within {timeout_s}s; see {log_path}")
+        try:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise ServiceUnavailable(f"{name} exited with {self.process.returncode}; see {log_path}")
+                try:
+                    if ready():
+                        return
+                except Exception:  # noqa: BLE001 - not listening yet
+                    pass
+                time.sleep(poll_s)
+            raise ServiceUnavailable(f"{name} not ready within {timeout_s}s; see {log_path}")
+        except BaseException:  # not ready, or interrupted (Ctrl-C, SIGTERM) while waiting: no orphan
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """SIGTERM the process, SIGKILL it after ``stop_timeout_s``, and forget it; a no-op when not running."""

@@ -43,19 +43,18 @@ def serving_stack(
     features = trained_features(model_dir)
     settings = server.redis
     password = settings.resolved_password()
-    started_redis = None
+    started_redis = triton = None
     probe = settings.client(timeout_s=0.5)
-    try:
-        probe.ping()
-        say(f"using the redis-server already on {server.redis_host}:{server.redis_port}")
-    except redis.RedisError:
-        say(f"starting redis-server on {server.redis_host}:{server.redis_port}")
-        started_redis = RedisServer(
-            build_dir / "redis", port=server.redis_port, bind=server.redis_host, password=password
-        )
-        started_redis.start()
-    triton = None
-    try:
+    try:  # everything started inside is stopped in ``finally``, however the block is left
+        try:
+            probe.ping()
+            say(f"using the redis-server already on {server.redis_host}:{server.redis_port}")
+        except redis.RedisError:
+            say(f"starting redis-server on {server.redis_host}:{server.redis_port}")
+            started_redis = RedisServer(
+                build_dir / "redis", port=server.redis_port, bind=server.redis_host, password=password
+            )
+            started_redis.start()
         client = started_redis.client() if started_redis else probe
         report = OnlineStore(client, prefix=settings.prefix).load(features)
         say(f"online store: {report.users:,} users, {report.videos:,} videos in namespace {report.namespace}")
@@ -72,7 +71,8 @@ def serving_stack(
             server.grpc_port,
             server.metrics_port,
             address=server.bind_address,
-        ).start()
+        )
+        triton.start()
         yield started_redis, triton
     finally:
         if triton is not None:

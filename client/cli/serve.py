@@ -68,16 +68,25 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run Redis + Triton until Ctrl-C, SIGTERM or ``--seconds``, then stop what was started."""
     import signal
-    import time
 
     from rich.console import Console
-
-    from reels.deploy.stack import source_stack
 
     config = load_config(args)
     console = Console()
     # systemd, Docker and Kubernetes stop a service with SIGTERM: stop the children as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        _serve_until_stopped(config, args, console)
+    except Terminated:  # a stop request during start-up: what was started is stopped, and that is success
+        console.print("stopped")
+    return 0
+
+
+def _serve_until_stopped(config, args: argparse.Namespace, console) -> None:
+    import time
+
+    from reels.deploy.stack import source_stack
+
     with source_stack(config, args.source, console.print) as (_, triton):
         console.print(
             f"[bold green]serving[/]: HTTP {triton.http_url}, gRPC {triton.grpc_url}, "
@@ -89,11 +98,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 time.sleep(0.5)
         except KeyboardInterrupt:  # the way to stop a server: not an interrupted command
             console.print("stopping")
-    return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so the same clean-up runs as for Ctrl-C."""
 
 
 def _interrupt(signum: int, _frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    import signal
+
+    signal.signal(signum, signal.SIG_IGN)  # one stop request: a second must not cut the clean-up short
+    raise Terminated(f"signal {signum}")
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
