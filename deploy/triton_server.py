@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reels.deploy.process import ManagedProcess
+from reels.deploy.triton.seal import KEY_ENV, new_key
 from reels.workflows.errors import NotFound
 
 PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -46,7 +47,8 @@ def backend_directory(build: Path) -> Path:
 
 def server_environment() -> dict[str, str]:
     """A copy of ``os.environ`` for ``tritonserver``: the wheel's libs and LIBDIR on ``LD_LIBRARY_PATH``,
-    the venv's ``bin/`` first on ``PATH``, one thread per op pool unless already set."""
+    the venv's ``bin/`` first on ``PATH``, one thread per op pool and a fresh step seal key unless
+    already set."""
     site = Path(_pytriton_root()).parents[1]
     libs = [str(site / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
     env = dict(os.environ)
@@ -58,6 +60,8 @@ def server_environment() -> dict[str, str]:
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("TF_NUM_INTRAOP_THREADS", "1")
     env.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    # The step models' seal key (deploy/triton/seal.py): fresh for each server, in its environment only.
+    env.setdefault(KEY_ENV, new_key())
     return env
 
 

@@ -1,9 +1,10 @@
 """The one python-backend model every step runs: ``model_repository/<step>/1/model.py`` is two lines,
 ``TritonPythonModel = bind(pb_utils)``. ``initialize`` reads the model's own config (its tensor names and
 dtypes are the contract), the release it serves (from the model name ``<step>_v<N>``) and builds the step;
-``execute`` converts Triton request tensors -> the step -> response tensors, with exactly one response per
-request and errors as per-request Triton errors (the model keeps serving): invalid-argument for bad
-input, internal for anything else. ``pb_utils`` is passed in because it only exists inside Triton."""
+``execute`` converts Triton request tensors -> seal checks -> the step -> its output seals -> response
+tensors, with exactly one response per request and errors as per-request Triton errors (the model keeps
+serving): invalid-argument for bad input or a seal that does not match (a step called directly, see
+``seal.py``), internal for anything else. ``pb_utils`` is passed in because it only exists inside Triton."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from reels.deploy.triton.seal import Seal, Sealer
 from reels.models.serving.request import BadRequest
 
 
@@ -52,6 +54,27 @@ def execute(
     return responses
 
 
+class SealedStep:
+    """A step behind its seals: check the seals over the inputs, run, seal the outputs."""
+
+    def __init__(
+        self,
+        step: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+        sealer: Sealer,
+        checks: Sequence[Seal],
+        seals: Sequence[Seal],
+    ):
+        self.step, self.sealer, self.checks, self.seals = step, sealer, tuple(checks), tuple(seals)
+
+    def __call__(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The step's outputs plus its seals; ``BadRequest`` when an input seal does not match."""
+        self.sealer.check(tensors, self.checks)
+        outputs = self.step(tensors)
+        for seal in self.seals:
+            outputs[seal.name] = self.sealer.seal({**tensors, **outputs}, seal)
+        return outputs
+
+
 class StepModel:
     """Triton's ``TritonPythonModel`` for any step; ``bind`` supplies the backend's ``pb_utils``."""
 
@@ -69,11 +92,13 @@ class StepModel:
             raise ValueError(
                 f"{args['model_name']}: config inputs {self.inputs} != step inputs {step_class.inputs}"
             )
+        sealer = Sealer.from_environment()  # before the (slow) step: a missing key fails the load at once
         self.step = step_class(Release.for_model(args))
+        self.sealed = SealedStep(self.step, sealer, step_class.checks, step_class.seals)
 
     def execute(self, requests):
         """One response per request, in order."""
-        return execute(self.pb_utils, requests, self.inputs, self.step)
+        return execute(self.pb_utils, requests, self.inputs, self.sealed)
 
     def finalize(self) -> None:
         """Close the Redis connections ``initialize`` opened."""

@@ -16,19 +16,27 @@ query_continuous    FP32 [4]                USER_CONTINUOUS values
 history_video_ids   INT64 [L]               encoded ids of the last viewed videos, 0-padded
 seen_video_ids      INT64 [-1]              raw ids to exclude
 hidden_creator_ids  INT64 [-1]              raw creator ids the user hid (their videos are dropped)
-fallback            INT32 [1]               0 none, 1 cold start (trending), 2 feature store unavailable
+query_fallback      INT32 [1]               0 none, 1 cold start (trending), 2 feature store unavailable
 request_time_s      INT64 [1]               the request time actually used
 candidate_ids       INT64 [-1]              retrieved raw ids;   retrieval_scores FP32 [-1]
 ranked_ids          INT64 [-1]              rankable raw ids;    ranking_scores FP32 [-1]
 candidate_task_predictions FP32 [-1, 4]     view, liked, completed, watch_fraction per ranked id
-ranking_fallback    INT32 [1]               the fallback in force after ranking (codes as ``fallback``)
+ranking_fallback    INT32 [1]               the fallback in force after ranking (codes as ``query_fallback``)
 video_ids           INT64 [-1]              the response: raw video ids in feed order (at most k)
 scores              FP32 [-1]               ranking score per returned video
 task_predictions    FP32 [-1, 4]            per returned video, as candidate_task_predictions
 explanation_ids     INT64 [-1]              raw id of the most similar history video, -1 if none
 propensities        FP32 [-1]               P(video in its slot | request, earlier slots); 1 = ranked
+fallback            INT32 [1]               the fallback in force for the response (codes as ``query_fallback``)
 variant             BYTES [1]               the user's experiment variant ("default" without experiment)
+request_seal        BYTES [1]               HMAC of the request and step 1's outputs (``REQUEST_SEAL``)
+candidates_seal     BYTES [1]               HMAC of the candidates, chained to request_seal
+ranked_seal         BYTES [1]               HMAC of the ranking outputs, chained to request_seal
 ==================  ======================  =========================================================
+
+Each step declares the seals it ``checks`` on its inputs and the ones it ``seals`` on its outputs
+(``deploy/triton/seal.py``); the adapter applies them, so a step called directly with tensors that no
+earlier step of this server produced answers invalid-argument instead of running.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from __future__ import annotations
 import numpy as np
 
 from reels.deploy.triton.release import Release
+from reels.deploy.triton.seal import Seal
 from reels.feature_store.streams import ExposureLog
 from reels.models.config import RANKER_TASKS
 from reels.models.serving.catalog import Catalog
@@ -48,6 +57,23 @@ from reels.workflows.spec import HISTORY, REQUEST_CONTEXT, USER_CATEGORICAL, USE
 
 QUERY_CATEGORICAL = USER_CATEGORICAL + REQUEST_CONTEXT
 
+# What step 1 derived from a validated request: every later step reads (a part of) it, so all of it is
+# sealed and passed on whole.
+REQUEST_SEAL = Seal(
+    "request_seal",
+    (
+        "user_id", "k", "request_time_s", "query_categorical", "query_continuous", "history_video_ids",
+        "seen_video_ids", "hidden_creator_ids", "query_fallback",
+    ),
+)  # fmt: skip
+CANDIDATES_SEAL = Seal("candidates_seal", ("candidate_ids", "retrieval_scores"), chain="request_seal")
+RANKED_SEAL = Seal(
+    "ranked_seal",
+    ("ranked_ids", "ranking_scores", "candidate_task_predictions", "ranking_fallback"),
+    chain="request_seal",
+)
+SEALED_REQUEST = (*REQUEST_SEAL.covers, REQUEST_SEAL.name)
+
 
 def pack(query: QueryFeatures) -> dict[str, np.ndarray]:
     """Step 1's output tensors from the query features (the layout in the module docstring)."""
@@ -58,7 +84,7 @@ def pack(query: QueryFeatures) -> dict[str, np.ndarray]:
         "history_video_ids": f[HISTORY].reshape(-1).astype(np.int64),
         "seen_video_ids": query.seen.astype(np.int64),
         "hidden_creator_ids": query.hidden_creators.astype(np.int64),
-        "fallback": np.array([int(query.fallback)], dtype=np.int32),
+        "query_fallback": np.array([int(query.fallback)], dtype=np.int32),
         "request_time_s": np.array([query.request_time_s], dtype=np.int64),
     }
 
@@ -70,13 +96,17 @@ def unpack(t: dict[str, np.ndarray]) -> QueryFeatures:
     features[HISTORY] = t["history_video_ids"].reshape(1, -1)
     seen = t.get("seen_video_ids", np.array([], dtype=np.int64))
     hidden = t.get("hidden_creator_ids", np.array([], dtype=np.int64))
-    return QueryFeatures(features, seen, Fallback(int(t["fallback"][0])), int(t["request_time_s"][0]), hidden)
+    return QueryFeatures(
+        features, seen, Fallback(int(t["query_fallback"][0])), int(t["request_time_s"][0]), hidden
+    )
 
 
 class FeatureTransformStep:
     """Step 1 over tensors: validates the request, then ``FeatureTransform``; output packed for step 2."""
 
     inputs = ("user_id", "k", "device", "hour", "request_time")
+    checks: tuple[Seal, ...] = ()
+    seals = (REQUEST_SEAL,)
 
     def __init__(self, release: Release):
         self.max_k = release.serving.max_k
@@ -108,10 +138,9 @@ class FeatureTransformStep:
 class RetrievalStep:
     """Step 2 over tensors: ``Retrieval`` with the release's query tower, FAISS index and trending feed."""
 
-    inputs = (
-        "query_categorical", "query_continuous", "history_video_ids", "seen_video_ids", "fallback",
-        "request_time_s",
-    )  # fmt: skip
+    inputs = SEALED_REQUEST
+    checks = (REQUEST_SEAL,)
+    seals = (CANDIDATES_SEAL,)
 
     def __init__(self, release: Release):
         from reels.models.index import load_index
@@ -131,10 +160,9 @@ class RetrievalStep:
 class RankingStep:
     """Step 3 over tensors: ``Ranking`` with the release's exported MMoE and the online store."""
 
-    inputs = (
-        "query_categorical", "query_continuous", "history_video_ids", "fallback", "request_time_s",
-        "candidate_ids", "retrieval_scores",
-    )  # fmt: skip
+    inputs = (*SEALED_REQUEST, *CANDIDATES_SEAL.covers, CANDIDATES_SEAL.name)
+    checks = (REQUEST_SEAL, CANDIDATES_SEAL)
+    seals = (RANKED_SEAL,)
 
     def __init__(self, release: Release):
         from reels.models.ranker import ExportedRanker
@@ -158,10 +186,9 @@ class RankingStep:
 class DiversityRerankStep:
     """Step 4 over tensors: ``DiversityRerank`` for the user's variant; logs the feed as an exposure."""
 
-    inputs = (
-        "ranked_ids", "ranking_scores", "candidate_task_predictions", "history_video_ids", "k",
-        "request_time_s", "ranking_fallback", "user_id", "hidden_creator_ids",
-    )  # fmt: skip
+    inputs = (*SEALED_REQUEST, *RANKED_SEAL.covers, RANKED_SEAL.name)
+    checks = (REQUEST_SEAL, RANKED_SEAL)
+    seals: tuple[Seal, ...] = ()
 
     def __init__(self, release: Release):
         self.max_k = release.serving.max_k
