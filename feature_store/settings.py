@@ -1,4 +1,6 @@
-"""How to reach the online store (``RedisSettings``). Cheap to import: redis-py is imported on use."""
+"""How to reach the online store (``RedisSettings``): a host and port, or a ``redis://`` / ``rediss://``
+(TLS) URL, with an optional ACL username. Secrets (the password) come from the environment or a file and
+never reach release specs, logs or ``repr``. Cheap to import: redis-py is imported on use."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from reels.feature_store.layout import DEFAULT_PREFIX
 
@@ -16,27 +19,146 @@ if TYPE_CHECKING:
 
 PASSWORD_ENV = "REELS_REDIS_PASSWORD"  # noqa: S105 - the name of the variable, not a secret
 PASSWORD_FILE_ENV = "REELS_REDIS_PASSWORD_FILE"
+URL_ENV = "REELS_REDIS_URL"  # the one place a URL may embed a password
+USERNAME_ENV = "REELS_REDIS_USERNAME"
+CA_FILE_ENV = "REELS_REDIS_CA_FILE"
+CERT_FILE_ENV = "REELS_REDIS_CERT_FILE"
+KEY_FILE_ENV = "REELS_REDIS_KEY_FILE"
+SCHEMES = ("redis", "rediss")
+MASK = "***"
+DEFAULT_PORT = 6379
+
+
+def url_password(url: str) -> str | None:
+    """The password in a Redis URL's userinfo (None: none)."""
+    password = urlsplit(url).password
+    return unquote(password) if password else None
+
+
+def _safe_url(url: str, mask: str | None) -> str:
+    """``url`` with its password dropped (``mask=None``) or replaced by ``mask``; the rest untouched."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    user, colon, password = userinfo.partition(":")
+    if colon and password and mask is not None:
+        user = f"{user}:{mask}"
+    netloc = f"{user}@{hostport}" if user else hostport
+    return parts._replace(netloc=netloc).geturl()
+
+
+def without_password(url: str) -> str:
+    """The URL as release specs store it: ``rediss://user:secret@h:1/0`` → ``rediss://user@h:1/0``."""
+    return _safe_url(url, None)
+
+
+def redacted(url: str) -> str:
+    """The URL as it may be printed: the password, if any, shows as ``***``."""
+    return _safe_url(url, MASK)
 
 
 @dataclass(frozen=True)
 class RedisSettings:
-    """Where the online store lives. The password never travels in files or argv: it comes from
-    ``password`` (set in code), else ``$REELS_REDIS_PASSWORD``, else the file named by
-    ``$REELS_REDIS_PASSWORD_FILE``; ``as_spec()`` (what release specs store) leaves it out."""
+    """Where the online store lives and how to authenticate.
+
+    The address is ``host``/``port`` or, when given, ``url`` (``redis://[user@]host:port/db``, or
+    ``rediss://`` for TLS; the URL's host, port and db replace the fields). The password never travels in
+    files or argv: it comes from ``password`` (set in code), else the URL (which holds one only when it
+    came from the environment), else ``$REELS_REDIS_PASSWORD``, else the file named by
+    ``$REELS_REDIS_PASSWORD_FILE``, else ``$REELS_REDIS_URL`` when that names the same host and port. The
+    ACL username: ``username``, else the URL's, else ``$REELS_REDIS_USERNAME``. TLS files (``rediss://``
+    only): the fields, else ``$REELS_REDIS_CA_FILE`` / ``_CERT_FILE`` / ``_KEY_FILE``. ``as_spec()`` (what
+    release specs store) and ``repr`` leave the password out."""
 
     host: str = "127.0.0.1"
-    port: int = 6379
+    port: int = DEFAULT_PORT
     password: str | None = field(default=None, repr=False)
     prefix: str = DEFAULT_PREFIX
+    url: str | None = field(default=None, repr=False)  # repr shows it redacted (``__repr__``)
+    username: str | None = None
+    db: int = 0
+    ca_file: str | None = None  # the CA bundle that signed the server's certificate
+    cert_file: str | None = None  # client certificate, for servers that require one
+    key_file: str | None = None  # its private key (a path, not the key)
+
+    def __post_init__(self) -> None:
+        if self.url:
+            parts = urlsplit(self.url)
+            if parts.scheme not in SCHEMES:
+                raise ValueError(
+                    f"a Redis URL starts with redis:// or rediss:// (got {parts.scheme or '?'}://)"
+                )
+            if not parts.hostname:
+                raise ValueError(f"the Redis URL {redacted(self.url)} names no host")
+            if any("password" in key.lower() for key, _ in parse_qsl(parts.query)):
+                raise ValueError(
+                    f"pass secrets through ${PASSWORD_ENV} or ${PASSWORD_FILE_ENV}, not URL options"
+                )
+            try:
+                port = parts.port or DEFAULT_PORT
+                db = int(parts.path.strip("/") or 0)
+            except ValueError:
+                raise ValueError(f"bad port or db in the Redis URL {redacted(self.url)}") from None
+            # frozen: the derived address is set once here, so host/port always say where the store is
+            object.__setattr__(self, "host", parts.hostname)
+            object.__setattr__(self, "port", port)
+            object.__setattr__(self, "db", db)
+        elif self.ca_file or self.cert_file or self.key_file:
+            raise ValueError("TLS files need a rediss:// URL")
+
+    def __repr__(self) -> str:
+        shown = f"url={redacted(self.url)!r}, " if self.url else ""
+        return (
+            f"RedisSettings({shown}host={self.host!r}, port={self.port!r}, db={self.db!r}, "
+            f"username={self.username!r}, prefix={self.prefix!r})"
+        )
+
+    @property
+    def tls(self) -> bool:
+        """Whether connections use TLS (a ``rediss://`` URL)."""
+        return bool(self.url) and urlsplit(self.url).scheme == "rediss"
+
+    def resolved_username(self) -> str | None:
+        """The ACL username from the settings, the URL or the environment (None: the default user)."""
+        from_url = urlsplit(self.url).username if self.url else None
+        return (
+            self.username or (unquote(from_url) if from_url else None) or os.environ.get(USERNAME_ENV) or None
+        )
 
     def resolved_password(self) -> str | None:
-        """The password from the settings, the environment or the password file (None: no AUTH)."""
+        """The password from the settings, the URL, the environment or the password file (None: no AUTH)."""
         if self.password:
             return self.password
+        if self.url and url_password(self.url):
+            return url_password(self.url)
         if os.environ.get(PASSWORD_ENV):
             return os.environ[PASSWORD_ENV]
         path = os.environ.get(PASSWORD_FILE_ENV)
-        return Path(path).read_text().strip() or None if path else None
+        if path:
+            return Path(path).read_text().strip() or None
+        return self._environment_url_password()
+
+    def _environment_url_password(self) -> str | None:
+        # A process that got these settings from a spec (tritonserver's step models) but whose environment
+        # holds the URL with its password: use it only for the server that URL names.
+        env_url = os.environ.get(URL_ENV)
+        if env_url and url_password(env_url):
+            parts = urlsplit(env_url)
+            if (parts.hostname, parts.port or DEFAULT_PORT) == (self.host, self.port):
+                return url_password(env_url)
+        return None
+
+    def tls_files(self) -> dict[str, str]:
+        """The TLS files in use, as redis-py's ``ssl_*`` keyword arguments (empty without TLS)."""
+        if not self.tls:
+            return {}
+        files = {
+            "ssl_ca_certs": self.ca_file or os.environ.get(CA_FILE_ENV),
+            "ssl_certfile": self.cert_file or os.environ.get(CERT_FILE_ENV),
+            "ssl_keyfile": self.key_file or os.environ.get(KEY_FILE_ENV),
+        }
+        return {key: value for key, value in files.items() if value}
 
     def client(self, timeout_s: float = 0.5, retries: bool = True) -> redis.Redis:
         """A redis-py client with connect and command timeouts of ``timeout_s``. ``retries=False``: a
@@ -44,13 +166,27 @@ class RedisSettings:
         each request wait seconds while Redis was away)."""
         import redis
         from redis.backoff import NoBackoff
+        from redis.connection import SSLConnection, parse_url
         from redis.retry import Retry
 
-        extra = {} if retries else {"retry": Retry(NoBackoff(), 0)}
-        return redis.Redis(
-            host=self.host, port=self.port, password=self.resolved_password(), socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s, health_check_interval=0, **extra,
+        kwargs: dict = {"host": self.host, "port": self.port, "db": self.db}
+        if self.url:
+            # redis-py's own URL parser (query options such as ?ssl_cert_reqs= included); the credentials,
+            # files and timeouts below take precedence over what the URL says.
+            options = parse_url(self.url)
+            options.pop("password", None)
+            options.pop("username", None)
+            if options.pop("connection_class", None) is SSLConnection:
+                options["ssl"] = True
+            kwargs.update(options)
+        kwargs.update(self.tls_files())
+        kwargs.update(
+            username=self.resolved_username(), password=self.resolved_password(), socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s, health_check_interval=0,
         )  # fmt: skip
+        if not retries:
+            kwargs["retry"] = Retry(NoBackoff(), 0)
+        return redis.Redis(**kwargs)
 
     def store(self, timeout_s: float = 0.5, retries: bool = True, **kwargs) -> OnlineStore:
         """An ``OnlineStore`` over a new client (``kwargs`` go to ``OnlineStore``)."""
@@ -58,11 +194,45 @@ class RedisSettings:
 
         return OnlineStore(self.client(timeout_s, retries), prefix=self.prefix, **kwargs)
 
+    def describe(self) -> str:
+        """One printable line: the address (URL redacted), the username and where the password comes
+        from, never the password itself."""
+        where = redacted(self.url) if self.url else f"redis://{self.host}:{self.port}/{self.db}"
+        if self.password:
+            source = "set in code"
+        elif self.url and url_password(self.url):
+            source = "from the URL"
+        elif os.environ.get(PASSWORD_ENV):
+            source = f"from ${PASSWORD_ENV}"
+        elif os.environ.get(PASSWORD_FILE_ENV):
+            source = f"from the file named by ${PASSWORD_FILE_ENV}"
+        elif self._environment_url_password():
+            source = f"from ${URL_ENV}"
+        else:
+            source = "none"
+        files = ", ".join(f"{key.removeprefix('ssl_')} {value}" for key, value in self.tls_files().items())
+        return (
+            f"{where}, TLS {'on' if self.tls else 'off'}{f' ({files})' if files else ''}, "
+            f"user {self.resolved_username() or 'default'}, password {source}"
+        )
+
     def as_spec(self) -> dict[str, str | int]:
         """The settings without the password, for release specs and logs."""
-        return {"host": self.host, "port": self.port, "prefix": self.prefix}
+        spec: dict[str, str | int] = {"host": self.host, "port": self.port, "prefix": self.prefix}
+        if self.url:
+            spec["url"] = without_password(self.url)
+        optional = {"username": self.username, "ca_file": self.ca_file, "cert_file": self.cert_file,
+                    "key_file": self.key_file}  # fmt: skip
+        spec.update({key: value for key, value in optional.items() if value})
+        if self.db and not self.url:
+            spec["db"] = self.db
+        return spec
 
     @classmethod
     def from_spec(cls, spec: dict) -> RedisSettings:
         """The inverse of ``as_spec`` (the password comes from the environment)."""
-        return cls(host=spec["host"], port=int(spec["port"]), prefix=spec.get("prefix", DEFAULT_PREFIX))
+        optional = ("url", "username", "ca_file", "cert_file", "key_file")
+        return cls(
+            host=spec["host"], port=int(spec["port"]), prefix=spec.get("prefix", DEFAULT_PREFIX),
+            db=int(spec.get("db", 0)), **{key: spec[key] for key in optional if spec.get(key)},
+        )  # fmt: skip

@@ -41,3 +41,45 @@ def test_config_file_layers_over_defaults(tmp_path):
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("/nonexistent/reels.yaml")
+
+
+def test_a_redis_url_replaces_the_redis_host_and_port(monkeypatch):
+    monkeypatch.delenv("REELS_REDIS_URL", raising=False)
+    config = load_config(
+        overrides=["server.redis_url=rediss://app@db.example:6380/2", "server.redis_ca_file=/ca.pem"]
+    )
+    redis = config.server.redis
+    assert (redis.host, redis.port, redis.db, redis.tls, redis.ca_file) == (
+        "db.example",
+        6380,
+        2,
+        True,
+        "/ca.pem",
+    )
+    assert load_config().server.redis.as_spec() == {"host": "127.0.0.1", "port": 6379, "prefix": "reels"}
+
+
+def test_the_environment_url_wins_over_the_config(monkeypatch):
+    monkeypatch.setenv("REELS_REDIS_URL", "redis://from-env:7000/0")
+    config = load_config(overrides=["server.redis_url=redis://from-config:6379/0", "server.redis_port=6380"])
+    assert (config.server.redis.host, config.server.redis.port) == ("from-env", 7000)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("server.redis_url=http://db.example", r"server.redis_url: a Redis URL starts with"),
+        ("server.redis_url=redis://db.example:port", r"server.redis_url: bad port"),
+        ("server.redis_ca_file=/ca.pem", r"need a rediss:// server.redis_url or \$REELS_REDIS_URL"),
+    ],
+)
+def test_bad_redis_settings_fail_naming_the_key(override, message, monkeypatch):
+    monkeypatch.delenv("REELS_REDIS_URL", raising=False)
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override])
+
+
+def test_tls_files_in_the_config_may_go_with_an_environment_url(monkeypatch):
+    monkeypatch.setenv("REELS_REDIS_URL", "rediss://db.example:6380/0")
+    redis = load_config(overrides=["server.redis_ca_file=/ca.pem"]).server.redis
+    assert (redis.tls, redis.ca_file) == (True, "/ca.pem")
