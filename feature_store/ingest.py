@@ -14,6 +14,20 @@ leaves its messages pending, and ``claim_idle_ms`` later another worker claims t
 idempotent: one Lua script call per batch (Redis runs it atomically) sets each event's dedupe marker and
 applies its updates, so a re-delivered event is skipped and no event is ever half-applied.
 
+With an offline store, applied events and hide-creator choices are appended there too, written once
+across crashes: before a write the worker marks each row in Redis (``{p}:offline:{event_id}``,
+``{p}:offline:hide:{entry_id}``) with the write's batch token, then commits the batch under that token.
+A re-delivered row whose marker names a committed batch is skipped; one whose batch never committed (the
+writer died first) is written again, after checking the rows of its days for the key in case the batch
+was committed and then compacted. Left: a worker stalled for longer than ``claim_idle_ms`` whose batch
+another worker re-wrote can still commit its copy; ``OfflineStore.compact`` drops such repeats.
+
+Crash windows, for tests: ``REELS_FAULT=ingest:after_apply`` (Redis updated, nothing written offline),
+``ingest:after_offline`` (offline committed) or ``ingest:before_ack`` SIGKILLs the worker there
+(``reels.workflows.offline_store.fault_point``). When Redis goes away, ``run`` logs it and retries with
+exponential backoff (``reconnect_max_s``) instead of exiting; unacknowledged messages stay pending and
+are re-read once Redis is back.
+
 Per event: the raw video id is appended to the user's seen list (so it — and a "not interested" hide —
 is excluded from the very next request), a viewed video's encoded id is pushed to the front of the
 history inside the user's packed record, and the video's counters and trending score are incremented.
@@ -22,7 +36,9 @@ history inside the user's packed record, and the video's counters and trending s
 from __future__ import annotations
 
 import json
+import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,10 +51,12 @@ from reels.feature_store.layout import user_record
 from reels.feature_store.store import OnlineStore
 from reels.feature_store.streams import GROUP, HIDE_CREATOR
 from reels.workflows.errors import InvalidInput
-from reels.workflows.offline_store import OfflineStore
-from reels.workflows.schema import EVENTS
+from reels.workflows.offline_store import OfflineStore, fault_point
+from reels.workflows.schema import EVENTS, HIDES, TABLES
 from reels.workflows.spec import HISTORY, MAX_RAW_ID
 from reels.workflows.validate import validate
+
+log = logging.getLogger(__name__)
 
 # One call applies a whole batch: ARGV = ttl, history offset, history bytes, seen-list bytes, prefix,
 # namespace, and the packed batch (BATCH_RECORD per event). Per event: set the dedupe marker or skip;
@@ -118,6 +136,8 @@ class IngestWorker:
 
     trim_every_s = 5.0  # how often ``run`` trims acknowledged entries
     keep_s = 86_400.0  # acknowledged entries younger than this stay (live A/B reports read them)
+    reconnect_min_s = 0.1  # first wait after Redis went away; doubles per failed try...
+    reconnect_max_s = 5.0  # ...up to this
 
     def __init__(
         self,
@@ -152,6 +172,11 @@ class IngestWorker:
         self.stream, self.dead = store.keys.events, store.keys.dead_letters
         self.prefix = store.keys.prefix
         self._apply = self.client.register_script(APPLY)
+        self._reread_own = False  # after a lost connection: re-read this consumer's own pending first
+        self._create_group()
+
+    def _create_group(self) -> None:
+        """Create the consumer group (and the stream) unless it exists."""
         try:
             self.client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
@@ -161,6 +186,11 @@ class IngestWorker:
     def step(self, block_ms: int = 200) -> IngestStats:
         """Claim messages a dead consumer left pending, then read new ones; apply and acknowledge."""
         stats = IngestStats()
+        own = []
+        if self._reread_own:  # what this worker read before the connection dropped: no wait for a claim
+            replies = self.client.xreadgroup(GROUP, self.consumer, {self.stream: "0"}, count=self.batch)
+            own = [(i, f) for _, entries in replies or [] for i, f in entries if f is not None]
+            self._reread_own = len(own) == self.batch
         _, claimed, _ = self.client.xautoclaim(
             self.stream,
             GROUP,
@@ -170,13 +200,13 @@ class IngestWorker:
             count=self.batch,
         )
         stats.claimed = len(claimed)
-        messages = list(claimed)
         fresh = self.client.xreadgroup(
             GROUP, self.consumer, {self.stream: ">"}, count=self.batch, block=block_ms
         )
-        for _, entries in fresh or []:
-            messages.extend(entries)
-        self.process(messages, stats)
+        messages = {}  # by message id: a message both re-read and claimed is handled once
+        for message_id, fields in [*own, *claimed, *(e for _, entries in fresh or [] for e in entries)]:
+            messages.setdefault(message_id, fields)
+        self.process(list(messages.items()), stats)
         return stats
 
     def read_only(self, count: int) -> list:
@@ -195,13 +225,18 @@ class IngestWorker:
         good, good_ids = self.validated(messages, stats)
         if len(good):
             applied, failed = self._apply_isolating_failures(good, good_ids)
+            fault_point("ingest:after_apply")
             done = np.array([message_id not in failed for message_id in good_ids], dtype=bool)
             stats.applied += int((applied & done).sum())
             stats.duplicates += int((~applied & done).sum())
             if self.offline is not None and done.any():
-                self._append_offline(good[done])
+                rows = good[done]
+                self._append_offline(
+                    EVENTS.name, rows, [self.keys.offline_marker(int(e)) for e in rows["event_id"]]
+                )
             # Acknowledged only once Redis (and the offline store) have them.
             if done.any():
+                fault_point("ingest:before_ack")
                 self.client.xack(self.stream, GROUP, *[i for i, ok in zip(good_ids, done, strict=True) if ok])
             if failed:
                 self._retry_or_dead_letter(messages, failed, stats)
@@ -238,9 +273,10 @@ class IngestWorker:
                 stats.reasons.append(f"could not dead-letter {message_id!r}: {exc}")
 
     def _hide_creators(self, messages: list, stats: IngestStats) -> None:
-        """Add each hidden creator to the user's set (read by the next request's feature transform)."""
+        """Add each hidden creator to the user's set (read by the next request's feature transform) and,
+        with an offline store, append the choice to its ``hides`` table (written once, like events)."""
         pipe = self.client.pipeline(transaction=False)
-        done = []
+        done, rows = [], []
         for message_id, fields in messages:
             raw = fields[HIDE_CREATOR.encode()]
             try:
@@ -253,25 +289,45 @@ class IngestWorker:
                 continue
             pipe.sadd(self.store.keys.hidden_creators(user), creator)
             done.append(message_id)
+            entry = message_id.decode() if isinstance(message_id, bytes) else str(message_id)
+            rows.append((entry, user, creator, pd.Timestamp(int(entry.partition("-")[0]), unit="ms")))
         if done:
             pipe.execute()
+            fault_point("ingest:after_apply")
+            if self.offline is not None:
+                hides = pd.DataFrame(rows, columns=HIDES.names)
+                # Keys.offline_marker's pattern, with a "hide:" namespace so entry ids never meet event ids.
+                markers = [self.keys.offline_marker(f"hide:{entry}") for entry in hides["hide_id"]]
+                self._append_offline(HIDES.name, hides, markers)
+            fault_point("ingest:before_ack")
             self.client.xack(self.stream, GROUP, *done)
             stats.applied += len(done)
 
-    def _append_offline(self, events: pd.DataFrame) -> None:
-        """Append events not yet in the offline store. An event applied to Redis by a worker that died
-        before writing it offline has no offline marker, so a re-delivery writes it then: a crash can
-        at worst duplicate an event offline (the marker is set after the write), never lose it."""
-        markers = [self.keys.offline_marker(int(e)) for e in events["event_id"]]
-        written = np.array([v is not None for v in self.client.mget(markers)], dtype=bool)
-        todo = events[~written].drop_duplicates("event_id")
-        if todo.empty:
+    def _append_offline(self, table: str, rows: pd.DataFrame, markers: list[str]) -> None:
+        """Append the rows of ``table`` not yet in the offline store, once across crashes (module doc).
+
+        ``markers[i]`` is row i's Redis marker: missing = never written; a batch token = the row went
+        into that batch, which either committed (skip the row) or not (its writer died: write it again,
+        unless the key is found in the store, i.e. the batch was committed and then compacted)."""
+        key = TABLES[table].key
+        values = [v.decode() if v is not None else None for v in self.client.mget(markers)]
+        tokens = {v for v in values if v is not None and v != "1"}  # "1": marker of older versions
+        landed = self.offline.committed(table, tokens) if tokens else set()
+        todo = np.array([v is None or (v != "1" and v not in landed) for v in values], dtype=bool)
+        unsure = np.array([v is not None for v in values], dtype=bool) & todo
+        if unsure.any():  # a batch that may have been compacted since: look for the keys themselves
+            found = self.offline.existing_keys(table, rows[unsure])
+            todo &= ~rows[key].isin(found).to_numpy()
+        todo_rows = rows[todo].drop_duplicates(key)
+        if todo_rows.empty:
             return
-        self.offline.append("events", todo)
+        token = uuid.uuid4().hex[:12]
         pipe = self.client.pipeline(transaction=False)
-        for event_id in todo["event_id"]:
-            pipe.set(self.keys.offline_marker(int(event_id)), 1, ex=self.dedupe_ttl_s)
-        pipe.execute()
+        for marker in np.asarray(markers, dtype=object)[todo]:
+            pipe.set(marker, token, ex=self.dedupe_ttl_s)
+        pipe.execute()  # before the write: a crash after it leaves markers that name the batch
+        self.offline.append(table, todo_rows, token=token)
+        fault_point("ingest:after_offline")
 
     def validated(self, messages: list, stats: IngestStats) -> tuple[pd.DataFrame, list]:
         """Valid events and their message ids; invalid ones are dead-lettered (with the reason) and acked.
@@ -365,22 +421,61 @@ class IngestWorker:
         self.history_bytes = history_length * 8
 
     def run(self, seconds: float | None = None, idle_exit: bool = False) -> IngestStats:
-        """Work until ``seconds`` pass (or forever); with ``idle_exit``, stop once the stream is drained."""
+        """Work until ``seconds`` pass (or forever); with ``idle_exit``, stop once the stream is drained.
+
+        Redis going away (connection refused or dropped, a timeout, still loading its append-only file)
+        does not end the run: it is logged and retried after ``reconnect_min_s``, doubling up to
+        ``reconnect_max_s``; what this worker had read stays pending and is re-read first once Redis is
+        back. A stream or group that came back empty (a Redis without persistence) is created again."""
         total = IngestStats()
         deadline = None if seconds is None else time.monotonic() + seconds
         next_trim = time.monotonic() + self.trim_every_s
+        failures = 0
         while deadline is None or time.monotonic() < deadline:
-            stats = self.step()
+            try:
+                stats = self.step()
+                if time.monotonic() >= next_trim:
+                    self.trim_acknowledged()
+                    next_trim = time.monotonic() + self.trim_every_s
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+                if isinstance(exc, redis.ResponseError) and "NOGROUP" not in str(exc):
+                    raise
+                wait = min(self.reconnect_max_s, self.reconnect_min_s * 2**failures)
+                if deadline is not None:
+                    wait = max(0.0, min(wait, deadline - time.monotonic()))
+                failures += 1
+                log.warning(
+                    "ingest %s: Redis unavailable (%s); try %d again in %.1fs",
+                    self.consumer,
+                    exc,
+                    failures,
+                    wait,
+                )
+                time.sleep(wait)
+                self._reread_own = True
+                if isinstance(exc, redis.ResponseError):
+                    self._recreate_group()
+                continue
+            if failures:
+                log.warning("ingest %s: Redis is back after %d failed tries", self.consumer, failures)
+                failures = 0
             for name in ("read", "applied", "duplicates", "dead_lettered", "claimed", "failed_applies"):
                 setattr(total, name, getattr(total, name) + getattr(stats, name))
             total.reasons.extend(stats.reasons)
-            if time.monotonic() >= next_trim:
-                self.trim_acknowledged()
-                next_trim = time.monotonic() + self.trim_every_s
             if idle_exit and stats.read == 0:
                 break
-        self.trim_acknowledged()
+        try:
+            self.trim_acknowledged()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:  # trimming waits for the next run
+            log.warning("ingest %s: could not trim the stream on exit (%s)", self.consumer, exc)
         return total
+
+    def _recreate_group(self) -> None:
+        """The group is gone (Redis came back without its data): create it again, if Redis answers."""
+        try:
+            self._create_group()
+        except (redis.ConnectionError, redis.TimeoutError):
+            pass  # still down: the next try of the loop tells
 
     def trim_acknowledged(self) -> int:
         """Drop stream entries that every consumer group has acknowledged and that are older than

@@ -53,8 +53,9 @@ class EventProducer:
         return pipe.execute()
 
     def hide_creator(self, user_id: int, creator_id: int) -> bytes:
-        """ "Don't show me this creator": not an impression, so not an event of the offline schema; a
-        message of its own on the same stream, applied as a SADD (idempotent, so re-delivery is harmless)."""
+        """ "Don't show me this creator": not an impression, so not an event; a message of its own on the
+        same stream, applied as a SADD (idempotent, so re-delivery is harmless) and, by a worker with an
+        offline store, appended once to its ``hides`` table keyed by the returned stream entry id."""
         body = json.dumps({"user_id": int(user_id), "creator_id": int(creator_id), "timestamp": time.time()})
         return self.client.xadd(
             self.stream, {HIDE_CREATOR: body}, maxlen=self.maxlen, approximate=bool(self.maxlen)

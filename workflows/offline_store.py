@@ -1,23 +1,47 @@
-"""The offline store: append-only, validated parquet on local disk.
+"""The offline store: append-only, validated parquet on local disk, with atomic multi-file commits.
 
 Layout under ``root``::
 
     events/day=YYYY-MM-DD/part-<seq>-<token>.parquet   one folder per UTC day (hive partitioning)
+    hides/day=YYYY-MM-DD/part-<seq>-<token>.parquet    hide-creator choices, by day like events
     users/part-<seq>-<token>.parquet                    dimension tables: later parts win per key
     videos/part-<seq>-<token>.parquet
+    _manifest.json                                      the committed parts: what readers read
+    _lock                                               writers hold an ``flock`` on it to commit
+    _intent.json                                        parts being moved in or out (crash recovery)
+    _staging/<name>/, _staging/<name>.lock              a writer's files before they move into place
     ground_truth.npz                                    synthetic data only: the latent world
 
-An append validates the whole batch first and writes every file into ``_staging/`` before moving them
-into place, so a rejected or failed batch leaves nothing behind. Parts are never rewritten.
+An append validates the whole batch, writes and fsyncs its files under ``_staging/`` (writers run in
+parallel there), then, holding the store lock, allocates the table's next sequence number, records the
+paths in ``_intent.json``, renames the files into place, fsyncs their folders and commits by replacing
+``_manifest.json`` (written to a temporary file, fsynced, renamed, folder fsynced). Readers see exactly
+the parts the manifest lists, so a batch spanning two days becomes visible all at once or not at all; a
+writer killed before the commit leaves parts no reader sees, and the next writer (under the lock) deletes
+them (the intent names them) along with any staging folder whose owner's lock is gone. Parts are never
+rewritten; ``compact`` merges a folder's parts into one and swaps them in the same commit.
+
+A store written before the manifest existed (parts only) is read by listing its folders; the first
+write under the lock adopts those parts into a manifest before moving anything into place.
+
+Fault hook: ``REELS_FAULT`` (comma-separated points) makes ``fault_point`` SIGKILL the process there, so
+tests can kill a writer inside a crash window; ``offline:before_commit`` is after the rename, before
+the manifest commit. Unset in production, the check is one dict lookup.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import os
+import re
 import shutil
+import signal
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +53,17 @@ from reels.workflows.validate import validate
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
+
+MANIFEST = "_manifest.json"
+INTENT = "_intent.json"
+TOKEN = re.compile(r"[0-9a-z]{1,32}")
+
+
+def fault_point(name: str) -> None:
+    """SIGKILL this process when ``name`` is listed in ``$REELS_FAULT`` (a test hook that simulates a
+    crash at a precise point, e.g. ``offline:before_commit`` or ``ingest:after_apply``)."""
+    if name in os.environ.get("REELS_FAULT", "").split(","):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -53,6 +88,58 @@ class TimeSplit:
         return {k: str(getattr(self, k)) for k in ("start", "valid_start", "test_start", "end")}
 
 
+@dataclass
+class Compaction:
+    """What ``OfflineStore.compact`` did: part files per table before and after, and the rows it dropped
+    because a day held the same key twice (an event written again by a re-delivery)."""
+
+    files_before: dict[str, int] = field(default_factory=dict)
+    files_after: dict[str, int] = field(default_factory=dict)
+    duplicates_dropped: int = 0
+
+
+def _seq(path: str | Path) -> int:
+    """The sequence number in ``part-<seq>-<token>.parquet``."""
+    return int(Path(path).name.split("-")[1])
+
+
+def _token(path: str | Path) -> str:
+    """The batch token in ``part-<seq>-<token>.parquet``."""
+    return Path(path).stem.split("-", 2)[2]
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's entries to disk (a folder: so a rename or a new name in it survives
+    a power cut)."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _mkdirs(path: Path) -> None:
+    """``mkdir -p`` that fsyncs the parent of each folder it creates (a new folder is a new name)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+        _fsync(folder.parent)
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically and durably: temporary file, fsync, rename, fsync folder."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
 class OfflineStore:
     """The append-only parquet event and dimension store under ``root`` (layout in the module docstring)."""
 
@@ -60,59 +147,211 @@ class OfflineStore:
         self.root = Path(root)
 
     # ---- writing ----------------------------------------------------------------------------------------
-    def append(self, table: str | Table, frame: pd.DataFrame, now: pd.Timestamp | None = None) -> list[Path]:
-        """Validate ``frame`` against the table schema and append it; returns the files written."""
+    def append(
+        self,
+        table: str | Table,
+        frame: pd.DataFrame,
+        now: pd.Timestamp | None = None,
+        token: str | None = None,
+    ) -> list[Path]:
+        """Validate ``frame`` against the table schema and append it as one commit (all of its day files
+        or none); returns the files written. ``token`` names the batch in its file names (lower-case
+        letters and digits; default random), so a caller can later ask ``committed`` whether it landed."""
         spec = TABLES[table] if isinstance(table, str) else table
+        token = token or uuid.uuid4().hex[:12]
+        if not TOKEN.fullmatch(token):
+            raise InvalidInput(f"batch token {token!r}: expected 1-32 lower-case letters or digits")
         clean = validate(frame, spec, now=now)
         if clean.empty:
             return []
-        seq = self._next_sequence(spec)
-        token = uuid.uuid4().hex[:8]
-        staging = self.root / "_staging" / token
-        staging.mkdir(parents=True, exist_ok=True)
-        planned: list[tuple[Path, Path]] = []
-        try:
+        with self._staging() as staging:
+            staged: list[tuple[Path, str]] = []  # (staged file, folder under the table: "" or "day=...")
             if spec.partition_time:
                 day = clean[spec.partition_time].dt.strftime("%Y-%m-%d")
                 for value, part in clean.groupby(day, sort=True):
-                    name = f"day={value}/part-{seq:06d}-{token}.parquet"
-                    planned.append(self._stage(part, staging, name, spec))
+                    staged.append((self._stage(part, staging, f"day={value}"), f"day={value}"))
             else:
-                planned.append(self._stage(clean, staging, f"part-{seq:06d}-{token}.parquet", spec))
-            for staged, final in planned:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staged, final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return [final for _, final in planned]
+                staged.append((self._stage(clean, staging, ""), ""))
+            with self._lock():
+                manifest = self._prepare()
+                seq = 1 + max((_seq(p) for p in manifest["tables"].get(spec.name, [])), default=-1)
+                moves = [
+                    (path, str(Path(spec.name, folder, f"part-{seq:06d}-{token}.parquet")))
+                    for path, folder in staged
+                ]
+                self._commit(manifest, spec.name, moves, retire=[])
+        return [self.root / rel for _, rel in moves]
 
-    def _stage(self, part: pd.DataFrame, staging: Path, name: str, spec: Table) -> tuple[Path, Path]:
-        staged = staging / name
-        staged.parent.mkdir(parents=True, exist_ok=True)
-        part.reset_index(drop=True).to_parquet(staged, index=False, engine="pyarrow")
-        return staged, self.root / spec.name / name
+    def _stage(self, part: pd.DataFrame, staging: Path, folder: str) -> Path:
+        """Write one part into the staging folder and fsync it."""
+        path = staging / folder / "part.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part.reset_index(drop=True).to_parquet(path, index=False, engine="pyarrow")
+        _fsync(path)
+        return path
 
-    def _next_sequence(self, spec: Table) -> int:
-        existing = list((self.root / spec.name).rglob("part-*.parquet"))
-        return 1 + max((int(p.name.split("-")[1]) for p in existing), default=-1)
+    @contextmanager
+    def _staging(self) -> Iterator[Path]:
+        """A private staging folder, ``flock``-ed through its ``.lock`` file while in use, so a writer
+        that finds the lock free knows the owner is dead and may delete the folder."""
+        area = self.root / "_staging"
+        area.mkdir(parents=True, exist_ok=True)
+        name = uuid.uuid4().hex
+        lock = area / f"{name}.lock"
+        with open(lock, "w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            folder = area / name
+            folder.mkdir()
+            try:
+                yield folder
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+                lock.unlink(missing_ok=True)
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        """The store's writer lock (``flock`` on ``_lock``; the kernel releases it when a writer dies)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "_lock", "a") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            yield
+
+    def _prepare(self) -> dict:
+        """Under the lock: the manifest (adopting a pre-manifest store's parts), after removing what a
+        crashed writer left behind — parts its intent names that the manifest does not, and staging
+        folders nobody holds."""
+        path = self.root / MANIFEST
+        if path.exists():
+            manifest = json.loads(path.read_text())
+        else:
+            manifest = {"format": 1, "tables": self._listed()}
+            _write_durably(path, json.dumps(manifest))
+        intent = self.root / INTENT
+        if intent.exists():
+            listed = {p for paths in manifest["tables"].values() for p in paths}
+            for rel in json.loads(intent.read_text()):
+                if rel not in listed:
+                    (self.root / rel).unlink(missing_ok=True)
+            intent.unlink()
+        for lock in (self.root / "_staging").glob("*.lock"):
+            with open(lock, "a") as probe:
+                try:
+                    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live writer is staging there
+                shutil.rmtree(lock.with_suffix(""), ignore_errors=True)
+                lock.unlink(missing_ok=True)
+        return manifest
+
+    def _commit(self, manifest: dict, table: str, moves: list[tuple[Path, str]], retire: list[str]) -> None:
+        """Under the lock: move staged files into place and commit them to the manifest in one atomic
+        replace, dropping ``retire`` from it (then deleting those files)."""
+        _write_durably(self.root / INTENT, json.dumps([rel for _, rel in moves] + retire))
+        for staged, rel in moves:
+            final = self.root / rel
+            _mkdirs(final.parent)
+            os.replace(staged, final)
+        for folder in {(self.root / rel).parent for _, rel in moves}:
+            _fsync(folder)
+        fault_point("offline:before_commit")
+        gone = set(retire)
+        parts = [p for p in manifest["tables"].get(table, []) if p not in gone]
+        manifest["tables"][table] = parts + [rel for _, rel in moves]
+        _write_durably(self.root / MANIFEST, json.dumps(manifest))
+        for rel in retire:
+            (self.root / rel).unlink(missing_ok=True)
+        (self.root / INTENT).unlink()
+
+    def compact(self, tables: Iterable[str] | None = None) -> Compaction:
+        """Merge each day folder's parts (and each dimension table's parts) into one part, so reads stop
+        paying for many small files. Reads give the same rows before and after: a dimension table keeps
+        its latest row per key, a day keeps its rows in part order (dropping a key it holds twice, i.e.
+        an event written again by a re-delivery, counted in ``duplicates_dropped``). Each merge commits
+        atomically; a merge whose parts changed meanwhile (another compaction) is skipped. The merged part
+        takes the highest sequence number it replaces, so parts appended meanwhile still win.
+
+        A lazy ``read_events`` frame opened before a compaction fails loudly (missing file) if computed
+        after it: compact when no feature build is reading the store."""
+        report = Compaction()
+        with self._lock():
+            snapshot = self._prepare()["tables"]
+        for table in tables or TABLES:
+            spec = TABLES[table]
+            parts = snapshot.get(table, [])
+            report.files_before[table] = len(parts)
+            groups: dict[str, list[str]] = {}
+            for rel in parts:
+                groups.setdefault(str(Path(rel).parent), []).append(rel)
+            merges = {folder: sorted(group, key=_seq) for folder, group in groups.items() if len(group) > 1}
+            for group in merges.values():
+                with self._staging() as staging:
+                    frame = pd.concat([pd.read_parquet(self.root / rel) for rel in group], ignore_index=True)
+                    if spec.partition_time:  # event-like: a key seen twice in a day is a re-written event
+                        merged = frame.drop_duplicates(spec.key, keep="first")
+                        report.duplicates_dropped += len(frame) - len(merged)
+                    else:  # dimension: the latest row per key, where read_table would find it
+                        merged = frame.drop_duplicates(spec.key, keep="last")
+                    path = self._stage(merged, staging, "")
+                    last = Path(group[-1])
+                    rel = str(last.parent / f"part-{_seq(last):06d}-{uuid.uuid4().hex[:12]}.parquet")
+                    with self._lock():
+                        manifest = self._prepare()
+                        if set(group) <= set(manifest["tables"].get(table, [])):
+                            self._commit(manifest, table, [(path, rel)], retire=group)
+            report.files_after[table] = len(self.files(table))
+        return report
 
     # ---- reading ----------------------------------------------------------------------------------------
+    def _listed(self) -> dict[str, list[str]]:
+        """Every table's part files found on disk (a store written before the manifest existed)."""
+        return {
+            table: sorted(str(p.relative_to(self.root)) for p in (self.root / table).rglob("part-*.parquet"))
+            for table in TABLES
+            if (self.root / table).is_dir()
+        }
+
+    def _parts(self) -> dict[str, list[str]]:
+        """The committed parts per table (paths relative to ``root``), from one read of the manifest."""
+        path = self.root / MANIFEST
+        if not path.exists():
+            return self._listed()
+        return json.loads(path.read_text())["tables"]
+
     def files(self, table: str) -> list[Path]:
-        """The table's part files, sorted by day folder and then by part name (sequence order); may be empty."""
-        return sorted((self.root / table).rglob("part-*.parquet"), key=lambda p: (p.parent.name, p.name))
+        """The table's committed part files, sorted by day folder and then by sequence; may be empty."""
+        paths = [self.root / rel for rel in self._parts().get(table, [])]
+        return sorted(paths, key=lambda p: (p.parent.name, _seq(p)))
 
     def has(self, table: str) -> bool:
-        """True when the table has at least one part file."""
+        """True when the table has at least one committed part file."""
         return bool(self.files(table))
 
+    def committed(self, table: str, tokens: Iterable[str]) -> set[str]:
+        """Which of the batch ``tokens`` (see ``append``) have committed parts in ``table`` (a compacted
+        batch's token is gone: ask ``existing_keys`` then)."""
+        present = {_token(p) for p in self._parts().get(table, [])}
+        return present & set(tokens)
+
+    def existing_keys(self, table: str, frame: pd.DataFrame) -> set:
+        """The key values of ``frame`` the table already holds; reads only the key column, and for a
+        day-partitioned table only the days ``frame`` falls in."""
+        spec = TABLES[table]
+        files = self.files(table)
+        if spec.partition_time:
+            days = {f"day={d}" for d in pd.to_datetime(frame[spec.partition_time]).dt.strftime("%Y-%m-%d")}
+            files = [f for f in files if f.parent.name in days]
+        wanted, found = set(frame[spec.key].tolist()), set()
+        for f in files:
+            found |= wanted.intersection(pd.read_parquet(f, columns=[spec.key])[spec.key].tolist())
+        return found
+
     def read_table(self, table: str) -> pd.DataFrame:
-        """A dimension table (users or videos), the latest part winning for each key."""
+        """A table's rows in part order, the latest part winning for each key (users, videos, hides)."""
         spec = TABLES[table]
         files = self.files(table)
         if not files:
             raise NotFound(f"offline store {self.root} has no {table} table")
-        parts = sorted(files, key=lambda p: p.name)  # sequence order
-        frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+        frame = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
         return frame.drop_duplicates(spec.key, keep="last").reset_index(drop=True)
 
     def read_events(
@@ -133,7 +372,11 @@ class OfflineStore:
         read_cols = sorted(set(cols) | {"timestamp"}, key=EVENTS.names.index)
         import dask.dataframe as dd  # imported on use: the CLI's light commands never pay for dask
 
-        ddf = dd.read_parquet([str(f) for f in files], columns=read_cols, engine="pyarrow", index=False)
+        # split_row_groups=False: one partition per file even for a large compacted day (callers index
+        # partitions by file).
+        ddf = dd.read_parquet(
+            [str(f) for f in files], columns=read_cols, engine="pyarrow", index=False, split_row_groups=False
+        )
         if start is not None:
             ddf = ddf[ddf["timestamp"] >= start]
         if end is not None:
@@ -162,7 +405,7 @@ class OfflineStore:
         )
 
     def fingerprint(self) -> str:
-        """A content hash over file names and sizes: changes whenever data is appended."""
+        """A content hash over committed file names and sizes: changes whenever data is appended."""
         digest = hashlib.sha256()
         for table in TABLES:
             for f in self.files(table):

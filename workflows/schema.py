@@ -94,6 +94,22 @@ VIDEOS = Table(
     ),
 )
 
-TABLES = {t.name: t for t in (EVENTS, USERS, VIDEOS)}
+# "Don't show me this creator" choices, as the ingest worker received them: the online store keeps the
+# set per user, this table keeps each choice for retraining. One row per hide message, keyed by its
+# stream entry id (a re-delivery keeps the id, so it is written once). The timestamp is when Redis
+# accepted the message (its entry id), not a client clock, so it is not checked against "now".
+HIDES = Table(
+    name="hides",
+    key="hide_id",
+    partition_time="timestamp",
+    columns=(
+        Column("hide_id", "string", "stream entry id of the hide message, e.g. 1767225600000-0"),
+        Column("user_id", "int", "raw user id", min_value=0),
+        Column("creator_id", "int", "raw creator id the user hid", min_value=0),
+        Column("timestamp", "timestamp", "when the event stream accepted the message (UTC)"),
+    ),
+)
+
+TABLES = {t.name: t for t in (EVENTS, USERS, VIDEOS, HIDES)}
 
 DEVICES = ("ios", "android", "web")

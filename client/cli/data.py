@@ -19,9 +19,16 @@ if TYPE_CHECKING:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``data``, ``features`` and ``demo``."""
     p = subparsers.add_parser(
-        "data", help="fill the offline store from a source (synthetic generator or MovieLens-100k)"
+        "data",
+        help="fill the offline store from a source (synthetic generator or MovieLens-100k); "
+        "`reels data compact SOURCE` merges the store's small parts",
     )
-    p.add_argument("source", choices=SOURCES)
+    p.add_argument(
+        "source", choices=[*SOURCES, "compact"],
+        help="the source to fill, or `compact` then a source: merge each day's parts (one per ingest "
+        "batch) and each table's parts into one, atomically",
+    )  # fmt: skip
+    p.add_argument("compact_source", nargs="?", choices=SOURCES, metavar="SOURCE", help="with `compact`")
     p.add_argument("--events", type=int, help="synthetic: number of events (overrides synthetic.n_events)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.set_defaults(func=cmd_data)
@@ -60,6 +67,21 @@ def import_source(config: Config, source: str, overwrite: bool, console: Console
     return report
 
 
+def compact(config: Config, source: str, console: Console) -> int:
+    """Compact the source's offline store and print the part files per table before and after."""
+    from reels.deploy import jobs
+
+    report = jobs.offline_store(config, source).compact()
+    for table, before in report.files_before.items():
+        if before:
+            console.print(f"{table}: {before:,} part files -> {report.files_after[table]:,}")
+    if report.duplicates_dropped:
+        console.print(
+            f"dropped {report.duplicates_dropped:,} rows whose key a day already held (re-written events)"
+        )
+    return 0
+
+
 def build_features(config: Config, source: str, console: Console) -> FeatureArtifacts:
     """Build the source's features under a spinner, then print the build's summary."""
     from reels.client.render import print_feature_summary
@@ -72,12 +94,20 @@ def build_features(config: Config, source: str, console: Console) -> FeatureArti
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    """Fill the offline store (``--events`` overrides the synthetic event count)."""
+    """Fill the offline store (``--events`` overrides the synthetic event count), or compact it."""
     from dataclasses import replace
 
     from rich.console import Console
 
+    from reels.workflows.errors import InvalidInput
+
     config = load_config(args)
+    if args.source == "compact":
+        if args.compact_source is None:
+            raise InvalidInput(f"`reels data compact` needs a source: one of {', '.join(SOURCES)}")
+        return compact(config, args.compact_source, Console())
+    if args.compact_source is not None:
+        raise InvalidInput(f"`reels data {args.source}` takes no second source (did you mean `compact`?)")
     if args.events:
         config = replace(config, synthetic=replace(config.synthetic, n_events=args.events))
     import_source(config, args.source, args.overwrite, Console())

@@ -19,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=0, help="stop after this long (default: run forever)")
     p.add_argument("--drain", action="store_true", help="stop once the stream has nothing new")
     p.add_argument(
-        "--no-offline", action="store_true", help="do not append applied events to the offline store"
+        "--no-offline",
+        action="store_true",
+        help="do not append applied events and hide-creator choices to the offline store",
     )
     p.add_argument(
         "--claim-idle-ms", type=int, default=10_000, help="claim messages a dead worker left pending"
@@ -35,13 +37,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    """Run one ingest worker and print its counts (Redis unreachable: exit 4)."""
+    """Run one ingest worker and print its counts (Redis unreachable at the start: exit 4; once running,
+    the worker waits out a Redis outage, retrying with backoff)."""
     from reels.deploy import jobs
 
     stats = jobs.consume_events(
-        load_config(args), args.source, args.consumer, seconds=args.seconds or None, drain=args.drain,
-        to_offline=not args.no_offline, claim_idle_ms=args.claim_idle_ms,
-    )  # fmt: skip
+        load_config(args),
+        args.source,
+        args.consumer,
+        seconds=args.seconds or None,
+        drain=args.drain,
+        to_offline=not args.no_offline,
+        claim_idle_ms=args.claim_idle_ms,
+    )
     print(
         f"read {stats.read:,}, applied {stats.applied:,}, duplicates {stats.duplicates:,}, "
         f"dead-lettered {stats.dead_lettered:,}, claimed from dead consumers {stats.claimed:,}"

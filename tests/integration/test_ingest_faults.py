@@ -1,0 +1,202 @@
+"""The ingest worker killed (kill -9) in each crash window, and Redis going away under it, on the real
+components: a real redis-server, the worker as a real subprocess, a real offline store on disk. After a
+restart under a new consumer name, the Redis counters count each event exactly once and the offline
+store holds each event and each hide exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reels.deploy.redis_server import RedisServer, free_port
+from reels.feature_store.encoding import Vocabulary
+from reels.feature_store.ingest import IngestStats, IngestWorker
+from reels.feature_store.store import OnlineStore
+from reels.feature_store.streams import EventProducer
+from reels.workflows.errors import NotFound
+from reels.workflows.offline_store import OfflineStore
+
+HISTORY_LENGTH = 5  # TINY_FEATURES
+
+# One ingest worker over the real Redis and offline store: argv = port, workflow dir, offline root,
+# consumer name, seconds to run ("drain": until the stream is drained).
+WORKER = """
+import sys
+import redis
+from reels.feature_store.encoding import Vocabulary
+from reels.feature_store.ingest import IngestStats, IngestWorker
+from reels.feature_store.store import OnlineStore
+from reels.workflows.offline_store import OfflineStore
+
+port, workflow, offline, consumer, seconds = sys.argv[1:]
+client = redis.Redis(port=int(port), socket_timeout=2.0, socket_connect_timeout=2.0)
+worker = IngestWorker(
+    OnlineStore(client, namespace_ttl_s=0.0), Vocabulary(workflow, "video_id"), 5, consumer=consumer,
+    offline=OfflineStore(offline), claim_idle_ms=100,
+)
+worker.reconnect_max_s = 1.0
+stats = worker.run(seconds=None if seconds == "drain" else float(seconds), idle_exit=seconds == "drain")
+print(stats, flush=True)
+"""
+
+
+def _worker(
+    port: int, tiny_features, offline: OfflineStore, consumer: str, seconds: str, log, fault: str = ""
+):
+    env = dict(os.environ, REELS_FAULT=fault)
+    argv = [str(port), str(tiny_features.workflow_dir), str(offline.root), consumer, seconds]
+    return subprocess.Popen(
+        [sys.executable, "-c", WORKER, *argv], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+def _events(tiny_store, n: int, start_id: int) -> list[dict]:
+    frame = tiny_store.read_events().compute().tail(n).reset_index(drop=True)
+    frame["event_id"] = start_id + np.arange(len(frame))
+    frame["timestamp"] = pd.Timestamp("2026-02-01")
+    return frame.to_dict("records")
+
+
+def _counted(store: OnlineStore, videos) -> Counter:
+    ns = store.namespace()
+    return Counter(
+        {
+            v: int(store.client.hget(store.keys.counters(ns, v), "events") or 0)
+            for v in {int(v) for v in videos}
+        }
+    )
+
+
+def _offline_events(offline: OfflineStore) -> list[int]:
+    try:
+        return sorted(offline.read_events().compute()["event_id"])
+    except NotFound:
+        return []
+
+
+def _offline_hides(offline: OfflineStore) -> pd.DataFrame:
+    files = offline.files("hides")
+    return pd.concat([pd.read_parquet(f) for f in files]) if files else pd.DataFrame(columns=["hide_id"])
+
+
+@pytest.mark.parametrize(
+    "fault", ["ingest:after_apply", "offline:before_commit", "ingest:after_offline", "ingest:before_ack"]
+)
+@pytest.mark.parametrize("kind", ["events", "hides"])
+def test_a_worker_killed_in_a_crash_window_is_resumed_exactly_once(
+    loaded_store, redis_server, tiny_features, tiny_store, tmp_path, fault, kind
+):
+    offline = OfflineStore(tmp_path / "offline")
+    producer = EventProducer(loaded_store.client)
+    batch = _events(tiny_store, 30, start_id=20 * 10**9)
+    users = [int(e["user_id"]) for e in batch[:5]]
+    if kind == "events":
+        sent = producer.send(batch)
+    else:
+        sent = [producer.hide_creator(user, 40 + i) for i, user in enumerate(users)]
+
+    with (tmp_path / "doomed.log").open("wb") as log:
+        doomed = _worker(redis_server.port, tiny_features, offline, "doomed", "drain", log, fault=fault)
+        assert doomed.wait(timeout=180) == -signal.SIGKILL, (tmp_path / "doomed.log").read_text()[-3000:]
+    # Killed before acknowledging anything: every message is still pending with the dead consumer.
+    assert loaded_store.client.xpending(producer.stream, "ingest")["pending"] == len(sent)
+    committed = fault in ("ingest:after_offline", "ingest:before_ack")
+    if kind == "events":
+        assert _offline_events(offline) == (sorted(e["event_id"] for e in batch) if committed else [])
+
+    time.sleep(0.2)  # past the restarted worker's claim_idle_ms
+    vocabulary = Vocabulary(tiny_features.workflow_dir, "video_id")
+    survivor = IngestWorker(
+        loaded_store, vocabulary, HISTORY_LENGTH, consumer="survivor", claim_idle_ms=100, offline=offline
+    )
+    stats = survivor.run(idle_exit=True)
+    assert stats.claimed == len(sent)
+    assert loaded_store.client.xpending(producer.stream, "ingest")["pending"] == 0
+    assert set(offline.files("events") + offline.files("hides")) == {
+        *(offline.root / "events").rglob("part-*.parquet"),
+        *(offline.root / "hides").rglob("part-*.parquet"),
+    }  # the dead writer's uncommitted parts are gone
+    if kind == "events":
+        videos = [int(e["video_id"]) for e in batch]
+        assert _counted(loaded_store, videos) == Counter(videos)  # exactly once in Redis
+        assert _offline_events(offline) == sorted(e["event_id"] for e in batch)  # exactly once offline
+    else:
+        for i, user in enumerate(users):
+            assert 40 + i in set(loaded_store.hidden_creators(user))
+        hides = _offline_hides(offline)
+        assert sorted(hides["hide_id"]) == sorted(entry.decode() for entry in sent)
+        assert sorted(zip(hides["user_id"], hides["creator_id"], strict=True)) == sorted(
+            (user, 40 + i) for i, user in enumerate(users)
+        )
+
+
+def test_a_hide_reaches_the_offline_store_once(loaded_store, tiny_features, tmp_path):
+    offline = OfflineStore(tmp_path / "offline")
+    entry = EventProducer(loaded_store.client).hide_creator(12, 34)
+    vocabulary = Vocabulary(tiny_features.workflow_dir, "video_id")
+    worker = IngestWorker(loaded_store, vocabulary, HISTORY_LENGTH, consumer="hider", offline=offline)
+    taken = worker.read_only(10)
+    worker.process(taken, IngestStats())
+    worker.process(taken, IngestStats())  # the same message delivered again
+    hides = offline.read_table("hides")
+    assert hides[["hide_id", "user_id", "creator_id"]].values.tolist() == [[entry.decode(), 12, 34]]
+    assert hides["timestamp"].iloc[0] == pd.Timestamp(int(entry.split(b"-")[0]), unit="ms")
+    assert list(loaded_store.hidden_creators(12)) == [34]
+
+
+def test_the_worker_rides_out_a_redis_restart(tiny_features, tiny_store, tmp_path):
+    port = free_port()
+    server = RedisServer(tmp_path / "redis", port=port).start()
+    offline = OfflineStore(tmp_path / "offline")
+    store = OnlineStore(server.client(timeout_s=5.0), namespace_ttl_s=0.0)
+    store.load(tiny_features)
+    producer = EventProducer(store.client)
+    first, second = _events(tiny_store, 10, 30 * 10**9), _events(tiny_store, 10, 31 * 10**9)
+    log_path = tmp_path / "worker.log"
+    log = log_path.open("wb")
+    worker = _worker(port, tiny_features, offline, "steady", "300", log)
+    try:
+        producer.send(first)
+        _wait(lambda: sum(_counted(store, [e["video_id"] for e in first]).values()) == 10, worker, log_path)
+        time.sleep(1.5)  # appendfsync everysec: the first batch's effects are on disk
+
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+        server.process = None
+        time.sleep(4)  # the worker sees refused connections for a while, and backs off
+        assert worker.poll() is None, log_path.read_text()[-3000:]
+        server = RedisServer(tmp_path / "redis", port=port).start()
+        store = OnlineStore(server.client(timeout_s=5.0), namespace_ttl_s=0.0)
+        EventProducer(store.client).send(second)
+
+        videos = [e["video_id"] for e in first + second]
+        _wait(lambda: _counted(store, videos) == Counter(int(v) for v in videos), worker, log_path)
+        _wait(
+            lambda: _offline_events(offline) == sorted(e["event_id"] for e in first + second),
+            worker,
+            log_path,
+        )
+        assert worker.poll() is None  # never exited
+        assert "Redis unavailable" in log_path.read_text() and "Redis is back" in log_path.read_text()
+    finally:
+        if worker.poll() is None:
+            worker.terminate()
+            worker.wait(timeout=30)
+        log.close()
+        server.stop()
+
+
+def _wait(condition, worker: subprocess.Popen, log_path, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert worker.poll() is None, log_path.read_text()[-3000:]
+        assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+        time.sleep(0.2)
