@@ -2,7 +2,8 @@
 plus its context encoded with the fitted workflow's vocabularies.
 
 Fallbacks (flagged in ``Fallback``, never an exception): an unknown user is a cold start (retrieval
-serves trending videos); Redis unreachable serves the trending feed to everybody until it is back.
+serves trending videos); Redis unreachable, or restarted without its data (no namespace loaded), serves
+the trending feed to everybody, flagged, until it is back or reloaded.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from reels.feature_store.encoding import RequestEncoder
-from reels.feature_store.store import FeatureStoreUnavailable, OnlineStore
+from reels.feature_store.store import FeatureStoreError, OnlineStore
 from reels.models.serving.request import QUERY_USER_FIELDS, Fallback, QueryFeatures, Request
 from reels.workflows.spec import HISTORY, OOV, REQUEST_CONTEXT, USER_CATEGORICAL, USER_CONTINUOUS
 
@@ -33,7 +34,7 @@ class FeatureTransform:
             rows = self.store.read(int(request.user_id), np.array([], dtype=np.int64))
             user, seen, hidden = rows.user, rows.seen, rows.hidden_creators
             fallback = Fallback.NONE if user is not None else Fallback.COLD_START
-        except FeatureStoreUnavailable:
+        except FeatureStoreError:  # unreachable, or restarted empty (no namespace): flagged fallback
             user, seen, fallback = None, np.array([], dtype=np.int64), Fallback.STORE_UNAVAILABLE
         features = {name: context[name].reshape(1) for name in REQUEST_CONTEXT}
         if user is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from reels.feature_store.encoding import RequestEncoder
-from reels.feature_store.store import FeatureStoreUnavailable, OnlineStore
+from reels.feature_store.store import FeatureStoreError, OnlineStore
 from reels.models.config import RANKER_TASKS
 from reels.models.inputs import ITEM_FEATURES, RANKER_FEATURES
 from reels.models.ranker import ExportedRanker
@@ -34,7 +34,7 @@ class Ranking:
         fallback = query.fallback
         try:
             rows = self.store.read_videos(candidates) if len(candidates) else None
-        except FeatureStoreUnavailable:
+        except FeatureStoreError:  # unreachable, or restarted empty (no namespace): flagged fallback
             rows = None
             fallback = Fallback.STORE_UNAVAILABLE
         if rows is None or len(rows.video_ids) == 0:

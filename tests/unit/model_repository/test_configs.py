@@ -76,3 +76,11 @@ def test_ensemble_maps_point_at_real_tensors_in_order():
 def test_source_repository_has_no_artifacts():
     files = {p.suffix for p in Path(SOURCE).rglob("*") if p.is_file()}
     assert files <= {".pbtxt", ".py", ""}
+
+
+@pytest.mark.parametrize("name", STEPS)
+def test_each_step_sheds_load_with_a_bounded_queue_and_a_timeout(name):
+    policy = CONFIGS[name].dynamic_batching.default_queue_policy
+    assert 0 < policy.max_queue_size <= 256
+    assert 0 < policy.default_timeout_microseconds <= 10_000_000
+    assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
