@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reels.deploy.config import Config
-from reels.workflows.errors import NotFound, ServiceUnavailable
+from reels.workflows.errors import InvalidInput, NotFound, ServiceUnavailable
 from reels.workflows.manifest import FeatureArtifacts, library_versions
 from reels.workflows.offline_store import OfflineStore
 
@@ -169,9 +169,21 @@ def export(config: Config, source: str) -> Path:
 
 def load_serving_features(config: Config, source: str) -> tuple[Path, LoadReport]:
     """Load the features of the source's serving version into the configured Redis (a new namespace,
-    then the swap): the version's directory and the load report."""
+    then the swap): the version's directory and the load report.
+
+    Refused (``InvalidInput``) while a `reels serve` answers on the configured port: its release reads the
+    namespace it was loaded with, and activating another would move the ingest workers away from it
+    (the served seen lists and histories would freeze); `reels promote` swaps features and models together."""
+    from reels.deploy.promotion import triton_answers
     from reels.models.registry import serving_model_dir, trained_features
 
+    port = config.server.http_port
+    if triton_answers(f"127.0.0.1:{port}"):
+        raise InvalidInput(
+            f"a `reels serve` answers on port {port}: loading features under it would leave its release "
+            f"reading a namespace the ingest workers no longer update. Use `reels promote {source} "
+            f"<version>` to serve new features with their models, or stop the server first"
+        )
     model_dir = serving_model_dir(config.source_dir(source) / "models")
     report = config.server.redis.store(timeout_s=2.0).load(trained_features(model_dir))
     return model_dir, report

@@ -3,29 +3,45 @@
 
 Order of operations, each step leaving the server able to answer every request:
 
-1. load the version's features into a *new* Redis namespace, not yet active (the serving release keeps
-   reading the namespace it is pinned to);
+1. load the version's features into a *new* Redis namespace, pinned (no activation drops it) but not
+   yet active (the serving release keeps reading the namespace it is pinned to);
 2. write the release (its own step models ``<step>_v<N>`` + ``serving-N.json`` pinned to that
    namespace), point the ensemble's config at them, and reload the ensemble with explicit model control:
    Triton loads the new step models while the running ensemble and its step models keep answering
    untouched, then swaps the ensemble; requests already inside the old one finish on the old release;
 3. activate the new namespace (the ingest workers follow it), keep the previous one for requests in
-   flight, drop older ones, and unload and delete releases older than the previous one.
+   flight and the previous release (kept loaded for a rollback), unload and delete releases older than
+   the previous one and unpin their namespaces;
+4. with ``mark``, point ``<models>/serving`` at the new version.
 
 If the new release fails to load, the ensemble is pinned back, the release removed and the ensemble
 reloaded, so the serving version keeps serving. Events ingested between the feature build and step 3
 are in the offline store but not in the new namespace's histories (the next build picks them up).
+
+The journal: before each step, ``promotion-journal.json`` at the repository root records what is done
+(written to a temporary file, fsynced, renamed, the directory fsynced). A promotion killed part-way is
+reconciled by the next ``reels promote`` (``recover``, with Triton running) and by the next `reels serve`
+start-up (which re-exports the repository: only the pointer is decided there). The rule: once Triton had
+loaded the new release and swapped the ensemble to it (phase ``triton_loaded``), the promotion rolls
+*forward* — that release was already answering every request, so the namespace is activated and the
+pointer written, as the promotion would have; before that it rolls *back* — the previous release never
+stopped serving, so the ensemble is pinned back to it and the new release, its step models and its
+namespace are removed. Afterwards the pointer, the ensemble's release, that release's namespace and
+the active namespace agree.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from reels.deploy.config import Config
-from reels.deploy.stack import repository_dir
 from reels.deploy.triton.release import ENSEMBLE, STEPS, Release, step_model
 from reels.deploy.triton.repository import (
     ENSEMBLE_VERSION,
@@ -36,11 +52,18 @@ from reels.deploy.triton.repository import (
     remove_release,
 )
 from reels.feature_store.settings import RedisSettings
-from reels.feature_store.store import OnlineStore
-from reels.models.registry import check_manifest, mark_serving
+from reels.feature_store.store import OnlineStore, fault_point
+from reels.models.registry import check_manifest, check_servable, fsync_dir, mark_serving
 from reels.models.serving.config import ServingConfig
 from reels.workflows.errors import InvalidInput, ReelsError
 from reels.workflows.manifest import FeatureArtifacts
+
+JOURNAL = "promotion-journal.json"
+LOCK = ".promotion.lock"  # held by the one promotion (or reconciliation) running on a repository
+# What a journal entry says is done, in order; each is written before the next step starts.
+PHASES = ("started", "features_loaded", "release_written", "triton_loaded", "activated", "pointer_written")
+ROLL_FORWARD_FROM = PHASES.index("triton_loaded")
+Say = Callable[[str], None]
 
 
 class PromotionFailed(ReelsError):
@@ -59,8 +82,65 @@ class PromotionReport:
     features_load_s: float
     models_load_s: float
     seconds: float
+    finished_interrupted: bool = False  # an earlier promotion of this version, killed once Triton served it
 
 
+class PromotionBusy(InvalidInput):
+    """Another promotion into the same repository is running (the second one changes nothing)."""
+
+
+@contextmanager
+def promotion_lock(repository: Path) -> Iterator[None]:
+    """Hold the repository's promotion lock for the block: promotions run one at a time, and a
+    reconciliation never touches a journal a live promotion is still writing. ``PromotionBusy`` when
+    another process holds it; the kernel releases it when its holder dies, SIGKILL included."""
+    fd = os.open(Path(repository) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PromotionBusy(
+                f"another promotion into {repository} is running: wait for it to finish"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+# ---- the journal ------------------------------------------------------------------------------------------
+def journal_path(repository: Path) -> Path:
+    """Where a promotion into ``repository`` keeps its journal (a file at the root: Triton ignores it)."""
+    return Path(repository) / JOURNAL
+
+
+def read_journal(repository: Path) -> dict | None:
+    """The journal of an unfinished promotion into ``repository`` (None: nothing to reconcile)."""
+    path = journal_path(repository)
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def _write_journal(repository: Path, entry: dict, phase: str) -> None:
+    """Record ``phase`` as done: atomically and durably (the entry survives a kill or a power cut)."""
+    entry["phase"] = phase
+    entry["written_at"] = time.time()
+    path = journal_path(repository)
+    tmp = path.with_name(f".{JOURNAL}.tmp")
+    with tmp.open("w") as f:
+        f.write(json.dumps(entry, indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    fsync_dir(path.parent)
+
+
+def _clear_journal(repository: Path) -> None:
+    journal_path(repository).unlink(missing_ok=True)
+    fsync_dir(Path(repository))
+
+
+# ---- promotion --------------------------------------------------------------------------------------------
 def promote(
     repository: Path,
     model_dir: Path,
@@ -68,36 +148,106 @@ def promote(
     store: OnlineStore,
     redis: RedisSettings,
     config: ServingConfig | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Say | None = None,
+    mark: bool = False,
 ) -> PromotionReport:
-    """Hot-swap ``model_dir`` into the Triton serving ``repository`` (gRPC at ``triton_url``)."""
+    """Hot-swap ``model_dir`` into the Triton serving ``repository`` (gRPC at ``triton_url``); with
+    ``mark``, point ``<models>/serving`` at it once it serves. An unfinished earlier promotion into the
+    same repository is reconciled first (``recover``). A version the gate rejected is refused."""
     import tritonclient.grpc as grpc
-    from tritonclient.utils import InferenceServerException
 
     say = progress or (lambda _m: None)
     started = time.perf_counter()
     manifest = check_manifest(model_dir)
-    version, previous = int(manifest["version"]), pinned_version(repository)
-    if version == previous:
-        raise InvalidInput(f"version {version} is already serving")
-    features = FeatureArtifacts(Path(manifest["features"]["path"]))
-
-    say(f"loading the features of version {version} into a new Redis namespace")
-    loaded = store.load(features, activate=False)
-    features_s = time.perf_counter() - started
-
-    t0 = time.perf_counter()
-    # The A/B test carries over: same variants and salt, so users keep their buckets across versions.
-    experiment = Release.read(repository, previous).experiment
-    add_release(
-        repository, model_dir, redis, config, namespace=loaded.namespace, experiment=experiment,
-        instances=instances_of(repository, previous),
-    )  # fmt: skip
-    pin_ensemble(repository, version)
+    check_servable(model_dir)
     # The repository API over gRPC: with the (minutes long) load request held on Triton's HTTP front
     # end, one request of an HTTP client timed out in each of two runs here; none did with gRPC control.
     client = grpc.InferenceServerClient(triton_url)
+    try:
+        with promotion_lock(repository):
+            return _promote(repository, model_dir, manifest, client, store, redis, config, say, mark, started)
+    finally:
+        client.close()
+
+
+def _promote(
+    repository: Path,
+    model_dir: Path,
+    manifest: dict,
+    client,
+    store: OnlineStore,
+    redis: RedisSettings,
+    config: ServingConfig | None,
+    say: Say,
+    mark: bool,
+    started: float,
+) -> PromotionReport:
+    """``promote`` under the repository's promotion lock."""
+    recovered = recover(repository, store, client, say)
+    version, previous = int(manifest["version"]), pinned_version(repository)
+    if version == previous:
+        if recovered and recovered["outcome"] == "forward" and recovered["version"] == version:
+            # The interrupted promotion was of this very version: finishing it is this promotion.
+            if mark:
+                mark_serving(Path(model_dir).parent, version)
+            return PromotionReport(
+                version, recovered["previous"], recovered["namespace"], 0.0, 0.0,
+                time.perf_counter() - started, finished_interrupted=True,
+            )  # fmt: skip
+        raise InvalidInput(f"version {version} is already serving")
+    features = FeatureArtifacts(Path(manifest["features"]["path"]))
+    active = store.client.get(store.keys.active)
+    entry = {
+        "version": version, "previous": previous, "model_dir": str(Path(model_dir).resolve()),
+        "namespace": None, "previous_active": active.decode() if active else None, "mark": mark,
+        # A release still there from before (promoting back to an older version): a rollback before
+        # its files are rewritten leaves it, and its loaded models, alone.
+        "release_existed": Release.spec_path(repository, version).exists(),
+    }  # fmt: skip
+    _write_journal(repository, entry, "started")
+    try:
+        say(f"loading the features of version {version} into a new Redis namespace")
+        loaded = store.load(features, activate=False, pin=True)
+        entry["namespace"] = loaded.namespace
+        _write_journal(repository, entry, "features_loaded")
+        fault_point("promote:after_features_loaded")
+        features_s = time.perf_counter() - started
+
+        t0 = time.perf_counter()
+        # The A/B test carries over: same variants and salt, so users keep their buckets across versions.
+        experiment = Release.read(repository, previous).experiment
+        add_release(
+            repository, model_dir, redis, config, namespace=loaded.namespace, experiment=experiment,
+            instances=instances_of(repository, previous),
+        )  # fmt: skip
+        pin_ensemble(repository, version)
+    except Exception:
+        try:  # Triton was never asked to load anything: undo now rather than at the next start
+            _roll_back(repository, store, client, entry)
+        except Exception:  # noqa: BLE001 - e.g. Redis still away: the journal stays for the next start
+            pass
+        raise
+    _write_journal(repository, entry, "release_written")
+    fault_point("promote:after_release_written")
     say(f"loading release {version}'s step models beside release {previous}, then the ensemble over them")
+    _load_release(client, repository, store, entry)
+    _write_journal(repository, entry, "triton_loaded")
+    fault_point("promote:after_triton_load")
+    models_s = time.perf_counter() - t0
+    _finish(repository, store, client, entry)
+    say(
+        f"version {version} serving (namespace {loaded.namespace}); version {previous} kept loaded for rollback"
+    )
+    return PromotionReport(
+        version, previous, loaded.namespace, features_s, models_s, time.perf_counter() - started
+    )
+
+
+def _load_release(client, repository: Path, store: OnlineStore, entry: dict) -> None:
+    """One load request for the ensemble; on failure, back to the previous release (``PromotionFailed``)."""
+    from tritonclient.utils import InferenceServerException
+
+    version, previous = entry["version"], entry["previous"]
     try:
         # One load request: Triton loads the new release's step models (new models: the serving ones are
         # not touched), then swaps the ensemble to version N once all are ready; until then the running
@@ -105,34 +255,118 @@ def promote(
         # step models instead (new *versions* of the same models) failed requests here ("failed to find
         # the requested model version"), loading them one by one and concurrently alike.
         client.load_model(ENSEMBLE)
-        ready = {step_model(s, version): "1" for s in STEPS} | {ENSEMBLE: str(ENSEMBLE_VERSION)}
-        missing = [m for m, v in ready.items() if not client.is_model_ready(m, v)]
-        serving = {s.model_name for s in client.get_model_config(ENSEMBLE).config.ensemble_scheduling.step}
-        if serving != {step_model(s, version) for s in STEPS}:
-            missing.append(f"{ENSEMBLE} still runs {sorted(serving)}")
+        missing = _not_serving(client, version)
         if missing:
             raise PromotionFailed(f"not ready after the load: {missing}")
     except (InferenceServerException, PromotionFailed) as exc:
-        pin_ensemble(repository, previous)
-        remove_release(repository, version)
-        client.load_model(ENSEMBLE)  # back to the previous release on disk
-        _unload(client, version)
+        _roll_back(repository, store, client, entry)
         raise PromotionFailed(
             f"version {version} failed to load, version {previous} keeps serving: {exc}"
         ) from exc
-    models_s = time.perf_counter() - t0
-    store.activate(loaded.namespace)
+
+
+def _not_serving(client, version: int) -> list[str]:
+    """What keeps Triton from serving release ``version`` through the ensemble (empty: it does)."""
+    ready = {step_model(s, version): "1" for s in STEPS} | {ENSEMBLE: str(ENSEMBLE_VERSION)}
+    missing = [m for m, v in ready.items() if not client.is_model_ready(m, v)]
+    serving = {s.model_name for s in client.get_model_config(ENSEMBLE).config.ensemble_scheduling.step}
+    if serving != {step_model(s, version) for s in STEPS}:
+        missing.append(f"{ENSEMBLE} still runs {sorted(serving)}")
+    return missing
+
+
+def _finish(repository: Path, store: OnlineStore, client, entry: dict) -> None:
+    """Steps 3 and 4 once Triton serves the new release (idempotent: a roll forward runs them again)."""
+    version, previous, namespace = entry["version"], entry["previous"], entry["namespace"]
+    if namespace is not None and store.client.get(store.keys.active) != namespace.encode():
+        store.activate(namespace)
+    _write_journal(repository, entry, "activated")
     for old in Release.versions(repository):
         if old not in (version, previous):  # the previous release stays loaded for a rollback
             _unload(client, old)
             remove_release(repository, old)
-    client.close()
+    # Pinned namespaces no release reads any more: those of removed releases, and a re-promoted
+    # release's former one (its spec now names the new load).
+    unread = store.pinned() - _release_namespaces(repository)
+    for namespace in unread:
+        store.unpin(namespace)
+    if unread:  # the namespace active before the swap stays for requests still reading it
+        store.collect_garbage(keep={entry.get("previous_active")})
+    if entry.get("mark"):
+        mark_serving(Path(entry["model_dir"]).parent, version)
+        _write_journal(repository, entry, "pointer_written")
+    _clear_journal(repository)
+
+
+def _release_namespaces(repository: Path) -> set[str]:
+    """The namespaces the releases still in ``repository`` read."""
+    spaces = {Release.read(repository, v).namespace for v in Release.versions(repository)}
+    return {ns for ns in spaces if ns is not None}
+
+
+def _roll_back(repository: Path, store: OnlineStore | None, client, entry: dict) -> None:
+    """Back to the previous release: the ensemble pinned to it (and reloaded when Triton runs), the new
+    release unloaded and deleted, its namespace unpinned and dropped; the journal cleared."""
+    version, previous, namespace = entry["version"], entry["previous"], entry["namespace"]
+    repinned = pinned_version(repository) != previous and Release.spec_path(repository, previous).exists()
+    if repinned:
+        pin_ensemble(repository, previous)
+    # Before the features were in, a release there from before was not rewritten yet: it stays loaded.
+    untouched = entry.get("release_existed") and entry["phase"] == "started"
+    if not untouched:
+        remove_release(repository, version)
+    if client is not None:
+        if repinned or entry["phase"] == "release_written":  # Triton may have been sent the new config
+            client.load_model(ENSEMBLE)  # back to the previous release on disk
+        if not untouched:
+            _unload(client, version)
+    if store is not None and namespace is not None:
+        store.unpin(namespace)
+        if store.client.get(store.keys.active) != namespace.encode():
+            store.drop(namespace)
+    _clear_journal(repository)
+
+
+def recover(
+    repository: Path, store: OnlineStore | None = None, client=None, progress: Say | None = None
+) -> dict | None:
+    """Reconcile a promotion into ``repository`` that was killed part-way (its journal is there): roll
+    forward when Triton had loaded the new release (and, with a ``client``, still serves it), else roll
+    back (module docstring). Without a ``client`` (no Triton answers: `reels serve` start-up) only the
+    pointer and the repository's files are reconciled; without a ``store`` Redis is left alone (the
+    start-up load re-pins it). Returns the journal entry with ``outcome`` "forward" or "back", None when
+    there was nothing to reconcile."""
+    entry = read_journal(repository)
+    if entry is None:
+        return None
+    say = progress or (lambda _m: None)
+    version, previous = entry["version"], entry["previous"]
+    forward = PHASES.index(entry["phase"]) >= ROLL_FORWARD_FROM
+    if forward and client is not None:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            forward = not _not_serving(client, version)
+        except InferenceServerException:
+            forward = False
+    if forward:
+        say(
+            f"an interrupted promotion of version {version} had loaded it into Triton "
+            f"(phase {entry['phase']}): rolling forward"
+        )
+        if client is not None and store is not None:
+            _finish(repository, store, client, entry)
+        else:
+            if entry.get("mark"):
+                mark_serving(Path(entry["model_dir"]).parent, version)
+            _clear_journal(repository)
+        return entry | {"outcome": "forward"}
     say(
-        f"version {version} serving (namespace {loaded.namespace}); version {previous} kept loaded for rollback"
+        f"an interrupted promotion of version {version} stopped before Triton served it "
+        f"(phase {entry['phase']}): rolling back to version {previous}"
     )
-    return PromotionReport(
-        version, previous, loaded.namespace, features_s, models_s, time.perf_counter() - started
-    )
+    _roll_back(repository, store, client, entry)
+    return entry | {"outcome": "back"}
 
 
 def _unload(client, version: int) -> None:
@@ -161,26 +395,31 @@ def triton_answers(url: str, timeout_s: float = 2.0) -> bool:
 
 
 def promote_or_mark(
-    config: Config, source: str, model_dir: Path, progress: Callable[[str], None] | None = None
+    config: Config, source: str, model_dir: Path, progress: Say | None = None
 ) -> PromotionReport | None:
     """Serve ``model_dir``: hot-swap it into the running `reels serve` of ``source`` (its repository and
     the configured Redis) and mark it serving. With no server answering, only mark it, so the next
-    `reels serve` loads it, and return None. ``PromotionFailed``: the previous version keeps serving."""
+    `reels serve` loads it, and return None. ``PromotionFailed``: the previous version keeps serving;
+    ``InvalidInput``: the gate rejected this version, nothing changes."""
+    from reels.deploy.stack import repository_dir  # the stack imports this module
+
+    check_servable(model_dir)
     check_manifest(model_dir)
     say = progress or (lambda _m: None)
     models_root, version = model_dir.parent, int(model_dir.name)
     server = config.server
     repository = repository_dir(config, source)
     if not repository.exists() or not triton_answers(f"127.0.0.1:{server.http_port}"):
+        if repository.exists():
+            with promotion_lock(repository):
+                recover(repository, progress=say)  # no Triton: the pointer only
         say(
             f"no `reels serve` answering on port {server.http_port} with a repository in {repository}: "
             f"version {version} is marked serving and is what the next `reels serve` loads"
         )
         mark_serving(models_root, version)
         return None
-    report = promote(
+    return promote(
         repository, model_dir, f"127.0.0.1:{server.grpc_port}", server.redis.store(timeout_s=2.0),
-        server.redis, config.serving, progress=say,
+        server.redis, config.serving, progress=say, mark=True,
     )  # fmt: skip
-    mark_serving(models_root, version)
-    return report

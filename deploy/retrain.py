@@ -23,7 +23,7 @@ from reels.deploy.config import Config
 from reels.deploy.dask_cluster import ClusterInfo, dask_cluster
 from reels.models.config import RetrainConfig
 from reels.models.evaluation.gate import GateConfig, GateDecision, decide, score_version
-from reels.models.registry import serving_model_dir, trained_features
+from reels.models.registry import GATE_PENDING, serving_model_dir, trained_features, write_manifest
 from reels.models.train import train
 from reels.workflows.device import resolve_device
 from reels.workflows.errors import NotFound
@@ -50,8 +50,9 @@ def retrain(
     progress: Callable[[str], None] | None = None,
 ) -> RetrainResult:
     """Build features on Dask from the whole offline store, train a candidate version and gate it against
-    the serving version on the latest window (the decision is in the result and the candidate's manifest;
-    promoting it is ``reels.deploy.promotion``)."""
+    the serving version on the latest window (the decision is in the result and the candidate's manifest,
+    where a rejected candidate is never served: ``registry.check_servable``; promoting one that passed is
+    ``reels.deploy.promotion``)."""
     say = progress or (lambda _m: None)
     rc: RetrainConfig = config.retrain
     source_dir = config.source_dir(source)
@@ -92,9 +93,11 @@ def retrain(
             )  # fmt: skip
             timings["gate_features_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    # Published as "not gated yet": until the decision below is written, no fallback serves it.
     trained = train(
-        features, models_root, config.two_tower, config.ranker, config.index, device=device, progress=say
-    )
+        features, models_root, config.two_tower, config.ranker, config.index, device=device, progress=say,
+        manifest_extra={"gate": GATE_PENDING},
+    )  # fmt: skip
     timings["train_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -110,8 +113,7 @@ def retrain(
     decision = decide(candidate_scores, serving_scores, gate)
     timings["gate_s"] = time.perf_counter() - t0
 
-    manifest_path = trained.directory / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
+    manifest = json.loads((trained.directory / "manifest.json").read_text())
     manifest["gate"] = {
         "config": asdict(gate),
         "serving_version": None if serving_dir is None else int(serving_dir.name),
@@ -121,7 +123,7 @@ def retrain(
         "checks": decision.checks,
         "passed": decision.passed,
     }
-    manifest_path.write_text(json.dumps(manifest, indent=2, default=_json_default))
+    write_manifest(trained.directory, manifest, default=_json_default)  # atomic: the verdict or nothing
     return RetrainResult(cluster, trained.directory, serving_dir, decision, decision.passed, timings)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import redis
 
 from reels.deploy.config import Config, ServerConfig
+from reels.deploy.promotion import promotion_lock, recover
 from reels.deploy.redis_server import RedisServer, free_port
 from reels.deploy.triton.repository import export_repository
 from reels.deploy.triton_server import TritonServer
@@ -36,8 +37,14 @@ def serving_stack(
 ) -> Iterator[tuple[RedisServer | None, TritonServer]]:
     """Redis (started unless one answers) + the online store + the exported repository + tritonserver.
 
-    ``model_dir``: the version to serve (default: the one marked serving, else the latest)."""
+    ``model_dir``: the version to serve (default: the one marked serving, else the latest the promotion
+    gate did not reject). A promotion into the repository that was killed part-way is reconciled first
+    (``promotion.recover``): its journal decides whether the pointer moves to the version it promoted."""
     say = progress or (lambda _m: None)
+    repository = build_dir / "repository"
+    if repository.exists():  # before the export below replaces the repository and its journal
+        with promotion_lock(repository):  # busy: a promotion into a server still running there
+            recover(repository, progress=say)
     model_dir = model_dir or serving_model_dir(source_dir / "models")
     # The features the served models were trained with (a retrain writes its own feature build).
     features = trained_features(model_dir)
@@ -56,10 +63,14 @@ def serving_stack(
             )
             started_redis.start()
         client = started_redis.client() if started_redis else probe
-        report = OnlineStore(client, prefix=settings.prefix).load(features)
+        store = OnlineStore(client, prefix=settings.prefix)
+        report = store.load(features)
+        # The fresh repository's one release reads this namespace: the only one pinned from now on (the
+        # namespaces of an earlier repository's releases go at the next activation).
+        store.set_pinned({report.namespace})
         say(f"online store: {report.users:,} users, {report.videos:,} videos in namespace {report.namespace}")
         repo = export_repository(
-            model_dir, build_dir / "repository",
+            model_dir, repository,
             settings, serving,
             instances=instances, namespace=report.namespace, experiment=experiment,
         )  # fmt: skip

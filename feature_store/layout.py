@@ -11,6 +11,12 @@ Keys (``{ns}`` is a load's namespace, e.g. ``v3``; ``{prefix}`` defaults to ``re
                                                list is trimmed back to 500 once it reaches 1,000)
     {prefix}:hidden_creators:{raw_user_id}  SET  raw creator ids the user hid (any namespace)
     {prefix}:load_counter              STRING  INCR'd by each load: namespace v<N>
+    {prefix}:namespaces                SET     every namespace a load started (what clean-up looks at)
+    {prefix}:pinned                    SET     namespaces a release in a model repository reads: never
+                                               dropped while pinned (promotion and `reels serve` keep it)
+    {prefix}:{ns}:loading              STRING  a load of ``{ns}`` in progress (TTL, refreshed per batch): a
+                                               namespace without meta whose marker expired is a crashed
+                                               load's, and the next activation removes it
     {prefix}:events                    STREAM  interaction events (field ``event``) and hide-creator
                                                messages (field ``hide_creator``), consumer group ``ingest``
     {prefix}:events:dead               STREAM  dead-lettered messages: ``event``, ``reason``, ``source_id``
@@ -102,6 +108,20 @@ class Keys:
     def meta_pattern(self) -> str:
         """The meta hash of every namespace (for SCAN)."""
         return f"{self.prefix}:v*:meta"
+
+    def loading(self, ns: str) -> str:
+        """Marker of a load of ``ns`` in progress (with a TTL the load refreshes per batch)."""
+        return f"{self.prefix}:{ns}:loading"
+
+    @property
+    def namespaces(self) -> str:
+        """The SET of every namespace a load started."""
+        return f"{self.prefix}:namespaces"
+
+    @property
+    def pinned(self) -> str:
+        """The SET of namespaces a release in a model repository reads (never dropped while there)."""
+        return f"{self.prefix}:pinned"
 
     @property
     def load_counter(self) -> str:

@@ -1,7 +1,11 @@
 """The Redis online feature store: pipelined bulk load into a fresh namespace, atomic swap, batched reads.
 
-A load writes every record under a new namespace, then points ``{prefix}:active`` at it with one SET
-(atomic), then deletes namespaces older than the previous one (kept for in-flight readers and rollback).
+A load registers its namespace (``{prefix}:namespaces``) with a loading marker whose TTL each batch
+refreshes, writes every record under it, then its meta, then points ``{prefix}:active`` at it with one
+SET (atomic). An activation then removes every other namespace except the one it replaced (kept for
+in-flight readers), the pinned ones (``{prefix}:pinned``: a release in a model repository reads them,
+the previous release kept loaded for a rollback included) and loads in progress; a namespace without
+meta whose loading marker expired is a crashed load's and is removed too, pinned or not.
 Readers cache the active namespace for ``namespace_ttl_s`` and fetch a user, their seen list and all
 candidate videos in one round trip (a pipeline of one MGET and one GET).
 """
@@ -9,6 +13,8 @@ candidate videos in one round trip (a pipeline of one MGET and one GET).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 
@@ -16,10 +22,20 @@ import numpy as np
 import pandas as pd
 import redis
 
+from reels.feature_store.breaker import CircuitBreaker
 from reels.feature_store.layout import DEFAULT_PREFIX, SEEN_DTYPE, VIDEO_RECORD, Keys, user_record
-from reels.workflows.errors import NotFound, ReelsError, ServiceUnavailable
+from reels.workflows.errors import InvalidInput, NotFound, ReelsError, ServiceUnavailable
 from reels.workflows.manifest import FeatureArtifacts
 from reels.workflows.offline_store import OfflineStore
+
+FAULT_ENV = "REELS_FAULT"  # names a crash point (``<job>:<point>``) for the fault-injection tests
+
+
+def fault_point(name: str) -> None:
+    """Crash injection for tests: SIGKILL this process here when ``$REELS_FAULT`` equals ``name`` (nothing
+    runs after it: no ``finally``, no clean-up, as with a power cut or the OOM killer)."""
+    if os.environ.get(FAULT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class FeatureStoreError(ReelsError):
@@ -88,33 +104,50 @@ class OnlineStore:
         namespace_ttl_s: float = 1.0,
         pinned_namespace: str | None = None,
         unavailable_pause_s: float = 0.0,
+        loading_ttl_s: int = 60,
     ):
         """``pinned_namespace``: always read this namespace instead of the active one (a served release
-        reads the features it was loaded with, so two releases can serve side by side during a swap)."""
+        reads the features it was loaded with, so two releases can serve side by side during a swap).
+        ``loading_ttl_s``: how long a load's marker lives without a new batch; after that a namespace
+        without meta counts as a crashed load's."""
         self.client = client
+        self.loading_ttl_s = loading_ttl_s
         self.pinned_namespace = pinned_namespace
         self.keys = Keys(prefix)
         self.namespace_ttl_s = namespace_ttl_s
         self._namespace: str | None = None
         self._namespace_read_at = 0.0
         self._user_dtype: np.dtype | None = None
-        # Circuit breaker: after Redis failed, reads fail at once for this long instead of each waiting
-        # for a timeout (0: off). Serving sets it; its callers then serve their flagged fallback.
+        # Circuit breaker: after Redis failed, reads fail at once (instead of each waiting for a timeout)
+        # until a background PING, every unavailable_pause_s, answers (0: off). Serving sets it; its
+        # callers then serve their flagged fallback.
         self.unavailable_pause_s = unavailable_pause_s
-        self._unavailable_until = 0.0
+        self.breaker = (
+            CircuitBreaker(client.ping, probe_every_s=unavailable_pause_s, name="online store")
+            if unavailable_pause_s
+            else None
+        )
 
     # ---- loading ----------------------------------------------------------------------------------------
     def load(
-        self, features: FeatureArtifacts, seen_limit: int = 500, batch: int = 5_000, activate: bool = True
+        self,
+        features: FeatureArtifacts,
+        seen_limit: int = 500,
+        batch: int = 5_000,
+        activate: bool = True,
+        pin: bool = False,
     ) -> LoadReport:
         """Load transformed users, videos and seen lists from a feature build into a new namespace, then
-        make it the active one (or leave that to a later ``activate``, as a model promotion does)."""
+        make it the active one (or leave that to a later ``activate``, as a model promotion does).
+        ``pin``: pin the namespace from its first key on (a promotion's release will read it)."""
         try:
-            return self._load(features, seen_limit, batch, activate)
+            return self._load(features, seen_limit, batch, activate, pin)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise FeatureStoreUnavailable(f"Redis unreachable during load: {exc}") from exc
 
-    def _load(self, features: FeatureArtifacts, seen_limit: int, batch: int, activate: bool) -> LoadReport:
+    def _load(
+        self, features: FeatureArtifacts, seen_limit: int, batch: int, activate: bool, pin: bool
+    ) -> LoadReport:
         started = time.perf_counter()
         manifest = features.manifest()
         history_length = manifest.history_length
@@ -141,7 +174,7 @@ class OnlineStore:
             "store_fingerprint": manifest.store_fingerprint,
             "features": str(features.root.resolve()),
         }
-        return self.load_frames(users, videos, seen, history_length, source, batch, started, activate)
+        return self.load_frames(users, videos, seen, history_length, source, batch, started, activate, pin)
 
     def load_frames(
         self,
@@ -153,6 +186,7 @@ class OnlineStore:
         batch: int = 5_000,
         started: float | None = None,
         activate: bool = True,
+        pin: bool = False,
     ) -> LoadReport:
         """Load already-transformed frames (spec columns + raw ids; videos with upload_time in unix s)."""
         started = time.perf_counter() if started is None else started
@@ -160,14 +194,27 @@ class OnlineStore:
         user_records = _pack(users, user_dtype)
         video_records = _pack(videos, VIDEO_RECORD)
         namespace = f"v{int(self.client.incr(self.keys.load_counter))}"
+        loading = self.keys.loading(namespace)
+        # One transaction: a clean-up never sees the namespace registered without its loading marker.
+        start = self.client.pipeline(transaction=True)
+        start.sadd(self.keys.namespaces, namespace)
+        start.set(loading, 1, ex=self.loading_ttl_s)
+        if pin:
+            start.sadd(self.keys.pinned, namespace)
+        start.execute()
         pipe = self.client.pipeline(transaction=False)
         pending = 0
+        batches = 0
 
         def flush_if(full: bool) -> None:
-            nonlocal pending
+            nonlocal pending, batches
             if pending and (full or pending >= batch):
+                pipe.set(loading, 1, ex=self.loading_ttl_s)  # still alive: keep the marker
                 pipe.execute()
                 pending = 0
+                batches += 1
+                if batches == 1:
+                    fault_point("load:after_batch")
 
         for raw, record in zip(users["raw_user_id"].to_numpy(), user_records, strict=True):
             pipe.set(self.keys.user(namespace, int(raw)), record.tobytes())
@@ -195,15 +242,18 @@ class OnlineStore:
         self.client.hset(self.keys.meta(namespace), mapping={k: str(v) for k, v in meta.items()})
         if activate:
             self.activate(namespace)
+        # Only now: until activated (or pinned), the marker keeps another process's clean-up off it.
+        self.client.delete(loading)
         return LoadReport(namespace, len(users), len(videos), len(seen), time.perf_counter() - started)
 
     def activate(self, namespace: str) -> None:
         """Make ``namespace`` the one readers and the ingest workers use (one SET: atomic), keep the one it
-        replaces for requests still in flight, and drop everything older."""
+        replaces for requests still in flight, and drop every other namespace that is neither pinned nor
+        being loaded (``collect_garbage``)."""
         if not self.client.exists(self.keys.meta(namespace)):
             raise NoActiveNamespace(f"namespace {namespace!r} was never loaded")
         previous = self.client.set(self.keys.active, namespace, get=True)
-        self._drop_older_than(previous.decode() if previous else None, namespace)
+        self.collect_garbage(keep={namespace, previous.decode() if previous else None})
         self._namespace = None  # re-read on next access
 
     def meta(self, namespace: str | None = None) -> dict[str, str]:
@@ -211,34 +261,81 @@ class OnlineStore:
         raw = self.client.hgetall(self.keys.meta(namespace or self.namespace()))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    def _drop_older_than(self, keep_previous: str | None, current: str) -> None:
-        keep = {current, keep_previous}
+    # ---- pinned namespaces and clean-up -----------------------------------------------------------------
+    def pin(self, namespace: str) -> None:
+        """Keep ``namespace`` through every activation (a release in a model repository reads it)."""
+        self.client.sadd(self.keys.pinned, namespace)
+
+    def unpin(self, namespace: str) -> None:
+        """No release reads ``namespace`` any more: the next clean-up may drop it unless it is active."""
+        self.client.srem(self.keys.pinned, namespace)
+
+    def pinned(self) -> set[str]:
+        """The pinned namespaces."""
+        return {ns.decode() for ns in self.client.smembers(self.keys.pinned)}
+
+    def set_pinned(self, namespaces: set[str]) -> None:
+        """Replace the pinned set (a fresh model repository whose releases read exactly ``namespaces``)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.keys.pinned)
+        if namespaces:
+            pipe.sadd(self.keys.pinned, *namespaces)
+        pipe.execute()
+
+    def namespaces(self) -> set[str]:
+        """Every namespace with keys in Redis as far as the store knows: registered by a load, or with meta
+        (namespaces loaded before the registry existed)."""
         prefix = self.keys.prefix + ":"
-        stale = set()
+        known = {ns.decode() for ns in self.client.smembers(self.keys.namespaces)}
         for key in self.client.scan_iter(match=self.keys.meta_pattern, count=1000):
-            ns = key.decode().removeprefix(prefix).split(":")[0]
-            if ns not in keep:
-                stale.add(ns)
-        for ns in stale:
-            batch = []
-            for key in self.client.scan_iter(match=self.keys.namespace_pattern(ns), count=5000):
-                batch.append(key)
-                if len(batch) >= 5000:
-                    self.client.unlink(*batch)
-                    batch = []
-            if batch:
+            known.add(key.decode().removeprefix(prefix).split(":")[0])
+        return known
+
+    def collect_garbage(self, keep: set[str | None] = frozenset()) -> list[str]:
+        """Drop every namespace that is not active, not in ``keep``, not being loaded and not pinned; a
+        namespace without meta whose loading marker expired (a crashed load) is dropped even when pinned.
+        Returns the dropped namespaces."""
+        active = self.client.get(self.keys.active)
+        keep = set(keep) | {active.decode() if active else None}
+        pinned = self.pinned()
+        dropped = []
+        for ns in sorted(self.namespaces() - keep):
+            if self.client.exists(self.keys.loading(ns)):
+                continue  # a load in progress (maybe in another process)
+            if ns in pinned and self.client.exists(self.keys.meta(ns)):
+                continue  # a release reads it
+            self.drop(ns)
+            dropped.append(ns)
+        return dropped
+
+    def drop(self, namespace: str) -> None:
+        """Delete every key of ``namespace`` and forget it (never the active one: ``InvalidInput``)."""
+        active = self.client.get(self.keys.active)
+        if active is not None and active.decode() == namespace:
+            raise InvalidInput(f"namespace {namespace!r} is the active one: activate another first")
+        batch = []
+        for key in self.client.scan_iter(match=self.keys.namespace_pattern(namespace), count=5000):
+            batch.append(key)
+            if len(batch) >= 5000:
                 self.client.unlink(*batch)
+                batch = []
+        if batch:
+            self.client.unlink(*batch)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.srem(self.keys.namespaces, namespace)
+        pipe.srem(self.keys.pinned, namespace)
+        pipe.execute()
 
     # ---- reading ----------------------------------------------------------------------------------------
     def _tripped(self, exc: Exception) -> FeatureStoreUnavailable:
         """Open the circuit breaker (when one is set) and describe the failure."""
-        if self.unavailable_pause_s:
-            self._unavailable_until = time.monotonic() + self.unavailable_pause_s
+        if self.breaker is not None:
+            self.breaker.trip(exc)
         return FeatureStoreUnavailable(f"Redis unreachable: {exc}")
 
     def _check_breaker(self) -> None:
-        if self._unavailable_until and time.monotonic() < self._unavailable_until:
-            raise FeatureStoreUnavailable("Redis failed moments ago: skipping it for a moment")
+        if self.breaker is not None and self.breaker.is_open:
+            raise FeatureStoreUnavailable("Redis failed moments ago: skipping it until a probe answers")
 
     def namespace(self) -> str:
         """The namespace reads use: the pinned one, else ``{prefix}:active``, cached for ``namespace_ttl_s``;
@@ -275,24 +372,41 @@ class OnlineStore:
             pipe.mget(keys)
             pipe.get(self.keys.seen(ns, raw_user_id))
             pipe.smembers(self.keys.hidden_creators(raw_user_id))
-            values, seen_blob, hidden = pipe.execute()
+            pipe.exists(self.keys.meta(ns))
+            values, seen_blob, hidden, loaded = pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._tripped(exc) from exc
+        self._check_loaded(ns, loaded)
         user = np.frombuffer(values[0], dtype=self._user_dtype)[0] if values[0] is not None else None
         seen = np.frombuffer(seen_blob, dtype=SEEN_DTYPE) if seen_blob else np.array([], dtype=SEEN_DTYPE)
         hidden_creators = np.array(sorted(int(c) for c in hidden), dtype=np.int64)
         return OnlineRows(user, *_known_videos(raw_video_ids, values[1:]), seen, hidden_creators)
 
     def read_videos(self, raw_video_ids: np.ndarray) -> OnlineRows:
-        """Known videos among ``raw_video_ids`` (one MGET); ``user`` and ``seen`` are left empty."""
+        """Known videos among ``raw_video_ids`` (one MGET, one round trip); ``user`` and ``seen`` are left
+        empty."""
         self._check_breaker()
         ns = self.namespace()
         raw_video_ids = np.asarray(raw_video_ids, dtype=np.int64)
         try:
-            values = self.client.mget([self.keys.video(ns, int(v)) for v in raw_video_ids])
+            pipe = self.client.pipeline(transaction=False)
+            pipe.mget([self.keys.video(ns, int(v)) for v in raw_video_ids])
+            pipe.exists(self.keys.meta(ns))
+            values, loaded = pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._tripped(exc) from exc
+        self._check_loaded(ns, loaded)
         return OnlineRows(None, *_known_videos(raw_video_ids, values), np.array([], dtype=SEEN_DTYPE))
+
+    def _check_loaded(self, namespace: str, loaded: int) -> None:
+        """Raise ``NoActiveNamespace`` when ``namespace``'s meta is gone: Redis restarted without its data
+        (or the namespace was dropped). Checked in the same round trip as each read, so known users are
+        never mistaken for cold starts, not even for the namespace cache's second."""
+        if not loaded:
+            self._namespace = None
+            raise NoActiveNamespace(
+                f"the online store lost namespace {namespace!r}: reload it (`reels load`)"
+            )
 
     def read_user(self, raw_user_id: int) -> tuple[np.void | None, np.ndarray]:
         """The user's packed record (None if unknown) and their int64 raw seen video ids, in one round trip."""

@@ -18,6 +18,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from reels.feature_store.breaker import CircuitBreaker
 from reels.feature_store.layout import DEFAULT_PREFIX, Keys
 
 log = logging.getLogger(__name__)
@@ -87,22 +88,22 @@ class ExposureLog:
     """XADDs one entry per served feed to ``{prefix}:exposures`` (field ``exposure`` = JSON), trimmed
     approximately to ``maxlen``. Logging never fails a request and never holds it up: the log's client
     does not retry (redis-py's default retries cost ~4 s per call when Redis is down), and after a
-    failure entries are dropped without trying for ``pause_s``. Lost entries are counted and logged."""
+    failure a ``CircuitBreaker`` drops entries at once until a background PING answers again. Lost
+    entries are counted and logged."""
 
     def __init__(
-        self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, maxlen: int = 1_000_000, pause_s: float = 1.0
+        self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, maxlen: int = 1_000_000, pause_s: float = 0.5
     ):
         self.client = _without_retries(client)
         self.stream = Keys(prefix).exposures
         self.maxlen = maxlen
-        self.pause_s = pause_s
+        self.breaker = CircuitBreaker(self.client.ping, probe_every_s=pause_s, name="exposure log")
         self.written = 0
         self.failed = 0
-        self._paused_until = 0.0
 
     def write(self, exposure: Exposure) -> bool:
         """Append one feed to the log; False (never an exception) when the entry was dropped."""
-        if time.monotonic() < self._paused_until:
+        if self.breaker.is_open:
             self.failed += 1
             return False
         try:
@@ -111,7 +112,7 @@ class ExposureLog:
             )
         except (redis.RedisError, OSError) as exc:
             self.failed += 1
-            self._paused_until = time.monotonic() + self.pause_s
+            self.breaker.trip(exc)
             log.warning("exposure log: %d entries lost so far (%s)", self.failed, exc)
             return False
         self.written += 1

@@ -12,8 +12,6 @@ Layout (integer versions, as Triton's model repository expects)::
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +23,7 @@ from reels.models.config import IndexConfig, RankerConfig, TwoTowerConfig
 from reels.models.index import build_and_measure, save_index
 from reels.models.inputs import feature_schema
 from reels.models.ranker import Ranker
-from reels.models.registry import next_version, workflow_hash
+from reels.models.registry import VersionClaim, claim_version, workflow_hash, write_manifest
 from reels.models.two_tower import TwoTower
 from reels.workflows.errors import InvalidInput
 from reels.workflows.manifest import FeatureArtifacts, library_versions
@@ -73,19 +71,33 @@ def train(
     index_config: IndexConfig | None = None,
     device: str = "cpu",
     progress: Progress | None = None,
+    manifest_extra: dict | None = None,
 ) -> TrainedModels:
-    """Train the two-tower and the MMoE ranker on a feature build and write version ``next_version(root)``
-    (layout in the module docstring), staged in ``.<N>.partial`` and renamed into place when complete."""
+    """Train the two-tower and the MMoE ranker on a feature build and write the next version under ``root``
+    (layout in the module docstring): the number is claimed first (``registry.claim_version``), the
+    artifacts staged in ``.<N>.partial`` and renamed into place when complete. ``manifest_extra``: keys
+    added to the manifest before it is published (`reels retrain` marks its candidate as not gated yet)."""
     say = progress or (lambda _m: None)
     two_tower_config = two_tower_config or TwoTowerConfig()
     ranker_config = ranker_config or RankerConfig()
     index_config = index_config or IndexConfig()
-    root = Path(root)
-    version = next_version(root)
-    staging = root / f".{version}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    with claim_version(Path(root)) as claim:  # two trains at once never take the same number
+        return _train_into(
+            claim, features, two_tower_config, ranker_config, index_config, device, say, manifest_extra
+        )
 
+
+def _train_into(
+    claim: VersionClaim,
+    features: FeatureArtifacts,
+    two_tower_config: TwoTowerConfig,
+    ranker_config: RankerConfig,
+    index_config: IndexConfig,
+    device: str,
+    say: Progress,
+    manifest_extra: dict | None,
+) -> TrainedModels:
+    version, staging = claim.version, claim.staging
     schema = feature_schema(features)
     train_rows = features.read_split("train")
     positives = train_rows[train_rows["view"] == 1]
@@ -152,9 +164,9 @@ def train(
             "index": asdict(index_report),
         },
         "libraries": library_versions(LIBRARIES_EXTRA),
+        **(manifest_extra or {}),
     }  # fmt: skip
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-    final = root / str(version)
-    staging.rename(final)
+    write_manifest(staging, manifest)
+    final = claim.publish()
     say(f"artifacts in {final}")
     return TrainedModels(two_tower, ranker, item_ids, embeddings, final, manifest)

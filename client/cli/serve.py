@@ -43,7 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--source", choices=SOURCES, default="synthetic", help="for video metadata")
     p.set_defaults(func=cmd_recommend)
 
-    p = subparsers.add_parser("load", help="load the serving version's features into the configured Redis")
+    p = subparsers.add_parser(
+        "load",
+        help="load the serving version's features into the configured Redis (refused while `reels serve` "
+        "answers: `reels promote` swaps features with their models)",
+    )
     add_source(p)
     p.set_defaults(func=cmd_load)
 
@@ -129,7 +133,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 @uses_ml_stack
 def cmd_load(args: argparse.Namespace) -> int:
-    """Load the serving version's features into the configured Redis (a new namespace, then the swap)."""
+    """Load the serving version's features into the configured Redis (a new namespace, then the swap);
+    refused while a `reels serve` answers (exit 2)."""
     from reels.deploy import jobs
 
     model_dir, report = jobs.load_serving_features(load_config(args), args.source)
@@ -145,7 +150,9 @@ def promote_version(config: Config, source: str, model_dir: Path, console: Conso
     from reels.deploy.promotion import promote_or_mark
 
     report = promote_or_mark(config, source, model_dir, progress=console.print)
-    if report is not None:
+    if report is not None and report.finished_interrupted:
+        console.print(f"finished the interrupted promotion {report.previous} -> {report.version}")
+    elif report is not None:
         console.print(
             f"hot swap {report.previous} -> {report.version} in {report.seconds:.1f} s (features "
             f"{report.features_load_s:.1f} s, models {report.models_load_s:.1f} s)"
@@ -155,7 +162,8 @@ def promote_version(config: Config, source: str, model_dir: Path, console: Conso
 
 @uses_ml_stack
 def cmd_promote(args: argparse.Namespace) -> int:
-    """Serve a trained version (a failed load rolls back: exit 1)."""
+    """Serve a trained version (a failed load rolls back: exit 1; a version the promotion gate rejected is
+    refused: exit 2). An earlier promotion killed part-way is reconciled first."""
     from rich.console import Console
 
     config = load_config(args)

@@ -75,3 +75,65 @@ def test_redis_going_away_raises_unavailable(tiny_features, tmp_path):
     srv.stop()
     with pytest.raises(FeatureStoreUnavailable):
         store.read(1, np.array([1, 2]))
+
+
+# A load in a process of its own, killed (SIGKILL via the fault hook) right after its first batch: a
+# loading marker that lives 1 s, batches of 500 keys, so most of the namespace is never written.
+_CRASHING_LOAD = """
+import sys
+from pathlib import Path
+import redis
+from reels.feature_store.store import OnlineStore
+from reels.workflows.manifest import FeatureArtifacts
+store = OnlineStore(redis.Redis(port=int(sys.argv[1]), socket_timeout=5), loading_ttl_s=1)
+store.load(FeatureArtifacts(Path(sys.argv[2])), batch=500)
+"""
+
+
+def _keys(client, namespace: str) -> int:
+    return sum(1 for _ in client.scan_iter(match=f"reels:{namespace}:*", count=5000))
+
+
+def test_a_load_killed_mid_way_leaves_keys_that_the_next_load_removes(online, tiny_features, redis_server):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    client = redis_server.client()
+    first = online.load(tiny_features).namespace
+    run = subprocess.run(
+        [sys.executable, "-c", _CRASHING_LOAD, str(redis_server.port), str(tiny_features.root)],
+        env=os.environ | {"REELS_FAULT": "load:after_batch"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
+    crashed = f"v{int(client.get('reels:load_counter'))}"
+    assert crashed != first and _keys(client, crashed) >= 500  # written, never finished: no meta
+    assert not client.exists(f"reels:{crashed}:meta")
+    assert client.get("reels:active").decode() == first  # readers never saw it
+    online.activate(first)  # its marker has not expired: maybe a load still running, so kept
+    assert _keys(client, crashed) >= 500
+    time.sleep(1.2)
+    second = online.load(tiny_features).namespace
+    assert _keys(client, crashed) == 0
+    assert crashed.encode() not in client.smembers("reels:namespaces")
+    assert _keys(client, first) > 0 and client.get("reels:active").decode() == second  # previous kept
+
+
+def test_a_pinned_namespace_survives_activations_until_unpinned(online, tiny_features, redis_server):
+    client = redis_server.client()
+    pinned = online.load(tiny_features).namespace
+    online.pin(pinned)  # as a release in a model repository reading it
+    keys = _keys(client, pinned)
+    # A promotion's load: pinned from its first key, never active yet; another load must not drop it.
+    promoted = online.load(tiny_features, activate=False, pin=True).namespace
+    for _ in range(3):
+        latest = online.load(tiny_features).namespace
+    assert _keys(client, pinned) == keys and _keys(client, promoted) == keys
+    assert online.pinned() == {pinned, promoted}
+    online.unpin(pinned)
+    online.unpin(promoted)
+    online.load(tiny_features)
+    assert _keys(client, pinned) == _keys(client, promoted) == 0
+    assert _keys(client, latest) == keys  # the one the activation replaced stays for readers

@@ -91,11 +91,32 @@ def test_an_untrained_candidate_is_rejected_and_not_marked(rejected_run):
     )
 
 
+def test_a_rejected_candidate_is_never_served_even_without_a_pointer(rejected_run, tmp_path):
+    """With no serving pointer the fallback skips the rejected version 2, and `reels promote 2` refuses."""
+    _, _, rejected_source = rejected_run
+    source = tmp_path / "synthetic"
+    for version in ("1", "2"):
+        shutil.copytree(rejected_source / "models" / version, source / "models" / version)
+    assert serving_model_dir(source / "models").name == "1"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(["--device", "cpu", "--set", f"data.root={tmp_path}", "promote", "synthetic", "2"])
+    assert code == 2, out.getvalue()
+    assert "version 2 is not servable: the promotion gate rejected it" in out.getvalue()
+    assert not (source / "models" / "serving").exists()
+
+
 def test_a_trained_candidate_beats_a_worse_serving_version_and_is_marked(rejected_run, tiny_store, tmp_path):
-    """The untrained version 2 of the run above, served on purpose: a properly trained candidate must pass."""
+    """The untrained version 2 of the run above, served on purpose: a properly trained candidate must pass.
+    Its gate record is removed first (as if trained by hand with `reels train`): a version the gate
+    rejected can never be marked serving."""
     _, _, rejected_source = rejected_run
     source = _source(tmp_path, tiny_store.root)
     shutil.copytree(rejected_source / "models" / "2", source / "models" / "2")
+    manifest_path = source / "models" / "2" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["gate"]
+    manifest_path.write_text(json.dumps(manifest))
     mark_serving(source / "models", 2)
     code, out = _retrain(tmp_path, TINY)
     assert code == 0, out

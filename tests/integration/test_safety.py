@@ -144,7 +144,9 @@ def test_reels_serve_stops_its_servers_on_sigterm(tiny_models, tmp_path):
         log.close()
 
 
-def test_a_stalled_redis_costs_one_timeout_then_fails_fast_until_it_is_back(tiny_features, tmp_path):
+def test_a_stalled_redis_costs_one_timeout_then_fails_fast_until_a_probe_finds_it_back(
+    tiny_features, tmp_path
+):
     from reels.feature_store.settings import RedisSettings
     from reels.feature_store.store import FeatureStoreUnavailable
 
@@ -156,16 +158,19 @@ def test_a_stalled_redis_costs_one_timeout_then_fails_fast_until_it_is_back(tiny
         os.kill(server.process.pid, signal.SIGSTOP)  # a stalled server: connections hang, nothing refused
         try:
             waits = []
-            for _ in range(20):
+            stalled_until = time.monotonic() + 3.0  # three probe intervals: no read ever waits for a probe
+            while time.monotonic() < stalled_until:
                 started = time.perf_counter()
                 with pytest.raises(FeatureStoreUnavailable):
                     store.read_videos([1, 2, 3])
                 waits.append(time.perf_counter() - started)
+                time.sleep(0.005)
         finally:
             os.kill(server.process.pid, signal.SIGCONT)
         assert waits[0] < 1.0  # one timeout (0.2 s), no retries with backoff
-        assert max(waits[1:]) < 0.01  # the breaker is open: no waiting at all
-        time.sleep(1.1)
+        assert max(waits[1:]) < 0.01, max(waits[1:])  # open: PINGs probe in the background, reads never wait
+        assert store.breaker.trips == 1
+        time.sleep(1.5)
         assert store.read_videos([1, 2, 3]).user is None  # closed again: Redis answers
 
 
