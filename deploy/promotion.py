@@ -5,17 +5,19 @@ Order of operations, each step leaving the server able to answer every request:
 
 1. load the version's features into a *new* Redis namespace, pinned (no activation drops it) but not
    yet active (the serving release keeps reading the namespace it is pinned to);
-2. write the release (its own step models ``<step>_v<N>`` + ``serving-N.json`` pinned to that
-   namespace), point the ensemble's config at them, and reload the ensemble with explicit model control:
-   Triton loads the new step models while the running ensemble and its step models keep answering
-   untouched, then swaps the ensemble; requests already inside the old one finish on the old release;
+2. write the release (its own step models ``<step>_v<N>``, each moved into the repository in one
+   rename, + ``serving-N.json`` pinned to that namespace). Triton polls the repository (it refuses
+   load/unload requests, see ``deploy/triton_server.py``): it loads the new step models while the
+   running ensemble and its step models keep answering untouched. Once all four are ready, the
+   ensemble's config is rewritten (one rename) to name them, and Triton's next poll reloads the
+   ensemble over them and swaps it in; requests already inside the old one finish on the old release;
 3. activate the new namespace (the ingest workers follow it), keep the previous one for requests in
-   flight and the previous release (kept loaded for a rollback), unload and delete releases older than
-   the previous one and unpin their namespaces;
+   flight and the previous release (kept loaded for a rollback), delete releases older than the
+   previous one (Triton unloads what leaves the repository) and unpin their namespaces;
 4. with ``mark``, point ``<models>/serving`` at the new version.
 
-If the new release fails to load, the ensemble is pinned back, the release removed and the ensemble
-reloaded, so the serving version keeps serving. Events ingested between the feature build and step 3
+If the new release's models fail to load (or are not ready within ``LOAD_TIMEOUT_S``), the release is
+removed and the ensemble never named it, so the serving version keeps serving. Events ingested between the feature build and step 3
 are in the offline store but not in the new namespace's histories (the next build picks them up).
 
 The journal: before each step, ``promotion-journal.json`` at the repository root records what is done
@@ -45,11 +47,13 @@ from reels.deploy.config import Config
 from reels.deploy.triton.release import ENSEMBLE, STEPS, Release, step_model
 from reels.deploy.triton.repository import (
     ENSEMBLE_VERSION,
+    STAMP,
     add_release,
     instances_of,
     pin_ensemble,
     pinned_version,
     remove_release,
+    written_stamp,
 )
 from reels.feature_store.settings import RedisSettings
 from reels.feature_store.store import OnlineStore, fault_point
@@ -160,8 +164,7 @@ def promote(
     started = time.perf_counter()
     manifest = check_manifest(model_dir)
     check_servable(model_dir)
-    # The repository API over gRPC: with the (minutes long) load request held on Triton's HTTP front
-    # end, one request of an HTTP client timed out in each of two runs here; none did with gRPC control.
+    # Only read-only calls (readiness, configs, the repository index): Triton polls the repository.
     client = grpc.InferenceServerClient(triton_url)
     try:
         with promotion_lock(repository):
@@ -220,7 +223,6 @@ def _promote(
             repository, model_dir, redis, config, namespace=loaded.namespace, experiment=experiment,
             instances=instances_of(repository, previous),
         )  # fmt: skip
-        pin_ensemble(repository, version)
     except Exception:
         try:  # Triton was never asked to load anything: undo now rather than at the next start
             _roll_back(repository, store, client, entry)
@@ -243,26 +245,69 @@ def _promote(
     )
 
 
+LOAD_TIMEOUT_S = 600.0  # a release's step models load in 30-90 s on two busy cores
+POLL_EVERY_S = 0.25
+
+
 def _load_release(client, repository: Path, store: OnlineStore, entry: dict) -> None:
-    """One load request for the ensemble; on failure, back to the previous release (``PromotionFailed``)."""
+    """Wait for Triton to load the new step models, then pin the ensemble to them and wait for the swap;
+    on failure, back to the previous release (``PromotionFailed``)."""
     from tritonclient.utils import InferenceServerException
 
     version, previous = entry["version"], entry["previous"]
     try:
-        # One load request: Triton loads the new release's step models (new models: the serving ones are
-        # not touched), then swaps the ensemble to version N once all are ready; until then the running
-        # ensemble keeps serving, and requests inside it finish on the old release. Reloading the serving
-        # step models instead (new *versions* of the same models) failed requests here ("failed to find
-        # the requested model version"), loading them one by one and concurrently alike.
-        client.load_model(ENSEMBLE)
-        missing = _not_serving(client, version)
-        if missing:
-            raise PromotionFailed(f"not ready after the load: {missing}")
+        # New models, not new versions of the serving ones: reloading the serving step models failed
+        # requests here ("failed to find the requested model version"); new models leave them untouched.
+        steps = [step_model(s, version) for s in STEPS]
+        _wait(client, steps, lambda: _not_loaded_as_written(client, repository, steps))
+        pin_ensemble(repository, version)
+        _wait(client, [ENSEMBLE], lambda: _not_serving(client, version))
     except (InferenceServerException, PromotionFailed) as exc:
         _roll_back(repository, store, client, entry)
         raise PromotionFailed(
             f"version {version} failed to load, version {previous} keeps serving: {exc}"
         ) from exc
+
+
+def _wait(
+    client, models: list[str], pending: Callable[[], list[str]], timeout_s: float = LOAD_TIMEOUT_S
+) -> None:
+    """Until Triton's poll has every model of ``models`` ready and ``pending()`` is empty; raises
+    ``PromotionFailed`` at once when one of them failed to load, or after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = {m["name"]: m for m in _index(client)}
+        failed = [
+            f"{name}: {states[name].get('reason')}"
+            for name in models
+            if states.get(name, {}).get("state") == "UNAVAILABLE"
+            and states[name].get("reason") not in ("", None, "unloaded")
+        ]
+        if failed:
+            raise PromotionFailed(f"Triton could not load {failed}")
+        waiting = [m for m in models if states.get(m, {}).get("state") != "READY"] or pending()
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise PromotionFailed(f"not ready after {timeout_s:.0f} s: {waiting}")
+        time.sleep(POLL_EVERY_S)
+
+
+def _not_loaded_as_written(client, repository: Path, models: list[str]) -> list[str]:
+    """The step models whose loaded config is not the one in the repository yet (an older writing)."""
+    return [
+        m
+        for m in models
+        if client.get_model_config(m).config.parameters[STAMP].string_value != written_stamp(repository, m)
+    ]
+
+
+def _index(client) -> list[dict]:
+    """Triton's repository index (name, version, state, reason per model) as dicts."""
+    from google.protobuf.json_format import MessageToDict
+
+    index = client.get_model_repository_index()
+    return MessageToDict(index, preserving_proto_field_name=True).get("models", [])
 
 
 def _not_serving(client, version: int) -> list[str]:
@@ -283,8 +328,7 @@ def _finish(repository: Path, store: OnlineStore, client, entry: dict) -> None:
     _write_journal(repository, entry, "activated")
     for old in Release.versions(repository):
         if old not in (version, previous):  # the previous release stays loaded for a rollback
-            _unload(client, old)
-            remove_release(repository, old)
+            remove_release(repository, old)  # Triton's next poll unloads it
     # Pinned namespaces no release reads any more: those of removed releases, and a re-promoted
     # release's former one (its spec now names the new load).
     unread = store.pinned() - _release_namespaces(repository)
@@ -305,8 +349,9 @@ def _release_namespaces(repository: Path) -> set[str]:
 
 
 def _roll_back(repository: Path, store: OnlineStore | None, client, entry: dict) -> None:
-    """Back to the previous release: the ensemble pinned to it (and reloaded when Triton runs), the new
-    release unloaded and deleted, its namespace unpinned and dropped; the journal cleared."""
+    """Back to the previous release: the ensemble pinned to it (with Triton running, until Triton's poll
+    swapped it back), the new release deleted (Triton unloads it), its namespace unpinned and dropped;
+    the journal cleared."""
     version, previous, namespace = entry["version"], entry["previous"], entry["namespace"]
     repinned = pinned_version(repository) != previous and Release.spec_path(repository, previous).exists()
     if repinned:
@@ -315,11 +360,8 @@ def _roll_back(repository: Path, store: OnlineStore | None, client, entry: dict)
     untouched = entry.get("release_existed") and entry["phase"] == "started"
     if not untouched:
         remove_release(repository, version)
-    if client is not None:
-        if repinned or entry["phase"] == "release_written":  # Triton may have been sent the new config
-            client.load_model(ENSEMBLE)  # back to the previous release on disk
-        if not untouched:
-            _unload(client, version)
+    if client is not None and repinned:  # Triton's poll swaps the ensemble back: wait for it
+        _wait(client, [ENSEMBLE], lambda: _not_serving(client, previous))
     if store is not None and namespace is not None:
         store.unpin(namespace)
         if store.client.get(store.keys.active) != namespace.encode():
@@ -367,17 +409,6 @@ def recover(
     )
     _roll_back(repository, store, client, entry)
     return entry | {"outcome": "back"}
-
-
-def _unload(client, version: int) -> None:
-    """Unload a release's step models (Triton lets requests in flight finish first)."""
-    from tritonclient.utils import InferenceServerException
-
-    for step in STEPS:
-        try:
-            client.unload_model(step_model(step, version))
-        except InferenceServerException:  # never loaded
-            pass
 
 
 def triton_answers(url: str, timeout_s: float = 2.0) -> bool:

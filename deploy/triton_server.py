@@ -62,13 +62,16 @@ def server_environment() -> dict[str, str]:
     env.setdefault("TF_NUM_INTEROP_THREADS", "1")
     # The step models' seal key (deploy/triton/seal.py): fresh for each server, in its environment only.
     env.setdefault(KEY_ENV, new_key())
+    # No __pycache__ written next to a step's model.py: in poll mode Triton would see the model folder
+    # change after its first load and load it again.
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 
 
 @dataclass
 class TritonServer(ManagedProcess):
-    """One ``tritonserver`` child process over ``repository`` with explicit model control, its backend
-    folder and log (``tritonserver.log``) under ``build``."""
+    """One ``tritonserver`` child process over ``repository``, polling it for changes (no model-control
+    requests), with its backend folder and log (``tritonserver.log``) under ``build``."""
 
     repository: Path
     build: Path
@@ -76,6 +79,7 @@ class TritonServer(ManagedProcess):
     grpc_port: int = 8001
     metrics_port: int = 8002
     address: str = "127.0.0.1"  # HTTP, gRPC and metrics bind here; "0.0.0.0" opens them to the network
+    poll_s: int = 1  # how often Triton looks for repository changes (model_control_flags)
     process: subprocess.Popen | None = field(default=None, init=False)
     stop_timeout_s: float = field(default=30.0, init=False)
 
@@ -89,10 +93,16 @@ class TritonServer(ManagedProcess):
             f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}",
             "--allow-http=true", "--allow-grpc=true", "--allow-metrics=true", "--log-verbose=0",
             "--exit-on-error=false", "--strict-readiness=true", "--exit-timeout-secs=5",
-            # Explicit model control: everything in the repository at start, then loads and unloads only
-            # when asked (a promotion loads the next release beside the serving one, see deploy/promotion.py).
-            "--model-control-mode=explicit", "--load-model=*",
+            *self.model_control_flags(),
         ]  # fmt: skip
+
+    def model_control_flags(self) -> list[str]:
+        """Poll mode: Triton loads what the repository holds and follows its changes (a promotion writes
+        the next release's model folders and then the ensemble's config, see deploy/promotion.py), and
+        refuses every load and unload request. So only who may write the repository folder controls the
+        models: no request can unload the ensemble or load code it uploads, and there is no key that
+        would have to be passed on tritonserver's command line."""
+        return ["--model-control-mode=poll", f"--repository-poll-secs={self.poll_s}"]
 
     @property
     def _host(self) -> str:

@@ -11,7 +11,9 @@ touching the serving ones (``reels.deploy.promotion``).
 
 from __future__ import annotations
 
+import os
 import shutil
+import uuid
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -38,8 +40,19 @@ def read_config(path: Path) -> model_config_pb2.ModelConfig:
 
 
 def write_config(path: Path, config: model_config_pb2.ModelConfig) -> None:
-    """Write a ``config.pbtxt`` (protobuf text format, as Triton reads it)."""
-    Path(path).write_text(text_format.MessageToString(config))
+    """Write a ``config.pbtxt`` (protobuf text format, as Triton reads it) in one rename: a Triton polling
+    the repository never reads half a file. The temporary file lives outside the model's folder, so the
+    folder changes once."""
+    path = Path(path)
+    tmp = path.parent.parent / f".{path.parent.name}.config.pbtxt.tmp"
+    tmp.write_text(text_format.MessageToString(config))
+    os.replace(tmp, path)
+
+
+def staging_dir(repository: Path) -> Path:
+    """A folder beside ``repository`` (same file system) where model folders are built and retired, so
+    each appears in or leaves the repository in one rename: Triton's poll never sees one half written."""
+    return repository.parent / f".{repository.name}.staging"
 
 
 def export_repository(
@@ -93,18 +106,31 @@ def add_release(
     # Spec and feed first: a step model must never exist without the files its initialize() reads.
     release.write(repository, feed, video_metadata(offline))
     for name in STEPS:
-        folder = repository / step_model(name, release.version)
-        (folder / "1").mkdir(parents=True, exist_ok=True)
+        model = step_model(name, release.version)
+        folder = staging_dir(repository) / model
+        shutil.rmtree(folder, ignore_errors=True)
+        (folder / "1").mkdir(parents=True)
         shutil.copy2(source / name / "1" / "model.py", folder / "1" / "model.py")
         model_config = read_config(source / name / "config.pbtxt")
-        model_config.name = step_model(name, release.version)
+        model_config.name = model
         for group in model_config.instance_group:
             group.count = instances
+        # Which writing of the folder this is: a promotion waits until Triton serves this very config
+        # (a rewritten release keeps answering READY with its old instances until the reload is done).
+        model_config.parameters[STAMP].string_value = uuid.uuid4().hex
         write_config(folder / "config.pbtxt", model_config)
+        shutil.rmtree(repository / model, ignore_errors=True)  # a leftover of a failed promotion
+        os.replace(folder, repository / model)
     return release.version
 
 
 ENSEMBLE_VERSION = 1
+STAMP = "release_stamp"  # config parameter: a fresh value each time add_release writes a step model
+
+
+def written_stamp(repository: Path, model: str) -> str:
+    """The stamp of the step model ``model`` as its folder in ``repository`` holds it now."""
+    return read_config(repository / model / "config.pbtxt").parameters[STAMP].string_value
 
 
 def pin_ensemble(repository: Path, version: int) -> None:
@@ -142,8 +168,15 @@ def instances_of(repository: Path, version: int) -> int:
 
 def remove_release(repository: Path, version: int) -> None:
     """Delete an unloaded release's files (its step models, spec, trending feed and video metadata)."""
+    retired = staging_dir(repository) / "retired"
+    retired.mkdir(parents=True, exist_ok=True)
     for name in STEPS:
-        shutil.rmtree(repository / step_model(name, version), ignore_errors=True)
+        folder = repository / step_model(name, version)
+        if folder.exists():
+            target = retired / f"{folder.name}-{os.getpid()}"
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(folder, target)  # gone from the repository in one step, then deleted
+            shutil.rmtree(target, ignore_errors=True)
     Release.spec_path(repository, version).unlink(missing_ok=True)
     Release.trending_path(repository, version).unlink(missing_ok=True)
     Release.videos_path(repository, version).unlink(missing_ok=True)

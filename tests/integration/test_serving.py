@@ -6,6 +6,9 @@ hot-swap a new release, read the exposure log). So that any order works: every t
 own (``users`` below), compares only with what it read itself, restores what it changed in a ``finally``,
 and reads the serving release from the repository instead of assuming one."""
 
+import os
+import signal
+import threading
 import time
 
 import numpy as np
@@ -242,6 +245,28 @@ def test_step_models_answer_only_tensors_sealed_by_the_ensembles_earlier_steps(s
         assert len(client.recommend(user, k=5, request_time=WHEN).video_ids) == 5
 
 
+def test_model_control_requests_are_refused_for_everyone(stack, users):
+    """Triton polls the repository: who may write that folder controls the models, and no request can
+    unload the ensemble or load a model whose code it uploads (over HTTP or gRPC)."""
+    import tritonclient.grpc as grpc
+
+    http_client = http.InferenceServerClient(stack["triton"].http_url)
+    grpc_client = grpc.InferenceServerClient(stack["triton"].grpc_url)
+    try:
+        for client in (http_client, grpc_client):
+            with pytest.raises(Exception, match="not allowed if polling is enabled"):
+                client.unload_model("reels")
+            code = b"raise SystemExit('uploaded code ran')"
+            with pytest.raises(Exception, match="not allowed if polling is enabled"):
+                client.load_model("uploaded", config='{"backend": "python"}', files={"file:1/model.py": code})
+        assert http_client.is_model_ready("reels")
+    finally:
+        http_client.close()
+        grpc_client.close()
+    with ReelsClient(stack["triton"].http_url) as client:
+        assert len(client.recommend(int(users[41]), k=5, request_time=WHEN).video_ids) == 5
+
+
 def test_hidden_creator_disappears_from_the_next_feed(stack, users, tiny_store, tiny_features):
     from reels.feature_store.encoding import Vocabulary
     from reels.feature_store.ingest import IngestWorker
@@ -283,30 +308,93 @@ def _logging_again(url: str, redis_client, user: int, timeout_s: float = 30.0) -
     return False
 
 
-def test_redis_down_means_flagged_fallback_and_back_means_personal(stack, users):
-    user = int(users[8])
-    redis_server = stack["redis"]
-    redis_server.client().save()  # the restart below reloads this snapshot
-    redis_server.stop()
+class _Probe(threading.Thread):
+    """Requests one user's feed back to back over gRPC, recording (start, seconds, fallback or error)."""
+
+    def __init__(self, url: str, user: int):
+        super().__init__(daemon=True)
+        self.url, self.user, self.done = url, user, threading.Event()
+        self.samples: list[tuple[float, float, int | str]] = []
+
+    def run(self) -> None:
+        with ReelsClient(self.url, "grpc", timeout_s=5.0) as client:
+            while not self.done.is_set():
+                started = time.monotonic()
+                try:
+                    outcome: int | str = client.recommend(self.user, k=10, request_time=WHEN).fallback
+                except Exception as exc:  # noqa: BLE001 - recorded and asserted on below
+                    outcome = f"{type(exc).__name__}: {exc}"
+                self.samples.append((started, time.monotonic() - started, outcome))
+
+    def window(self, start: float, end: float) -> list[tuple[float, int | str]]:
+        """(seconds, outcome) of the requests that started in ``[start, end)``."""
+        return [(s, o) for t, s, o in self.samples if start <= t < end]
+
+    def personal_again(self, since: float, timeout_s: float = 30.0) -> bool:
+        """Wait until a request started after ``since`` got a personal feed (fallback 0)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(o == 0 for _, o in self.window(since, float("inf"))):
+                return True
+            time.sleep(0.1)
+        return False
+
+
+def test_redis_stalled_killed_or_restarted_empty_costs_no_request_and_no_latency(stack, users, tmp_path):
+    """SIGSTOP for 5 s; SIGKILL (no SAVE) and restart; a restart with no data: every request is answered
+    (a flagged fallback while Redis is away), p99 under 100 ms in each outage, personal feeds after."""
+    user, redis_server = int(users[8]), stack["redis"]
+    probe = _Probe(stack["triton"].grpc_url, user)
+    probe.start()
+    outages: dict[str, tuple[float, float]] = {}
     try:
-        with ReelsClient(stack["triton"].http_url) as client:
-            down = client.recommend(user, k=10, request_time=WHEN)
-            assert down.fallback == 2
-            assert len(down.video_ids) == 10
-            assert down.variant == EXPERIMENT.assign(user)  # the exposure log failed, the request did not
-            redis_server.start()
-            deadline = time.monotonic() + 30
-            again = client.recommend(user, k=10, request_time=WHEN)
-            while again.fallback != 0 and time.monotonic() < deadline:
-                time.sleep(0.2)
-                again = client.recommend(user, k=10, request_time=WHEN)
-            assert again.fallback == 0
+        assert probe.personal_again(0.0)
+        pid = redis_server.process.pid
+        start = time.monotonic()
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(5.0)
+        os.kill(pid, signal.SIGCONT)
+        outages["stalled 5 s"] = (start, time.monotonic())
+        assert probe.personal_again(outages["stalled 5 s"][1]), "not personal again after SIGCONT"
+
+        start = time.monotonic()
+        os.kill(pid, signal.SIGKILL)  # no SAVE: the append-only file is what brings the data back
+        redis_server.process.wait()
+        redis_server.process = None
+        time.sleep(3.0)
+        outages["killed"] = (start, time.monotonic())
+        redis_server.start()
+        assert probe.personal_again(outages["killed"][1]), "not personal again after the restart"
+
+        redis_server.stop()
+        start = time.monotonic()
+        with RedisServer(tmp_path / "empty", port=redis_server.port):  # the same port, none of the data
+            time.sleep(3.0)
+            outages["restarted empty"] = (start, time.monotonic())
+        redis_server.start()
+        assert probe.personal_again(outages["restarted empty"][1]), "not personal again with the data back"
     finally:
-        if redis_server.process is None:  # stopped above and not restarted: the next tests need it
+        probe.done.set()
+        probe.join(timeout=10)
+        if redis_server.process is None:
             redis_server.start()
-        # Leave the stack as the other tests expect it: personal feeds, and every feed logged again.
+        elif redis_server.process.poll() is None:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
         restored = _logging_again(stack["triton"].http_url, redis_server.client(), user)
     assert restored, "the exposure log did not recover after Redis came back"
+    errors = [o for _, _, o in probe.samples if isinstance(o, str)]
+    assert not errors, errors[:3]
+    for name, (start, end) in outages.items():
+        window = probe.window(start, end)
+        seconds = np.array([s for s, _ in window])
+        p99 = float(np.percentile(seconds, 99))
+        print(
+            f"{name}: {len(window)} requests, p50 {np.median(seconds) * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms"
+        )
+        assert len(window) >= 20, f"{name}: only {len(window)} requests answered in {end - start:.1f} s"
+        assert {o for _, o in window} <= {0, 2}, name
+        assert sum(o == 2 for _, o in window) >= len(window) // 2, f"{name}: flagged as a fallback"
+        assert p99 < 0.1, f"{name}: p99 {p99 * 1e3:.0f} ms over {len(window)} requests"
 
 
 def test_hot_swap_under_perf_analyzer_load_fails_no_request(stack, tiny_models, tiny_features, tmp_path):
