@@ -296,7 +296,6 @@ class IngestWorker:
             fault_point("ingest:after_apply")
             if self.offline is not None:
                 hides = pd.DataFrame(rows, columns=HIDES.names)
-                # Keys.offline_marker's pattern, with a "hide:" namespace so entry ids never meet event ids.
                 markers = [self.keys.offline_marker(f"hide:{entry}") for entry in hides["hide_id"]]
                 self._append_offline(HIDES.name, hides, markers)
             fault_point("ingest:before_ack")

@@ -21,7 +21,8 @@ Keys (``{ns}`` is a load's namespace, e.g. ``v3``; ``{prefix}`` defaults to ``re
                                                messages (field ``hide_creator``), consumer group ``ingest``
     {prefix}:events:dead               STREAM  dead-lettered messages: ``event``, ``reason``, ``source_id``
     {prefix}:applied:{event_id}        STRING  dedupe marker of an applied event (TTL)
-    {prefix}:offline:{event_id}        STRING  marker of an event already appended to the offline store (TTL)
+    {prefix}:offline:{event_id}        STRING  the offline-store batch an event was written in (TTL)
+    {prefix}:offline:hide:{entry_id}   STRING  the same for a hide-creator message (its stream entry id)
     {prefix}:{ns}:counters:{raw_video_id} HASH events / views / likes / completions / hides since the load
     {prefix}:trending                  ZSET    views per raw video id (streamed trending scores)
     {prefix}:exposures                 STREAM  one entry per served feed (field ``exposure``, JSON)
@@ -142,8 +143,8 @@ class Keys:
         """Dedupe marker of an applied event."""
         return f"{self.prefix}:applied:{event_id}"
 
-    def offline_marker(self, event_id: int) -> str:
-        """Marker of an event already appended to the offline store."""
+    def offline_marker(self, event_id: int | str) -> str:
+        """The offline-store batch marker of an event (an int id) or of a hide (``hide:{entry_id}``)."""
         return f"{self.prefix}:offline:{event_id}"
 
     def counters(self, ns: str, raw_video_id: int) -> str:

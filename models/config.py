@@ -118,7 +118,7 @@ class RetrainConfig:
 
     scheduler: str = ""  # an existing Dask scheduler address; empty: start a local cluster
     n_workers: int = 0  # local cluster workers (0: one per 2 cores)
-    dashboard_address: str = ":8787"
+    dashboard_address: str = "127.0.0.1:8787"
     gate_metrics: tuple[str, ...] = ("recall@20", "auc_view")
     gate_tolerance: float = 0.0  # candidate >= serving x (1 - tolerance) on every gate metric
     drift_threshold: float = 0.2  # `reels retrain --if-drift`: retrain only when a feature's PSI exceeds it
