@@ -21,6 +21,7 @@ from reels.feature_store.store import OnlineStore
 from reels.models.registry import serving_model_dir, trained_features
 from reels.models.serving.config import ServingConfig
 from reels.models.serving.experiment import Experiment
+from reels.workflows.errors import ServiceUnavailable
 from reels.workflows.manifest import FeatureArtifacts
 
 
@@ -53,14 +54,19 @@ def serving_stack(
     started_redis = triton = None
     probe = settings.client(timeout_s=0.5)
     try:  # everything started inside is stopped in ``finally``, however the block is left
+        where = settings.describe()
         try:
             probe.ping()
-            say(f"using the redis-server already on {server.redis_host}:{server.redis_port}")
-        except redis.RedisError:
-            say(f"starting redis-server on {server.redis_host}:{server.redis_port}")
+            say(f"using the redis-server already at {where}")
+        except redis.RedisError as exc:
+            if settings.tls or settings.host not in ("127.0.0.1", "localhost", "::1"):
+                # Only a local plain-text server is ours to start; a remote or TLS one is someone else's.
+                raise ServiceUnavailable(f"the Redis at {where} does not answer: {exc}") from exc
+            say(f"starting redis-server on {settings.host}:{settings.port}")
             started_redis = RedisServer(
-                build_dir / "redis", port=server.redis_port, bind=server.redis_host, password=password
-            )
+                build_dir / "redis", port=settings.port, bind=settings.host, password=password,
+                username=settings.resolved_username(),
+            )  # fmt: skip
             started_redis.start()
         client = started_redis.client() if started_redis else probe
         store = OnlineStore(client, prefix=settings.prefix)
