@@ -12,6 +12,7 @@ touching the serving ones (``reels.deploy.promotion``).
 from __future__ import annotations
 
 import os
+import py_compile
 import shutil
 import uuid
 from pathlib import Path
@@ -90,8 +91,9 @@ def add_release(
     source: Path = SOURCE,
     instances: int = 1,
 ) -> int:
-    """Write release ``N`` (= the artifact version) into ``repository``: a model per step and the release
-    spec. Nothing is loaded; returns ``N``."""
+    """Write release ``N`` (= the artifact version) into ``repository``: its record ``serving-N.json``,
+    then a model per step carrying its own spec and artifacts (``reels.deploy.triton.release``), each
+    built beside the repository and moved in with one rename. Nothing is loaded; returns ``N``."""
     manifest = check_manifest(model_dir)
     config = config or ServingConfig()
     features = FeatureArtifacts(Path(manifest["features"]["path"]))
@@ -102,25 +104,38 @@ def add_release(
         experiment=experiment,
     )  # fmt: skip
     offline = OfflineStore(feature_manifest.store)
-    feed = trending(offline, config.trending_days, config.trending_size)
-    # Spec and feed first: a step model must never exist without the files its initialize() reads.
-    release.write(repository, feed, video_metadata(offline))
-    for name in STEPS:
-        model = step_model(name, release.version)
-        folder = staging_dir(repository) / model
-        shutil.rmtree(folder, ignore_errors=True)
-        (folder / "1").mkdir(parents=True)
-        shutil.copy2(source / name / "1" / "model.py", folder / "1" / "model.py")
-        model_config = read_config(source / name / "config.pbtxt")
-        model_config.name = model
-        for group in model_config.instance_group:
-            group.count = instances
-        # Which writing of the folder this is: a promotion waits until Triton serves this very config
-        # (a rewritten release keeps answering READY with its old instances until the reload is done).
-        model_config.parameters[STAMP].string_value = uuid.uuid4().hex
-        write_config(folder / "config.pbtxt", model_config)
-        shutil.rmtree(repository / model, ignore_errors=True)  # a leftover of a failed promotion
-        os.replace(folder, repository / model)
+    # The files derived from the offline store, written once and placed into the steps that read them.
+    feed = staging_dir(repository) / f"feed-{release.version}-{os.getpid()}"
+    shutil.rmtree(feed, ignore_errors=True)
+    release.write_feed(
+        feed, trending(offline, config.trending_days, config.trending_size), video_metadata(offline)
+    )
+    # The record first: a step model in the repository always has one (a promotion lists releases by it).
+    release.write(repository)
+    try:
+        for name in STEPS:
+            model = step_model(name, release.version)
+            folder = staging_dir(repository) / model
+            shutil.rmtree(folder, ignore_errors=True)
+            (folder / "1").mkdir(parents=True)
+            shutil.copy2(source / name / "1" / "model.py", folder / "1" / "model.py")
+            # Compiled now, so the python backend finds a fresh __pycache__ and writes none itself: Triton
+            # polls the repository, and a folder that changes after its first load is loaded again.
+            py_compile.compile(str(folder / "1" / "model.py"), doraise=True)
+            # Everything the step reads, inside its own folder: the folder alone serves (relocatable).
+            release.write_step(folder / "1", name, feed)
+            model_config = read_config(source / name / "config.pbtxt")
+            model_config.name = model
+            for group in model_config.instance_group:
+                group.count = instances
+            # Which writing of the folder this is: a promotion waits until Triton serves this very config
+            # (a rewritten release keeps answering READY with its old instances until the reload is done).
+            model_config.parameters[STAMP].string_value = uuid.uuid4().hex
+            write_config(folder / "config.pbtxt", model_config)
+            shutil.rmtree(repository / model, ignore_errors=True)  # a leftover of a failed promotion
+            os.replace(folder, repository / model)
+    finally:
+        shutil.rmtree(feed, ignore_errors=True)
     return release.version
 
 
@@ -167,7 +182,7 @@ def instances_of(repository: Path, version: int) -> int:
 
 
 def remove_release(repository: Path, version: int) -> None:
-    """Delete an unloaded release's files (its step models, spec, trending feed and video metadata)."""
+    """Delete an unloaded release's files (its step models, which carry its artifacts, then its record)."""
     retired = staging_dir(repository) / "retired"
     retired.mkdir(parents=True, exist_ok=True)
     for name in STEPS:
@@ -178,5 +193,5 @@ def remove_release(repository: Path, version: int) -> None:
             os.replace(folder, target)  # gone from the repository in one step, then deleted
             shutil.rmtree(target, ignore_errors=True)
     Release.spec_path(repository, version).unlink(missing_ok=True)
-    Release.trending_path(repository, version).unlink(missing_ok=True)
-    Release.videos_path(repository, version).unlink(missing_ok=True)
+    for legacy in (f"trending-{version}.npy", f"videos-{version}.parquet"):  # written at the root before
+        (repository / legacy).unlink(missing_ok=True)
