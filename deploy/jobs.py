@@ -23,7 +23,7 @@ from reels.workflows.offline_store import OfflineStore
 if TYPE_CHECKING:
     import pandas as pd
 
-    from reels.feature_store.ingest import IngestStats
+    from reels.feature_store.ingest import IngestReporter, IngestStats
     from reels.feature_store.store import LoadReport
     from reels.models.evaluation.abtest import SimulationRun, SimulationSpec
     from reels.models.train import TrainedModels
@@ -198,10 +198,11 @@ def consume_events(
     drain: bool = False,
     to_offline: bool = True,
     claim_idle_ms: int = 10_000,
+    metrics: IngestReporter | None = None,
 ) -> IngestStats:
     """Run one ingest worker of the consumer group on the configured Redis (`reels ingest`) for
     ``seconds`` (None: forever), or until the stream is drained; applied events also go to the source's
-    offline store unless ``to_offline`` is off."""
+    offline store unless ``to_offline`` is off. ``metrics``: where the worker reports (``IngestMetrics``)."""
     from reels.feature_store.encoding import Vocabulary
     from reels.feature_store.ingest import IngestWorker
 
@@ -210,8 +211,9 @@ def consume_events(
     offline = OfflineStore(config.source_dir(source) / "store") if to_offline else None
     with redis_errors("consuming the event stream"):
         worker = IngestWorker(
-            config.server.redis.store(timeout_s=2.0), Vocabulary(features.workflow_dir, "video_id"),
-            history_length, consumer=consumer, claim_idle_ms=claim_idle_ms, offline=offline,
+            # No redis-py retries: the worker's own loop backs off and re-reads its pending messages.
+            config.server.redis.store(timeout_s=2.0, retries=False), Vocabulary(features.workflow_dir, "video_id"),
+            history_length, consumer=consumer, claim_idle_ms=claim_idle_ms, offline=offline, metrics=metrics,
         )  # fmt: skip
         return worker.run(seconds=seconds, idle_exit=drain)
 

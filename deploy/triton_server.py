@@ -62,9 +62,6 @@ def server_environment() -> dict[str, str]:
     env.setdefault("TF_NUM_INTEROP_THREADS", "1")
     # The step models' seal key (deploy/triton/seal.py): fresh for each server, in its environment only.
     env.setdefault(KEY_ENV, new_key())
-    # No __pycache__ written next to a step's model.py: in poll mode Triton would see the model folder
-    # change after its first load and load it again.
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 
 

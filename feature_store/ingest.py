@@ -28,6 +28,11 @@ Crash windows, for tests: ``REELS_FAULT=ingest:after_apply`` (Redis updated, not
 exponential backoff (``reconnect_max_s``) instead of exiting; unacknowledged messages stay pending and
 are re-read once Redis is back.
 
+Metrics: a worker reports to an ``IngestReporter`` (a no-op unless given one); ``IngestMetrics`` is the
+Prometheus one that ``reels ingest --metrics-port`` serves (``reels_ingest_*``: messages by outcome,
+offline batches, Redis outages and reconnects, and the stream's length, lag and pending entries, read
+with ``XINFO GROUPS`` at most every ``stream_every_s``).
+
 Per event: the raw video id is appended to the user's seen list (so it — and a "not interested" hide —
 is excluded from the very next request), a viewed video's encoded id is pushed to the front of the
 history inside the user's packed record, and the video's counters and trending score are incremented.
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -130,6 +136,142 @@ class IngestStats:
     reasons: list[str] = field(default_factory=list)
 
 
+class IngestReporter:
+    """Where a worker reports what it did; this base ignores everything (a worker without metrics)."""
+
+    enabled = False  # False: the worker does not read the stream's state just to report it
+
+    def counted(self, stats: IngestStats) -> None:
+        """The counts of one ``step``."""
+
+    def offline_batch(self, table: str, rows: int) -> None:
+        """One batch of ``rows`` rows committed to the offline store's ``table``."""
+
+    def redis_unavailable(self) -> None:
+        """One try failed because Redis was away (the worker waits, then tries again)."""
+
+    def redis_back(self) -> None:
+        """Redis answered again after failed tries."""
+
+    def stream_state(self, length: int, dead_letters: int, groups: list[dict]) -> None:
+        """The event stream's length, the dead-letter stream's, and ``XINFO GROUPS`` of the stream."""
+
+
+class IngestMetrics(IngestReporter):
+    """The Prometheus metrics of one worker process (``reels_ingest_*``, in a registry of their own with
+    the process collector); ``serve`` exposes them over HTTP at ``/metrics``."""
+
+    enabled = True
+
+    def __init__(self):
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            ProcessCollector,
+            disable_created_metrics,
+        )
+
+        disable_created_metrics()  # no ``*_created`` twin per counter series (process-wide setting)
+        self.registry = registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        self.messages = Counter(
+            "reels_ingest_messages", "Stream messages handled, by outcome: read (all, claimed ones "
+            "included), applied (events and hide-creator choices), duplicate (applied before), "
+            "dead_lettered, failed_apply (left pending for a retry, or dead-lettered after max_deliveries), "
+            "claimed (from a dead consumer)", ["outcome"], registry=registry,
+        )  # fmt: skip
+        for outcome in ("read", "applied", "duplicate", "dead_lettered", "failed_apply", "claimed"):
+            self.messages.labels(outcome)
+        self.offline_batches = Counter(
+            "reels_ingest_offline_batches", "Batches committed to the offline store, by table",
+            ["table"], registry=registry,
+        )  # fmt: skip
+        self.offline_rows = Counter(
+            "reels_ingest_offline_rows", "Rows committed to the offline store, by table", ["table"],
+            registry=registry,
+        )  # fmt: skip
+        for table in (EVENTS.name, HIDES.name):
+            self.offline_batches.labels(table)
+            self.offline_rows.labels(table)
+        self.unavailable = Counter(
+            "reels_ingest_redis_unavailable", "Tries that failed because Redis was away", registry=registry
+        )
+        self.reconnects = Counter(
+            "reels_ingest_redis_reconnects",
+            "Times Redis answered again after failed tries",
+            registry=registry,
+        )
+        self.up = Gauge(
+            "reels_ingest_redis_up", "1 while the last try reached Redis, else 0", registry=registry
+        )
+        self.length = Gauge("reels_ingest_stream_length", "Entries in the event stream", registry=registry)
+        self.dead_letters = Gauge(
+            "reels_ingest_dead_letter_length", "Entries in the dead-letter stream", registry=registry
+        )
+        self.lag = Gauge(
+            "reels_ingest_stream_lag", "Stream entries not yet delivered to the consumer group (XINFO "
+            "GROUPS lag; NaN when Redis cannot tell)", ["group"], registry=registry,
+        )  # fmt: skip
+        self.pending = Gauge(
+            "reels_ingest_stream_pending", "Entries delivered to the group's consumers and not yet "
+            "acknowledged", ["group"], registry=registry,
+        )  # fmt: skip
+        self.server = None
+
+    def serve(self, port: int, address: str = "127.0.0.1") -> int:
+        """Serve ``/metrics`` on ``address:port`` from a daemon thread (port 0: any free one); the port."""
+        from prometheus_client import start_http_server
+
+        self.server, _ = start_http_server(port, addr=address, registry=self.registry)
+        return int(self.server.server_port)
+
+    def close(self) -> None:
+        """Stop serving."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def counted(self, stats: IngestStats) -> None:
+        """Add one ``step``'s counts."""
+        self.up.set(1)
+        for outcome, n in (("read", stats.read), ("applied", stats.applied), ("duplicate", stats.duplicates),
+                           ("dead_lettered", stats.dead_lettered), ("failed_apply", stats.failed_applies),
+                           ("claimed", stats.claimed)):  # fmt: skip
+            if n:
+                self.messages.labels(outcome).inc(n)
+
+    def offline_batch(self, table: str, rows: int) -> None:
+        """Count one committed offline batch."""
+        self.offline_batches.labels(table).inc()
+        self.offline_rows.labels(table).inc(rows)
+
+    def redis_unavailable(self) -> None:
+        """Count a failed try; Redis is down."""
+        self.unavailable.inc()
+        self.up.set(0)
+
+    def redis_back(self) -> None:
+        """Count a reconnect; Redis is up."""
+        self.reconnects.inc()
+        self.up.set(1)
+
+    def stream_state(self, length: int, dead_letters: int, groups: list[dict]) -> None:
+        """Set the stream gauges."""
+        self.up.set(1)
+        self.length.set(length)
+        self.dead_letters.set(dead_letters)
+        for group in groups:
+            name = group["name"].decode() if isinstance(group["name"], bytes) else str(group["name"])
+            lag = group.get("lag")
+            self.lag.labels(name).set(math.nan if lag is None else int(lag))
+            self.pending.labels(name).set(int(group["pending"]))
+
+
+NO_REPORTS = IngestReporter()
+
+
 class IngestWorker:
     """One consumer of group ``ingest`` on the event stream: validates, dead-letters, applies events to the
     active namespace with the ``APPLY`` script and optionally appends them to the offline store."""
@@ -138,6 +280,7 @@ class IngestWorker:
     keep_s = 86_400.0  # acknowledged entries younger than this stay (live A/B reports read them)
     reconnect_min_s = 0.1  # first wait after Redis went away; doubles per failed try...
     reconnect_max_s = 5.0  # ...up to this
+    stream_every_s = 1.0  # how often ``run`` reads the stream's length, lag and pending for the metrics
 
     def __init__(
         self,
@@ -152,9 +295,12 @@ class IngestWorker:
         dead_letter_limit: int = 100_000,
         max_deliveries: int = 3,
         offline: OfflineStore | None = None,
+        metrics: IngestReporter | None = None,
     ):
         """``offline``: also append applied events to this offline store (one part per batch), so the
-        next retraining sees them; acknowledged only once both are written."""
+        next retraining sees them; acknowledged only once both are written. ``metrics``: where to report
+        (default: nowhere)."""
+        self.metrics = metrics or NO_REPORTS
         self.store = store
         self.offline = offline
         self.client = store.client
@@ -326,6 +472,7 @@ class IngestWorker:
             pipe.set(marker, token, ex=self.dedupe_ttl_s)
         pipe.execute()  # before the write: a crash after it leaves markers that name the batch
         self.offline.append(table, todo_rows, token=token)
+        self.metrics.offline_batch(table, len(todo_rows))
         fault_point("ingest:after_offline")
 
     def validated(self, messages: list, stats: IngestStats) -> tuple[pd.DataFrame, list]:
@@ -429,6 +576,7 @@ class IngestWorker:
         total = IngestStats()
         deadline = None if seconds is None else time.monotonic() + seconds
         next_trim = time.monotonic() + self.trim_every_s
+        next_observe = time.monotonic()  # the stream's state right away, then every stream_every_s
         failures = 0
         while deadline is None or time.monotonic() < deadline:
             try:
@@ -436,9 +584,13 @@ class IngestWorker:
                 if time.monotonic() >= next_trim:
                     self.trim_acknowledged()
                     next_trim = time.monotonic() + self.trim_every_s
+                if self.metrics.enabled and time.monotonic() >= next_observe:
+                    self.observe_stream()
+                    next_observe = time.monotonic() + self.stream_every_s
             except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
                 if isinstance(exc, redis.ResponseError) and "NOGROUP" not in str(exc):
                     raise
+                self.metrics.redis_unavailable()
                 wait = min(self.reconnect_max_s, self.reconnect_min_s * 2**failures)
                 if deadline is not None:
                     wait = max(0.0, min(wait, deadline - time.monotonic()))
@@ -457,7 +609,9 @@ class IngestWorker:
                 continue
             if failures:
                 log.warning("ingest %s: Redis is back after %d failed tries", self.consumer, failures)
+                self.metrics.redis_back()
                 failures = 0
+            self.metrics.counted(stats)
             for name in ("read", "applied", "duplicates", "dead_lettered", "claimed", "failed_applies"):
                 setattr(total, name, getattr(total, name) + getattr(stats, name))
             total.reasons.extend(stats.reasons)
@@ -465,9 +619,25 @@ class IngestWorker:
                 break
         try:
             self.trim_acknowledged()
+            if self.metrics.enabled:
+                self.observe_stream()
         except (redis.ConnectionError, redis.TimeoutError) as exc:  # trimming waits for the next run
             log.warning("ingest %s: could not trim the stream on exit (%s)", self.consumer, exc)
         return total
+
+    def observe_stream(self) -> None:
+        """Report the event stream's length, the dead-letter stream's and every group's lag and pending
+        entries (one round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xlen(self.stream)
+        pipe.xlen(self.dead)
+        pipe.xinfo_groups(self.stream)
+        try:
+            length, dead_letters, groups = pipe.execute()
+        except redis.ResponseError as exc:  # e.g. the stream is gone (Redis restarted empty): next time
+            log.debug("ingest %s: no stream state (%s)", self.consumer, exc)
+            return
+        self.metrics.stream_state(int(length), int(dead_letters), list(groups))
 
     def _recreate_group(self) -> None:
         """The group is gone (Redis came back without its data): create it again, if Redis answers."""

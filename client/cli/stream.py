@@ -26,6 +26,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--claim-idle-ms", type=int, default=10_000, help="claim messages a dead worker left pending"
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics (reels_ingest_*) at http://ADDRESS:PORT/metrics (default: off; "
+        "0: any free port)",
+    )
+    p.add_argument(
+        "--metrics-address",
+        default=None,
+        metavar="ADDRESS",
+        help="where the metrics port listens (default: server.bind_address, 127.0.0.1; 0.0.0.0 opens it "
+        "to the network)",
+    )
     p.set_defaults(func=cmd_ingest)
 
     p = subparsers.add_parser(
@@ -38,18 +53,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Run one ingest worker and print its counts (Redis unreachable at the start: exit 4; once running,
-    the worker waits out a Redis outage, retrying with backoff)."""
+    the worker waits out a Redis outage, retrying with backoff). With ``--metrics-port``, its metrics are
+    served over HTTP while it runs."""
     from reels.deploy import jobs
+    from reels.feature_store.ingest import IngestMetrics
 
-    stats = jobs.consume_events(
-        load_config(args),
-        args.source,
-        args.consumer,
-        seconds=args.seconds or None,
-        drain=args.drain,
-        to_offline=not args.no_offline,
-        claim_idle_ms=args.claim_idle_ms,
-    )
+    config = load_config(args)
+    metrics = None
+    if args.metrics_port is not None:
+        metrics = IngestMetrics()
+        address = args.metrics_address or config.server.bind_address
+        port = metrics.serve(args.metrics_port, address)
+        print(f"metrics: http://{address}:{port}/metrics", flush=True)
+    try:
+        stats = jobs.consume_events(
+            config,
+            args.source,
+            args.consumer,
+            seconds=args.seconds or None,
+            drain=args.drain,
+            to_offline=not args.no_offline,
+            claim_idle_ms=args.claim_idle_ms,
+            metrics=metrics,
+        )
+    finally:
+        if metrics is not None:
+            metrics.close()
     print(
         f"read {stats.read:,}, applied {stats.applied:,}, duplicates {stats.duplicates:,}, "
         f"dead-lettered {stats.dead_lettered:,}, claimed from dead consumers {stats.claimed:,}"

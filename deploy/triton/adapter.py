@@ -4,18 +4,156 @@ dtypes are the contract), the release it serves (from the model name ``<step>_v<
 ``execute`` converts Triton request tensors -> seal checks -> the step -> its output seals -> response
 tensors, with exactly one response per request and errors as per-request Triton errors (the model keeps
 serving): invalid-argument for bad input or a seal that does not match (a step called directly, see
-``seal.py``), internal for anything else. ``pb_utils`` is passed in because it only exists inside Triton."""
+``seal.py``), internal for anything else. ``pb_utils`` is passed in because it only exists inside Triton.
+
+Metrics of our own (``reels_*``, table in ``FAMILIES``) go out on Triton's metrics port next to its
+``nv_*`` ones: a step reports to its ``metrics`` attribute (``Counts`` here, a no-op outside Triton, see
+``steps.MetricsSink``), the adapter counts refused requests itself, and once per ``execute`` call the
+counts go to Triton's ``pb_utils.MetricFamily`` series labelled with the model's name and version (each
+update of a Triton metric is a round trip to the server process, so there is one per changed series and
+call, not one per event)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from reels.deploy.triton.seal import Seal, Sealer
 from reels.models.serving.request import BadRequest
+
+log = logging.getLogger(__name__)
+
+
+class SealRefused(BadRequest):
+    """An input seal did not match: invalid-argument, counted apart from other bad input."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """One metric family of ours: Prometheus name, kind (counter, gauge or histogram), help text, and the
+    bucket bounds of a histogram. Every series also carries the labels ``model`` and ``version``."""
+
+    name: str
+    kind: str
+    description: str
+    buckets: tuple[float, ...] = ()
+
+
+REFUSED = "reels_requests_refused_total"
+FAMILIES = {
+    family.name: family
+    for family in (
+        Family(
+            "reels_feeds_total", "counter",
+            "Feeds served, by the fallback in force (none, cold_start, store_unavailable) and the user's "
+            "experiment variant",
+        ),
+        Family(
+            "reels_feed_slots_total", "counter",
+            "Feed slots served, by how they were filled: ranked, exploration_greedy (an exploration slot "
+            "that took the best fresh video) or exploration_random (its coin said explore)",
+        ),
+        Family(
+            "reels_exposure_log_failures_total", "counter",
+            "Served feeds whose exposure-log entry was lost (Redis failed or the log's breaker was open)",
+        ),
+        Family(
+            "reels_candidates_retrieved", "histogram",
+            "Candidates retrieval passed on per request, by the fallback in force",
+            buckets=(0, 10, 25, 50, 100, 200, 300, 500, 1000),
+        ),
+        Family(
+            REFUSED, "counter",
+            "Requests answered with an error: bad_seal or bad_input (invalid-argument), internal",
+        ),
+    )
+}  # fmt: skip
+LabelKey = tuple[tuple[str, str], ...]
+
+
+def _label_key(labels: Mapping[str, str] | None) -> LabelKey:
+    return tuple(sorted((str(k), str(v)) for k, v in (labels or {}).items()))
+
+
+class Counts:
+    """The metrics sink a step reports to inside Triton (``steps.MetricsSink``): counter increments and
+    histogram observations by (family, labels), kept until ``take`` hands them to ``TritonMetrics``."""
+
+    def __init__(self):
+        self.increments: dict[tuple[str, LabelKey], float] = {}
+        self.observations: list[tuple[str, LabelKey, float]] = []
+
+    def count(self, name: str, labels: Mapping[str, str] | None = None, value: float = 1.0) -> None:
+        """Add ``value`` to counter ``name``'s series ``labels`` (zero is ignored)."""
+        if name not in FAMILIES:
+            raise KeyError(f"unknown metric {name!r}")
+        if value:
+            key = (name, _label_key(labels))
+            self.increments[key] = self.increments.get(key, 0.0) + float(value)
+
+    def observe(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None:
+        """Record one observation of histogram ``name``'s series ``labels``."""
+        if name not in FAMILIES:
+            raise KeyError(f"unknown metric {name!r}")
+        self.observations.append((name, _label_key(labels), float(value)))
+
+    def take(self) -> tuple[dict[tuple[str, LabelKey], float], list[tuple[str, LabelKey, float]]]:
+        """What was reported since the last ``take``, and start again from nothing."""
+        taken = self.increments, self.observations
+        self.increments, self.observations = {}, []
+        return taken
+
+
+class TritonMetrics:
+    """``FAMILIES`` registered with Triton through ``pb_utils.MetricFamily`` (shared by every model of
+    the server: same name, kind and help), one series per label set, labelled with ``model`` and
+    ``version`` (Triton's, as on its ``nv_*`` metrics). Series are created on first use, or at zero by
+    ``declare``."""
+
+    def __init__(self, pb_utils, model: str, version: str):
+        kinds = pb_utils.MetricFamily
+        self.base = {"model": model, "version": version}
+        self.families = {
+            f.name: pb_utils.MetricFamily(
+                name=f.name, description=f.description, kind=getattr(kinds, f.kind.upper())
+            )
+            for f in FAMILIES.values()
+        }
+        self.series: dict[tuple[str, LabelKey], object] = {}
+
+    def metric(self, name: str, key: LabelKey):
+        """The Triton metric of family ``name`` and labels ``key`` (created at zero the first time)."""
+        metric = self.series.get((name, key))
+        if metric is None:
+            family = FAMILIES[name]
+            extra = {"buckets": [float(b) for b in family.buckets]} if family.kind == "histogram" else {}
+            metric = self.families[name].Metric(labels={**self.base, **dict(key)}, **extra)
+            self.series[(name, key)] = metric
+        return metric
+
+    def declare(self, series: Sequence[tuple[str, Mapping[str, str]]]) -> None:
+        """Create these series at zero, so they are scraped (and rates start) before their first event."""
+        for name, labels in series:
+            self.metric(name, _label_key(labels))
+
+    def flush(self, counts: Counts) -> None:
+        """Send what ``counts`` holds to Triton: one update per changed counter series, one per
+        observation."""
+        increments, observations = counts.take()
+        for (name, key), value in increments.items():
+            self.metric(name, key).increment(value)
+        for name, key, value in observations:
+            self.metric(name, key).observe(value)
+
+    def close(self) -> None:
+        """Drop the series, then the families (Triton wants a family to outlive its metrics)."""
+        self.series.clear()
+        self.families.clear()
 
 
 def _error(pb_utils, message: str, invalid: bool):
@@ -25,9 +163,15 @@ def _error(pb_utils, message: str, invalid: bool):
 
 
 def execute(
-    pb_utils, requests, inputs: Sequence[str], step: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+    pb_utils,
+    requests,
+    inputs: Sequence[str],
+    step: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+    metrics: Counts | None = None,
 ):
-    """Run ``step`` on each request's ``inputs``; bad input -> INVALID_ARG, anything else -> INTERNAL."""
+    """Run ``step`` on each request's ``inputs``; bad input -> INVALID_ARG, anything else -> INTERNAL;
+    each refusal is counted in ``metrics`` (``reels_requests_refused_total`` by reason)."""
+    refused = metrics.count if metrics is not None else (lambda *_: None)
     responses = []
     for request in requests:
         try:
@@ -44,8 +188,10 @@ def execute(
                 )
             )
         except BadRequest as exc:
+            refused(REFUSED, {"reason": "bad_seal" if isinstance(exc, SealRefused) else "bad_input"})
             responses.append(_error(pb_utils, str(exc), invalid=True))
         except Exception as exc:  # noqa: BLE001 - one bad request must not take the model down
+            refused(REFUSED, {"reason": "internal"})
             responses.append(
                 _error(
                     pb_utils, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}", invalid=False
@@ -67,8 +213,11 @@ class SealedStep:
         self.step, self.sealer, self.checks, self.seals = step, sealer, tuple(checks), tuple(seals)
 
     def __call__(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The step's outputs plus its seals; ``BadRequest`` when an input seal does not match."""
-        self.sealer.check(tensors, self.checks)
+        """The step's outputs plus its seals; ``SealRefused`` when an input seal does not match."""
+        try:
+            self.sealer.check(tensors, self.checks)
+        except BadRequest as exc:
+            raise SealRefused(str(exc)) from exc
         outputs = self.step(tensors)
         for seal in self.seals:
             outputs[seal.name] = self.sealer.seal({**tensors, **outputs}, seal)
@@ -95,13 +244,48 @@ class StepModel:
         sealer = Sealer.from_environment()  # before the (slow) step: a missing key fails the load at once
         self.step = step_class(Release.for_model(args))
         self.sealed = SealedStep(self.step, sealer, step_class.checks, step_class.seals)
+        self.counts = Counts()
+        self.step.metrics = self.counts
+        self.metrics = None
+        self._metric_errors = 0
+        try:
+            self.metrics = TritonMetrics(
+                self.pb_utils, args["model_name"], str(args.get("model_version", ""))
+            )
+            declared = [(REFUSED, {"reason": r}) for r in ("bad_seal", "bad_input", "internal")]
+            declared += getattr(self.step, "metric_series", list)()
+            self.metrics.declare(declared)
+        except Exception as exc:  # noqa: BLE001 - e.g. metrics off (--allow-metrics=false): serve anyway
+            log.warning("%s: no reels_* metrics (%s: %s)", args["model_name"], type(exc).__name__, exc)
+            self.metrics = None
 
     def execute(self, requests):
-        """One response per request, in order."""
-        return execute(self.pb_utils, requests, self.inputs, self.sealed)
+        """One response per request, in order; then what the requests counted goes to Triton's metrics."""
+        responses = execute(self.pb_utils, requests, self.inputs, self.sealed, self.counts)
+        self._flush()
+        return responses
+
+    def _flush(self) -> None:
+        if self.metrics is None:
+            self.counts.take()
+            return
+        try:
+            self.metrics.flush(self.counts)
+        except Exception as exc:  # noqa: BLE001 - a metric must never fail a request
+            self._metric_errors += 1
+            if self._metric_errors in (1, 10, 100) or self._metric_errors % 1000 == 0:
+                log.warning(
+                    "reels_* metrics: %d updates failed (%s: %s)",
+                    self._metric_errors,
+                    type(exc).__name__,
+                    exc,
+                )
 
     def finalize(self) -> None:
-        """Close the Redis connections ``initialize`` opened."""
+        """Close the Redis connections ``initialize`` opened. The metric families stay: a release's step
+        models reloaded in place register the same families, and deleting them from the old instance
+        aborted tritonserver 2.51 (``std::system_error``) in a rollback under load; the process ends
+        with the model, taking its series with it."""
         store = getattr(self.step, "store", None)
         if store is not None:
             store.client.close()

@@ -37,9 +37,15 @@ ranked_seal         BYTES [1]               HMAC of the ranking outputs, chained
 Each step declares the seals it ``checks`` on its inputs and the ones it ``seals`` on its outputs
 (``deploy/triton/seal.py``); the adapter applies them, so a step called directly with tensors that no
 earlier step of this server produced answers invalid-argument instead of running.
+
+Metrics: a step reports what it served to its ``metrics`` attribute (a ``MetricsSink``; ``NO_METRICS``
+unless the adapter gave it one), by family name (``adapter.FAMILIES``) and labels; no step knows Triton.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
 
 import numpy as np
 
@@ -56,6 +62,30 @@ from reels.models.serving.retrieval import Retrieval
 from reels.workflows.spec import HISTORY, REQUEST_CONTEXT, USER_CATEGORICAL, USER_CONTINUOUS
 
 QUERY_CATEGORICAL = USER_CATEGORICAL + REQUEST_CONTEXT
+
+
+class MetricsSink(Protocol):
+    """Where a step reports what it served (the adapter's ``Counts`` inside Triton)."""
+
+    def count(self, name: str, labels: Mapping[str, str] | None = None, value: float = 1.0) -> None:
+        """Add ``value`` to counter ``name``'s series ``labels``."""
+
+    def observe(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None:
+        """Record one observation of histogram ``name``'s series ``labels``."""
+
+
+class NoMetrics:
+    """The sink of a step outside Triton: every report is dropped."""
+
+    def count(self, name: str, labels: Mapping[str, str] | None = None, value: float = 1.0) -> None:
+        """Drop the increment."""
+
+    def observe(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None:
+        """Drop the observation."""
+
+
+NO_METRICS = NoMetrics()
+FALLBACK_LABELS = {fallback: fallback.name.lower() for fallback in Fallback}  # none, cold_start, ...
 
 # What step 1 derived from a validated request: every later step reads (a part of) it, so all of it is
 # sealed and passed on whole.
@@ -107,6 +137,7 @@ class FeatureTransformStep:
     inputs = ("user_id", "k", "device", "hour", "request_time")
     checks: tuple[Seal, ...] = ()
     seals = (REQUEST_SEAL,)
+    metrics: MetricsSink = NO_METRICS
 
     def __init__(self, release: Release):
         self.max_k = release.serving.max_k
@@ -141,6 +172,7 @@ class RetrievalStep:
     inputs = SEALED_REQUEST
     checks = (REQUEST_SEAL,)
     seals = (CANDIDATES_SEAL,)
+    metrics: MetricsSink = NO_METRICS
 
     def __init__(self, release: Release):
         from reels.models.index import load_index
@@ -154,7 +186,14 @@ class RetrievalStep:
     def __call__(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         query = unpack(tensors)
         ids, scores = self.retrieval(query, query.seen)
+        self.metrics.observe(
+            "reels_candidates_retrieved", len(ids), {"fallback": FALLBACK_LABELS[query.fallback]}
+        )
         return {"candidate_ids": ids.astype(np.int64), "retrieval_scores": scores.astype(np.float32)}
+
+    def metric_series(self) -> list[tuple[str, dict[str, str]]]:
+        """The series this step reports, declared at zero when the model loads."""
+        return [("reels_candidates_retrieved", {"fallback": f}) for f in FALLBACK_LABELS.values()]
 
 
 class RankingStep:
@@ -163,6 +202,7 @@ class RankingStep:
     inputs = (*SEALED_REQUEST, *CANDIDATES_SEAL.covers, CANDIDATES_SEAL.name)
     checks = (REQUEST_SEAL, CANDIDATES_SEAL)
     seals = (RANKED_SEAL,)
+    metrics: MetricsSink = NO_METRICS
 
     def __init__(self, release: Release):
         from reels.models.ranker import ExportedRanker
@@ -189,6 +229,7 @@ class DiversityRerankStep:
     inputs = (*SEALED_REQUEST, *RANKED_SEAL.covers, RANKED_SEAL.name)
     checks = (REQUEST_SEAL, RANKED_SEAL)
     seals: tuple[Seal, ...] = ()
+    metrics: MetricsSink = NO_METRICS
 
     def __init__(self, release: Release):
         self.max_k = release.serving.max_k
@@ -208,12 +249,15 @@ class DiversityRerankStep:
         k = int(tensors["k"].reshape(-1)[0])
         if not 0 < k <= self.max_k:
             raise BadRequest(f"k must be between 1 and {self.max_k}, got {k}")
+        exposures = self.rerank.exposures
+        lost_before = exposures.failed if exposures is not None else 0
         out = self.rerank(
             tensors["ranked_ids"], tensors["ranking_scores"], tensors["candidate_task_predictions"].reshape(-1, len(RANKER_TASKS)),
             tensors["history_video_ids"], k, int(tensors["request_time_s"][0]),
             Fallback(int(tensors["ranking_fallback"][0])), user_id=int(tensors["user_id"].reshape(-1)[0]),
             hidden_creators=tensors["hidden_creator_ids"].reshape(-1),
         )  # fmt: skip
+        self._report(out, exposures.failed - lost_before if exposures is not None else 0)
         return {
             "video_ids": out.video_ids.astype(np.int64),
             "scores": out.scores.astype(np.float32),
@@ -223,6 +267,36 @@ class DiversityRerankStep:
             "propensities": out.propensities.astype(np.float32),
             "variant": np.array([out.variant.encode()], dtype=object),
         }
+
+    def _report(self, out, lost: int) -> None:
+        """One feed served: its fallback, how its slots were filled, and its exposure entry if lost."""
+        variant = {"variant": out.variant}
+        self.metrics.count(
+            "reels_feeds_total", {**variant, "fallback": FALLBACK_LABELS[Fallback(out.fallback)]}
+        )
+        ranked = int((np.asarray(out.pool) == 0).sum())
+        random = int(np.asarray(out.explored, dtype=bool).sum())  # every explored slot is an exploration slot
+        for slot, n in (("ranked", ranked), ("exploration_greedy", len(out.pool) - ranked - random),
+                        ("exploration_random", random)):  # fmt: skip
+            self.metrics.count("reels_feed_slots_total", {**variant, "slot": slot}, n)
+        self.metrics.count("reels_exposure_log_failures_total", None, lost)
+
+    def metric_series(self) -> list[tuple[str, dict[str, str]]]:
+        """The series this step reports, declared at zero when the model loads (per experiment variant)."""
+        variants = list(self.rerank.variant_configs)
+        series = [
+            ("reels_feeds_total", {"variant": v, "fallback": f})
+            for v in variants
+            for f in FALLBACK_LABELS.values()
+        ]
+        series += [
+            ("reels_feed_slots_total", {"variant": v, "slot": slot})
+            for v in variants
+            for slot in ("ranked", "exploration_greedy", "exploration_random")
+        ]
+        if self.rerank.exposures is not None:
+            series.append(("reels_exposure_log_failures_total", {}))
+        return series
 
 
 STEP_CLASSES = {

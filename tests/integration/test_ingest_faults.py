@@ -37,7 +37,13 @@ from reels.feature_store.store import OnlineStore
 from reels.workflows.offline_store import OfflineStore
 
 port, workflow, offline, consumer, seconds = sys.argv[1:]
-client = redis.Redis(port=int(port), socket_timeout=2.0, socket_connect_timeout=2.0)
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+# No redis-py retries (as `reels ingest` runs it): an outage reaches the worker's own backoff at once
+# instead of being ridden out, or not, by retries inside one command depending on timing.
+client = redis.Redis(
+    port=int(port), socket_timeout=2.0, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
+)
 worker = IngestWorker(
     OnlineStore(client, namespace_ttl_s=0.0), Vocabulary(workflow, "video_id"), 5, consumer=consumer,
     offline=OfflineStore(offline), claim_idle_ms=100,
