@@ -412,13 +412,15 @@ def recover(
 
 
 def triton_answers(url: str, timeout_s: float = 2.0) -> bool:
-    """Whether a tritonserver at ``url`` (HTTP, host:port) answers that it is ready."""
+    """Whether a tritonserver at ``url`` (HTTP, host:port) answers that it is live. Live, not ready: with
+    strict readiness a server is "not ready" while its poll loads models (e.g. the release of a killed
+    promotion), and it is still the server a promotion must go through."""
     import tritonclient.http as http
 
     try:
         client = http.InferenceServerClient(url, connection_timeout=timeout_s)
         try:
-            return bool(client.is_server_ready())
+            return bool(client.is_server_live())
         finally:
             client.close()
     except Exception:  # noqa: BLE001 - connection refused, timeouts, HTTP errors: nobody serving here
