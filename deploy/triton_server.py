@@ -99,7 +99,13 @@ class TritonServer(ManagedProcess):
         refuses every load and unload request. So only who may write the repository folder controls the
         models: no request can unload the ensemble or load code it uploads, and there is no key that
         would have to be passed on tritonserver's command line."""
-        return ["--model-control-mode=poll", f"--repository-poll-secs={self.poll_s}"]
+        # One model loads at a time: with the default four threads, a poll that found a release's four
+        # new step models once never started one of their stubs and hung the load (tritonserver 2.51).
+        return [
+            "--model-control-mode=poll",
+            f"--repository-poll-secs={self.poll_s}",
+            "--model-load-thread-count=1",
+        ]
 
     @property
     def _host(self) -> str:
