@@ -26,6 +26,7 @@ from reels.feature_store.streams import EventProducer, read_exposures
 from reels.models.serving.config import ServingConfig
 from reels.models.serving.experiment import Experiment
 from reels.workflows.spec import OOV
+from tests.integration.direct_calls import infer
 
 CONFIG = ServingConfig(candidates=200, max_k=50, max_per_creator=2, max_per_category=6)
 EXPERIMENT = Experiment(name="metrics", salt="m", variants={"control": {}, "diverse": {"mmr_lambda": 0.4}})
@@ -79,25 +80,6 @@ def stack(tiny_models, tiny_features, tmp_path_factory):
         redis_server.stop()
 
 
-def _infer(url: str, model: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Call one step model directly with numpy tensors; every output it declares."""
-    import tritonclient.http as http
-    from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
-
-    client = http.InferenceServerClient(url)
-    try:
-        inputs = []
-        for name, value in tensors.items():
-            tensor = http.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-            tensor.set_data_from_numpy(value)
-            inputs.append(tensor)
-        outputs = {o["name"]: o["datatype"] for o in client.get_model_metadata(model)["outputs"]}
-        result = client.infer(model, inputs, outputs=[http.InferRequestedOutput(o) for o in outputs])
-        return {o: result.as_numpy(o).astype(triton_to_np_dtype(t)) for o, t in outputs.items()}
-    finally:
-        client.close()
-
-
 def _known_user(tiny_features) -> int:
     frame = pd.read_parquet(tiny_features.users_path)
     history = np.stack(frame["history_video_ids"].to_numpy())
@@ -136,9 +118,9 @@ def test_triton_exports_feeds_slots_candidates_and_refusals(stack, tiny_features
         "device": np.array([b"ios"], object), "hour": np.array([-1], np.int32),
         "request_time": np.array([when], np.int64),
     }  # fmt: skip
-    sealed = {n: (request | _infer(triton.http_url, transform, request))[n] for n in SEALED_REQUEST}
+    sealed = {n: (request | infer(triton.http_url, transform, request))[n] for n in SEALED_REQUEST}
     with pytest.raises(Exception, match="request_seal does not match"):
-        _infer(triton.http_url, retrieval, sealed | {"user_id": np.array([user + 1], np.int64)})
+        infer(triton.http_url, retrieval, sealed | {"user_id": np.array([user + 1], np.int64)})
     after = scrape(metrics_url)
 
     assert [r.fallback for r in personal] == [0, 0] and cold.fallback == 1

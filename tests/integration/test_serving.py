@@ -26,6 +26,7 @@ from reels.feature_store.streams import read_exposures
 from reels.models.serving.config import ServingConfig
 from reels.models.serving.experiment import Experiment
 from reels.workflows.spec import HISTORY, OOV
+from tests.integration.direct_calls import infer
 
 CONFIG = ServingConfig(candidates=200, max_k=50, max_per_creator=2, max_per_category=6)
 EXPERIMENT = Experiment(name="e2e", salt="t", variants={"control": {}, "diverse": {"mmr_lambda": 0.4}})
@@ -189,25 +190,6 @@ def test_wrong_dtype_and_shape_are_rejected(stack, users):
         assert ok.recommend(int(users[9]), k=3, request_time=WHEN).fallback == 0
 
 
-def _infer(url: str, model: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Call one model with numpy tensors and return every output it declares."""
-    from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
-
-    client = http.InferenceServerClient(url)
-    try:
-        inputs = []
-        for name, value in tensors.items():
-            tensor = http.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-            tensor.set_data_from_numpy(value)
-            inputs.append(tensor)
-        outputs = {o["name"]: o["datatype"] for o in client.get_model_metadata(model)["outputs"]}
-        result = client.infer(model, inputs, outputs=[http.InferRequestedOutput(o) for o in outputs])
-        # as_numpy gives an empty tensor float64: the declared dtype keeps it what the model returned
-        return {o: result.as_numpy(o).astype(triton_to_np_dtype(t)) for o, t in outputs.items()}
-    finally:
-        client.close()
-
-
 def test_step_models_answer_only_tensors_sealed_by_the_ensembles_earlier_steps(stack, users):
     from reels.deploy.triton.repository import pinned_version
     from reels.deploy.triton.steps import SEALED_REQUEST
@@ -220,15 +202,15 @@ def test_step_models_answer_only_tensors_sealed_by_the_ensembles_earlier_steps(s
         "request_time": np.array([WHEN], np.int64),
     }  # fmt: skip
     # Step 1 validates the request like the ensemble does, so calling it directly is allowed.
-    query = _infer(url, f"feature_transform_v{version}", request)
+    query = infer(url, f"feature_transform_v{version}", request)
     sealed = {n: (request | query)[n] for n in SEALED_REQUEST}
     # Its outputs, unchanged, are what the ensemble would pass on: retrieval answers them.
-    candidates = _infer(url, f"retrieval_v{version}", sealed)
+    candidates = infer(url, f"retrieval_v{version}", sealed)
     assert len(candidates["candidate_ids"]) > 0
     # Any change to a sealed tensor, or a seal made up by the caller, is refused.
     tampered = sealed | {"history_video_ids": np.roll(sealed["history_video_ids"], 1) + 1}
     with pytest.raises(Exception, match="request_seal does not match"):
-        _infer(url, f"retrieval_v{version}", tampered)
+        infer(url, f"retrieval_v{version}", tampered)
     exposures_before = len(read_exposures(stack["redis"].client()))
     made_up = {
         "ranked_ids": candidates["candidate_ids"][:5], "ranking_scores": np.ones(5, np.float32),
@@ -236,10 +218,10 @@ def test_step_models_answer_only_tensors_sealed_by_the_ensembles_earlier_steps(s
         "ranking_fallback": np.array([0], np.int32), "ranked_seal": np.array([b"x" * 32], object),
     }  # fmt: skip
     with pytest.raises(Exception, match="ranked_seal does not match"):
-        _infer(url, f"diversity_rerank_v{version}", sealed | made_up)
+        infer(url, f"diversity_rerank_v{version}", sealed | made_up)
     forged_user = sealed | {"user_id": np.array([user + 1], np.int64)}
     with pytest.raises(Exception, match="request_seal does not match"):
-        _infer(url, f"diversity_rerank_v{version}", forged_user | made_up)
+        infer(url, f"diversity_rerank_v{version}", forged_user | made_up)
     assert len(read_exposures(stack["redis"].client())) == exposures_before  # nothing logged
     with ReelsClient(url) as client:  # and the ensemble itself keeps serving
         assert len(client.recommend(user, k=5, request_time=WHEN).video_ids) == 5
