@@ -145,39 +145,62 @@ def _clear_journal(repository: Path) -> None:
 
 
 # ---- promotion --------------------------------------------------------------------------------------------
+@dataclass
+class Replica:
+    """One tritonserver a promotion goes through: the repository it polls and a gRPC client to it (None:
+    not running, then only files are reconciled)."""
+
+    repository: Path
+    client: object | None = None
+
+
 def promote(
     repository: Path,
     model_dir: Path,
-    triton_url: str,
+    triton_url: str | None,
     store: OnlineStore,
     redis: RedisSettings,
     config: ServingConfig | None = None,
     progress: Say | None = None,
     mark: bool = False,
+    replicas: list[tuple[Path, str]] | None = None,
 ) -> PromotionReport:
     """Hot-swap ``model_dir`` into the Triton serving ``repository`` (gRPC at ``triton_url``); with
     ``mark``, point ``<models>/serving`` at it once it serves. An unfinished earlier promotion into the
-    same repository is reconciled first (``recover``). A version the gate rejected is refused."""
+    same repository is reconciled first (``recover``). A version the gate rejected is refused.
+
+    ``replicas``: (repository, gRPC url) of each tritonserver of a replica set (`reels serve --replicas`);
+    ``repository`` is then the set's folder, which holds the journal and the lock. The release goes to one
+    replica at a time (rolling): the next one starts loading only once the previous one serves it, so at
+    most one replica pays for a load while the others answer at full speed, and a release that fails to
+    load on one replica is rolled back on all of them."""
     import tritonclient.grpc as grpc
 
     say = progress or (lambda _m: None)
     started = time.perf_counter()
     manifest = check_manifest(model_dir)
     check_servable(model_dir)
+    targets = replicas if replicas is not None else [(repository, triton_url)]
     # Only read-only calls (readiness, configs, the repository index): Triton polls the repository.
-    client = grpc.InferenceServerClient(triton_url)
+    clients = [grpc.InferenceServerClient(url) for _, url in targets]
     try:
         with promotion_lock(repository):
-            return _promote(repository, model_dir, manifest, client, store, redis, config, say, mark, started)
+            members = [
+                Replica(Path(repo), client) for (repo, _), client in zip(targets, clients, strict=True)
+            ]
+            return _promote(
+                Path(repository), members, model_dir, manifest, store, redis, config, say, mark, started
+            )
     finally:
-        client.close()
+        for client in clients:
+            client.close()
 
 
 def _promote(
-    repository: Path,
+    root: Path,
+    replicas: list[Replica],
     model_dir: Path,
     manifest: dict,
-    client,
     store: OnlineStore,
     redis: RedisSettings,
     config: ServingConfig | None,
@@ -185,9 +208,10 @@ def _promote(
     mark: bool,
     started: float,
 ) -> PromotionReport:
-    """``promote`` under the repository's promotion lock."""
-    recovered = recover(repository, store, client, say)
-    version, previous = int(manifest["version"]), pinned_version(repository)
+    """``promote`` under the promotion lock of ``root`` (a repository, or a replica set's folder)."""
+    recovered = recover(root, store, progress=say, replicas=replicas)
+    version = int(manifest["version"])
+    previous = _pinned(replicas)
     if version == previous:
         if recovered and recovered["outcome"] == "forward" and recovered["version"] == version:
             # The interrupted promotion was of this very version: finishing it is this promotion.
@@ -203,40 +227,57 @@ def _promote(
     entry = {
         "version": version, "previous": previous, "model_dir": str(Path(model_dir).resolve()),
         "namespace": None, "previous_active": active.decode() if active else None, "mark": mark,
+        "repositories": [str(r.repository) for r in replicas], "swapped": [],
         # A release still there from before (promoting back to an older version): a rollback before
         # its files are rewritten leaves it, and its loaded models, alone.
-        "release_existed": Release.spec_path(repository, version).exists(),
+        "release_existed": [Release.spec_path(r.repository, version).exists() for r in replicas],
     }  # fmt: skip
-    _write_journal(repository, entry, "started")
+    _write_journal(root, entry, "started")
     try:
         say(f"loading the features of version {version} into a new Redis namespace")
         loaded = store.load(features, activate=False, pin=True)
         entry["namespace"] = loaded.namespace
-        _write_journal(repository, entry, "features_loaded")
+        _write_journal(root, entry, "features_loaded")
         fault_point("promote:after_features_loaded")
         features_s = time.perf_counter() - started
-
-        t0 = time.perf_counter()
         # The A/B test carries over: same variants and salt, so users keep their buckets across versions.
-        experiment = Release.read(repository, previous).experiment
-        add_release(
-            repository, model_dir, redis, config, namespace=loaded.namespace, experiment=experiment,
-            instances=instances_of(repository, previous),
-        )  # fmt: skip
+        experiment = Release.read(replicas[0].repository, previous).experiment
+        instances = instances_of(replicas[0].repository, previous)
     except Exception:
         try:  # Triton was never asked to load anything: undo now rather than at the next start
-            _roll_back(repository, store, client, entry)
+            _roll_back(root, store, replicas, entry)
         except Exception:  # noqa: BLE001 - e.g. Redis still away: the journal stays for the next start
             pass
         raise
-    _write_journal(repository, entry, "release_written")
-    fault_point("promote:after_release_written")
-    say(f"loading release {version}'s step models beside release {previous}, then the ensemble over them")
-    _load_release(client, repository, store, entry)
-    _write_journal(repository, entry, "triton_loaded")
+    t0 = time.perf_counter()
+    for i, replica in enumerate(replicas):
+        try:
+            add_release(
+                replica.repository, model_dir, redis, config, namespace=loaded.namespace,
+                experiment=experiment, instances=instances,
+            )  # fmt: skip
+        except Exception:
+            try:
+                _roll_back(root, store, replicas, entry)
+            except Exception:  # noqa: BLE001 - the journal stays for the next start
+                pass
+            raise
+        if i == 0:
+            _write_journal(root, entry, "release_written")
+            fault_point("promote:after_release_written")
+        where = f" on replica {i + 1} of {len(replicas)}" if len(replicas) > 1 else ""
+        say(
+            f"loading release {version}'s step models beside release {previous}, then the ensemble over them{where}"
+        )
+        _load_release(root, store, replicas, i, entry)
+        entry["swapped"].append(str(replica.repository))
+        _write_journal(root, entry, "release_written")
+        if len(replicas) > 1:
+            fault_point("promote:after_replica_swapped")
+    _write_journal(root, entry, "triton_loaded")
     fault_point("promote:after_triton_load")
     models_s = time.perf_counter() - t0
-    _finish(repository, store, client, entry)
+    _finish(root, store, replicas, entry)
     say(
         f"version {version} serving (namespace {loaded.namespace}); version {previous} kept loaded for rollback"
     )
@@ -245,16 +286,25 @@ def _promote(
     )
 
 
+def _pinned(replicas: list[Replica]) -> int:
+    """The release every replica's ensemble config names (they must agree)."""
+    versions = {pinned_version(r.repository) for r in replicas}
+    if len(versions) != 1:
+        raise InvalidInput(f"the replicas serve different releases: {sorted(versions)}")
+    return versions.pop()
+
+
 LOAD_TIMEOUT_S = 600.0  # a release's step models load in 30-90 s on two busy cores
 POLL_EVERY_S = 0.25
 
 
-def _load_release(client, repository: Path, store: OnlineStore, entry: dict) -> None:
-    """Wait for Triton to load the new step models, then pin the ensemble to them and wait for the swap;
-    on failure, back to the previous release (``PromotionFailed``)."""
+def _load_release(root: Path, store: OnlineStore, replicas: list[Replica], i: int, entry: dict) -> None:
+    """Wait for replica ``i``'s Triton to load the new step models, then pin its ensemble to them and wait
+    for the swap; on failure, every replica back to the previous release (``PromotionFailed``)."""
     from tritonclient.utils import InferenceServerException
 
     version, previous = entry["version"], entry["previous"]
+    client, repository = replicas[i].client, replicas[i].repository
     try:
         # New models, not new versions of the serving ones: reloading the serving step models failed
         # requests here ("failed to find the requested model version"); new models leave them untouched.
@@ -263,7 +313,7 @@ def _load_release(client, repository: Path, store: OnlineStore, entry: dict) -> 
         pin_ensemble(repository, version)
         _wait(client, [ENSEMBLE], lambda: _not_serving(client, version))
     except (InferenceServerException, PromotionFailed) as exc:
-        _roll_back(repository, store, client, entry)
+        _roll_back(root, store, replicas, entry)
         raise PromotionFailed(
             f"version {version} failed to load, version {previous} keeps serving: {exc}"
         ) from exc
@@ -320,26 +370,66 @@ def _not_serving(client, version: int) -> list[str]:
     return missing
 
 
-def _finish(repository: Path, store: OnlineStore, client, entry: dict) -> None:
-    """Steps 3 and 4 once Triton serves the new release (idempotent: a roll forward runs them again)."""
+def _finish(root: Path, store: OnlineStore, replicas: list[Replica], entry: dict) -> None:
+    """Steps 3 and 4 once every replica serves the new release (idempotent: a roll forward runs them again)."""
     version, previous, namespace = entry["version"], entry["previous"], entry["namespace"]
     if namespace is not None and store.client.get(store.keys.active) != namespace.encode():
         store.activate(namespace)
-    _write_journal(repository, entry, "activated")
-    for old in Release.versions(repository):
-        if old not in (version, previous):  # the previous release stays loaded for a rollback
-            remove_release(repository, old)  # Triton's next poll unloads it
+    _write_journal(root, entry, "activated")
+    for replica in replicas:
+        for old in Release.versions(replica.repository):
+            if old not in (version, previous):  # the previous release stays loaded for a rollback
+                _retire(replica.repository, replica.client, old)  # Triton's next poll unloads it
     # Pinned namespaces no release reads any more: those of removed releases, and a re-promoted
     # release's former one (its spec now names the new load).
-    unread = store.pinned() - _release_namespaces(repository)
+    unread = store.pinned() - set().union(*(_release_namespaces(r.repository) for r in replicas))
     for namespace in unread:
         store.unpin(namespace)
     if unread:  # the namespace active before the swap stays for requests still reading it
         store.collect_garbage(keep={entry.get("previous_active")})
     if entry.get("mark"):
         mark_serving(Path(entry["model_dir"]).parent, version)
-        _write_journal(repository, entry, "pointer_written")
-    _clear_journal(repository)
+        _write_journal(root, entry, "pointer_written")
+    _clear_journal(root)
+
+
+SETTLED = ("READY", "UNAVAILABLE")  # Triton is done loading (or unloading) the model
+RETIRE_TIMEOUT_S = 180.0
+
+
+def _retire(repository: Path, client, version: int, timeout_s: float = RETIRE_TIMEOUT_S) -> None:
+    """Remove release ``version``'s files; with Triton running, only once Triton is done loading its step
+    models, and return once Triton has unloaded them.
+
+    A step model's folder must not leave the repository while Triton loads it: its python stub then
+    fails to start ("Python model file not found") and tritonserver 2.51 waits for that stub forever,
+    and with it every later load and unload of the repository (seen when a promotion killed just after
+    writing a release was rolled back a second later). And a release's models must be gone before the
+    same names can be written again (a promotion back to this version), or its load would race the
+    unload. When Triton never settles within ``timeout_s`` the files are removed anyway: they cannot be
+    worse than a load that never ends."""
+    models = [step_model(s, version) for s in STEPS if (repository / step_model(s, version)).exists()]
+    if client is not None:
+        _wait_states(client, models, lambda _model, state: state in SETTLED, timeout_s)
+    remove_release(repository, version)
+    if client is not None:  # out of the index, or listed unavailable, and not answering either
+        _wait_states(client, models, lambda model, state: state in (None, "", "UNAVAILABLE")
+                     and not client.is_model_ready(model), timeout_s)  # fmt: skip
+
+
+def _wait_states(
+    client, models: list[str], done: Callable[[str, str | None], bool], timeout_s: float
+) -> bool:
+    """Until ``done(model, state)`` holds for each of ``models`` in Triton's repository index (state None:
+    not in the index, "": found in the repository but not loaded yet); False after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = {m["name"]: m.get("state", "") for m in _index(client)}
+        if all(done(model, states.get(model)) for model in models):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL_EVERY_S)
 
 
 def _release_namespaces(repository: Path) -> set[str]:
@@ -348,47 +438,58 @@ def _release_namespaces(repository: Path) -> set[str]:
     return {ns for ns in spaces if ns is not None}
 
 
-def _roll_back(repository: Path, store: OnlineStore | None, client, entry: dict) -> None:
-    """Back to the previous release: the ensemble pinned to it (with Triton running, until Triton's poll
-    swapped it back), the new release deleted (Triton unloads it), its namespace unpinned and dropped;
-    the journal cleared."""
+def _roll_back(root: Path, store: OnlineStore | None, replicas: list[Replica], entry: dict) -> None:
+    """Every replica back to the previous release: its ensemble pinned to it (with Triton running, until
+    Triton's poll swapped it back), the new release deleted (Triton unloads it); then the new namespace
+    unpinned and dropped, and the journal cleared."""
     version, previous, namespace = entry["version"], entry["previous"], entry["namespace"]
-    repinned = pinned_version(repository) != previous and Release.spec_path(repository, previous).exists()
-    if repinned:
-        pin_ensemble(repository, previous)
-    # Before the features were in, a release there from before was not rewritten yet: it stays loaded.
-    untouched = entry.get("release_existed") and entry["phase"] == "started"
-    if not untouched:
-        remove_release(repository, version)
-    if client is not None and repinned:  # Triton's poll swaps the ensemble back: wait for it
-        _wait(client, [ENSEMBLE], lambda: _not_serving(client, previous))
+    existed = entry.get("release_existed")
+    for i, replica in enumerate(replicas):
+        repository, client = replica.repository, replica.client
+        repinned = pinned_version(repository) != previous and Release.spec_path(repository, previous).exists()
+        if repinned:
+            pin_ensemble(repository, previous)
+        # Before the features were in, a release there from before was not rewritten yet: it stays loaded.
+        was_there = existed[i] if isinstance(existed, list) else bool(existed)
+        if not (was_there and entry["phase"] == "started"):
+            _retire(repository, client, version)
+        if client is not None and repinned:  # Triton's poll swaps the ensemble back: wait for it
+            _wait(client, [ENSEMBLE], lambda client=client: _not_serving(client, previous))
     if store is not None and namespace is not None:
         store.unpin(namespace)
         if store.client.get(store.keys.active) != namespace.encode():
             store.drop(namespace)
-    _clear_journal(repository)
+    _clear_journal(root)
 
 
 def recover(
-    repository: Path, store: OnlineStore | None = None, client=None, progress: Say | None = None
+    repository: Path,
+    store: OnlineStore | None = None,
+    client=None,
+    progress: Say | None = None,
+    replicas: list[Replica] | None = None,
 ) -> dict | None:
     """Reconcile a promotion into ``repository`` that was killed part-way (its journal is there): roll
     forward when Triton had loaded the new release (and, with a ``client``, still serves it), else roll
     back (module docstring). Without a ``client`` (no Triton answers: `reels serve` start-up) only the
     pointer and the repository's files are reconciled; without a ``store`` Redis is left alone (the
-    start-up load re-pins it). Returns the journal entry with ``outcome`` "forward" or "back", None when
-    there was nothing to reconcile."""
+    start-up load re-pins it). ``replicas``: a replica set's members (``repository`` is then the set's
+    folder); forward only when every replica with a client serves the new release. Returns the journal
+    entry with ``outcome`` "forward" or "back", None when there was nothing to reconcile."""
     entry = read_journal(repository)
     if entry is None:
         return None
     say = progress or (lambda _m: None)
     version, previous = entry["version"], entry["previous"]
+    if replicas is None:
+        clients = {str(Path(repository)): client}
+        replicas = [Replica(Path(p), clients.get(p)) for p in entry.get("repositories", [str(repository)])]
     forward = PHASES.index(entry["phase"]) >= ROLL_FORWARD_FROM
-    if forward and client is not None:
+    if forward and any(r.client is not None for r in replicas):
         from tritonclient.utils import InferenceServerException
 
         try:
-            forward = not _not_serving(client, version)
+            forward = not any(_not_serving(r.client, version) for r in replicas if r.client is not None)
         except InferenceServerException:
             forward = False
     if forward:
@@ -396,8 +497,8 @@ def recover(
             f"an interrupted promotion of version {version} had loaded it into Triton "
             f"(phase {entry['phase']}): rolling forward"
         )
-        if client is not None and store is not None:
-            _finish(repository, store, client, entry)
+        if store is not None and all(r.client is not None for r in replicas):
+            _finish(Path(repository), store, replicas, entry)
         else:
             if entry.get("mark"):
                 mark_serving(Path(entry["model_dir"]).parent, version)
@@ -407,7 +508,7 @@ def recover(
         f"an interrupted promotion of version {version} stopped before Triton served it "
         f"(phase {entry['phase']}): rolling back to version {previous}"
     )
-    _roll_back(repository, store, client, entry)
+    _roll_back(Path(repository), store, replicas, entry)
     return entry | {"outcome": "back"}
 
 
@@ -434,13 +535,22 @@ def promote_or_mark(
     the configured Redis) and mark it serving. With no server answering, only mark it, so the next
     `reels serve` loads it, and return None. ``PromotionFailed``: the previous version keeps serving;
     ``InvalidInput``: the gate rejected this version, nothing changes."""
-    from reels.deploy.stack import repository_dir  # the stack imports this module
+    from reels.deploy.replicas import members_of, read_record
+    from reels.deploy.stack import build_dir, repository_dir  # the stack imports this module
 
     check_servable(model_dir)
     check_manifest(model_dir)
     say = progress or (lambda _m: None)
     models_root, version = model_dir.parent, int(model_dir.name)
     server = config.server
+    set_root = build_dir(config, source) / "replicas"
+    record = read_record(set_root)
+    if record is not None and triton_answers(f"127.0.0.1:{record['http_port']}"):
+        # `reels serve --replicas N` runs: a rolling promotion, one replica at a time.
+        return promote(
+            set_root, model_dir, None, server.redis.store(timeout_s=2.0), server.redis, config.serving,
+            progress=say, mark=True, replicas=members_of(record),
+        )  # fmt: skip
     repository = repository_dir(config, source)
     if not repository.exists() or not triton_answers(f"127.0.0.1:{server.http_port}"):
         if repository.exists():

@@ -66,10 +66,6 @@ def _agree(models: Path, repository: Path, triton, store: OnlineStore, version: 
         assert client.recommend(user, k=5, request_time=WHEN).fallback == 0
 
 
-@pytest.mark.skip(
-    reason="tritonserver 2.51 in poll mode hung in 2 of 6 runs loading the killed promotion's release "
-    "(no python stub started for its step models); to be fixed before this test runs in CI again"
-)
 def test_a_promotion_killed_part_way_is_reconciled_by_the_next_promote_and_serve(
     tiny_models, tiny_features, tmp_path, capsys
 ):
