@@ -49,6 +49,9 @@ class ServerConfig:
     grpc_port: int = 8001
     metrics_port: int = 8002
     bind_address: str = "127.0.0.1"  # where Triton listens; "0.0.0.0" opens it to the network (containers)
+    replicas: int = (
+        1  # tritonservers behind HAProxy (`reels serve --replicas N`); 1: Triton alone, no balancer
+    )
     build_dir: str = "build"  # the exported model repository and server logs go here
 
     def __post_init__(self) -> None:

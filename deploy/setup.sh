@@ -6,9 +6,11 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
 
-# ---- system packages: redis-server (online store, later issues), libb64-0d (perf_analyzer) ----------
+# ---- system packages: redis-server (online store), libb64-0d (perf_analyzer), haproxy (replicas) ---
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# haproxy: the load balancer in front of `reels serve --replicas N` (found in /usr/sbin)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 if ! ldconfig -p 2>/dev/null | grep -q 'libb64\.so'; then missing+=(libb64-0d); fi
 if ((${#missing[@]})); then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

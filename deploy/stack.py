@@ -15,13 +15,14 @@ import redis
 from reels.deploy.config import Config, ServerConfig
 from reels.deploy.promotion import promotion_lock, recover
 from reels.deploy.redis_server import RedisServer, free_port
+from reels.deploy.replicas import RECORD, ReplicaSet, start_replica_set
 from reels.deploy.triton.repository import export_repository
 from reels.deploy.triton_server import TritonServer
 from reels.feature_store.store import OnlineStore
 from reels.models.registry import serving_model_dir, trained_features
 from reels.models.serving.config import ServingConfig
 from reels.models.serving.experiment import Experiment
-from reels.workflows.errors import ServiceUnavailable
+from reels.workflows.errors import InvalidInput, ServiceUnavailable
 from reels.workflows.manifest import FeatureArtifacts
 
 
@@ -35,17 +36,25 @@ def serving_stack(
     instances: int = 1,
     experiment: Experiment | None = None,
     model_dir: Path | None = None,
-) -> Iterator[tuple[RedisServer | None, TritonServer]]:
-    """Redis (started unless one answers) + the online store + the exported repository + tritonserver.
+    replicas: int = 1,
+) -> Iterator[tuple[RedisServer | None, TritonServer | ReplicaSet]]:
+    """Redis (started unless one answers) + the online store + the exported repository + tritonserver;
+    with ``replicas`` > 1, that many tritonservers behind HAProxy (``deploy/replicas.py``) on the
+    configured ports, each replica on loopback.
 
     ``model_dir``: the version to serve (default: the one marked serving, else the latest the promotion
     gate did not reject). A promotion into the repository that was killed part-way is reconciled first
     (``promotion.recover``): its journal decides whether the pointer moves to the version it promoted."""
     say = progress or (lambda _m: None)
+    if replicas < 1:
+        raise InvalidInput(f"replicas must be at least 1, not {replicas}")
     repository = build_dir / "repository"
-    if repository.exists():  # before the export below replaces the repository and its journal
-        with promotion_lock(repository):  # busy: a promotion into a server still running there
-            recover(repository, progress=say)
+    set_root = build_dir / "replicas"
+    for root in (repository, set_root):
+        if (root / "promotion-journal.json").exists():  # before the export below replaces the files
+            with promotion_lock(root):  # busy: a promotion into a server still running there
+                recover(root, progress=say)
+    (set_root / RECORD).unlink(missing_ok=True)  # a set killed before it could remove its record
     model_dir = model_dir or serving_model_dir(source_dir / "models")
     # The features the served models were trained with (a retrain writes its own feature build).
     features = trained_features(model_dir)
@@ -80,16 +89,22 @@ def serving_stack(
             settings, serving,
             instances=instances, namespace=report.namespace, experiment=experiment,
         )  # fmt: skip
-        say(f"starting tritonserver (models from {model_dir})")
-        triton = TritonServer(
-            repo,
-            build_dir,
-            server.http_port,
-            server.grpc_port,
-            server.metrics_port,
-            address=server.bind_address,
-        )
-        triton.start()
+        if replicas > 1:
+            say(f"starting {replicas} tritonservers behind haproxy (models from {model_dir})")
+            triton = start_replica_set(
+                set_root, repo, replicas, server.http_port, server.grpc_port, address=server.bind_address
+            )
+        else:
+            say(f"starting tritonserver (models from {model_dir})")
+            triton = TritonServer(
+                repo,
+                build_dir,
+                server.http_port,
+                server.grpc_port,
+                server.metrics_port,
+                address=server.bind_address,
+            )
+            triton.start()
         yield started_redis, triton
     finally:
         if triton is not None:
@@ -110,11 +125,11 @@ def repository_dir(config: Config, source: str) -> Path:
 
 def source_stack(
     config: Config, source: str, progress: Callable[[str], None] | None = None
-) -> AbstractContextManager[tuple[RedisServer | None, TritonServer]]:
+) -> AbstractContextManager[tuple[RedisServer | None, TritonServer | ReplicaSet]]:
     """``serving_stack`` for a source as the configuration describes it (what `reels serve` runs)."""
     return serving_stack(
         config.source_dir(source), build_dir(config, source), config.server, config.serving,
-        progress=progress, experiment=config.experiment,
+        progress=progress, experiment=config.experiment, replicas=config.server.replicas,
     )  # fmt: skip
 
 

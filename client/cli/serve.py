@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reels.client.cli.common import SOURCES, add_source, load_config, uses_ml_stack, video_table
+from reels.client.cli.common import SOURCE_HELP, add_source, load_config, uses_ml_stack, video_table
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -30,6 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seconds", type=float, default=0, help="stop after this many seconds (default: run until Ctrl-C)"
     )
+    p.add_argument(
+        "--replicas", type=int,
+        help="run N tritonservers behind haproxy on the configured ports (overrides server.replicas)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
     p = subparsers.add_parser("recommend", help="ask the running ensemble for a user's feed and print it")
@@ -40,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--hour", type=int, help="0-23 (UTC); default: now")
     p.add_argument("--protocol", choices=["http", "grpc"], default="http")
     p.add_argument("--url", help="host:port (default: 127.0.0.1 and the configured port)")
-    p.add_argument("--source", choices=SOURCES, default="synthetic", help="for video metadata")
+    p.add_argument("--source", default="synthetic", help=f"for video metadata: {SOURCE_HELP}")
     p.set_defaults(func=cmd_recommend)
 
     p = subparsers.add_parser(
@@ -89,12 +93,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _serve_until_stopped(config, args: argparse.Namespace, console) -> None:
     import time
 
+    from reels.deploy.replicas import ReplicaSet
     from reels.deploy.stack import source_stack
 
+    if args.replicas is not None:
+        config.server.replicas = args.replicas
     with source_stack(config, args.source, console.print) as (_, triton):
+        if isinstance(triton, ReplicaSet):
+            metrics = ", ".join(f"http://127.0.0.1:{s.metrics_port}/metrics" for s in triton.servers)
+            where = f"{len(triton.servers)} replicas behind haproxy; metrics {metrics}"
+        else:
+            where = f"metrics http://127.0.0.1:{config.server.metrics_port}/metrics"
         console.print(
-            f"[bold green]serving[/]: HTTP {triton.http_url}, gRPC {triton.grpc_url}, "
-            f"metrics http://127.0.0.1:{config.server.metrics_port}/metrics — Ctrl-C to stop"
+            f"[bold green]serving[/]: HTTP {triton.http_url}, gRPC {triton.grpc_url}, {where} — Ctrl-C to stop"
         )
         try:
             deadline = time.monotonic() + args.seconds if args.seconds else None
