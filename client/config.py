@@ -6,6 +6,7 @@ naming the key and, where one is close, the key that was probably meant.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         dotted, value = item.split("=", 1)
         section, _, key = dotted.partition(".")
         config = _apply(config, section, key, value)
-    if config.data.source not in ("synthetic", "movielens"):
-        raise ConfigError(f"data.source must be synthetic or movielens (got {config.data.source!r})")
+    if config.data.source not in ("synthetic", "movielens") and not re.fullmatch(
+        r"[A-Za-z0-9_-]+", config.data.source
+    ):
+        raise ConfigError(
+            f"data.source must be synthetic, movielens or an imported source's name (got {config.data.source!r})"
+        )
     if config.device not in ("cpu", "gpu", "auto"):
         raise ConfigError(f"device must be cpu, gpu or auto (got {config.device!r})")
     return config

@@ -75,6 +75,8 @@ def import_source(
 
     say = _say(progress)
     root = config.source_dir(source) / "store"
+    if source not in ("synthetic", "movielens"):  # never generate synthetic data over an imported source
+        raise InvalidInput(f"{source!r} is an imported source: `reels data import {source} ...` refills it")
     if source == "movielens":
         say(f"importing MovieLens-100k into {root}")
         return import_movielens(root, overwrite=overwrite)
@@ -138,8 +140,9 @@ def evaluate(
         if source == "movielens":  # the targets are stated for MovieLens-100k only
             result["targets"] = targets({**result["retrieval"], **result["ranking"]})
         manifest = features.manifest()
-        datasets[DATASETS[source]] = result
-        provenance[DATASETS[source]] = {
+        name = DATASETS.get(source, source)  # an imported source goes by its own name
+        datasets[name] = result
+        provenance[name] = {
             "store_fingerprint": manifest.store_fingerprint,
             "split": manifest.split,
             "models": str(trained.directory),

@@ -16,18 +16,22 @@ Scorer = Callable[[np.ndarray], np.ndarray]  # user row indices -> (len(rows), n
 
 
 def top_k(scorer: Scorer, n_users: int, seen: Sequence[np.ndarray], k: int, chunk: int = 1024) -> np.ndarray:
-    """Top-``k`` catalog positions per user, never returning a position listed in ``seen[user]``."""
-    out = np.empty((n_users, k), dtype=np.int64)
+    """Top-``k`` catalog positions per user, never returning a position listed in ``seen[user]``; at most
+    the catalog's size (a catalog smaller than ``k`` gives every position, ranked)."""
+    out = None
     for start in range(0, n_users, chunk):
         rows = np.arange(start, min(start + chunk, n_users))
         scores = np.array(scorer(rows), dtype=np.float32, copy=True)
+        if out is None:
+            k = min(k, scores.shape[1])
+            out = np.empty((n_users, k), dtype=np.int64)
         for i, r in enumerate(rows):
             if len(seen[r]):
                 scores[i, seen[r]] = -np.inf
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
         out[rows] = np.take_along_axis(part, order, axis=1)
-    return out
+    return out if out is not None else np.empty((0, k), dtype=np.int64)
 
 
 def popularity_scorer(item_counts: np.ndarray) -> Scorer:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from reels.client.cli.common import SOURCES, load_config, uses_ml_stack
+from reels.client.cli.common import SOURCE_HELP, load_config, uses_ml_stack
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b = bench.add_parser(
         "serving", help="perf_analyzer on the ensemble (HTTP/gRPC) vs in-process vs compute floor"
     )
-    b.add_argument("--source", choices=SOURCES, default="synthetic")
+    b.add_argument("--source", default="synthetic", help=SOURCE_HELP)
     b.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
     b.add_argument("--seconds", type=float, default=5.0, help="perf_analyzer measurement window")
     b.add_argument(
@@ -41,12 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b = bench.add_parser(
         "swap", help="promote a trained version into a running Triton under perf_analyzer load"
     )
-    b.add_argument("--source", choices=SOURCES, default="synthetic")
+    b.add_argument("--source", default="synthetic", help=SOURCE_HELP)
     b.add_argument("--version", type=int, help="the version to promote (default: the newest trained one)")
     b.add_argument("--seconds", type=float, default=30.0, help="length of the steady-state window")
     b.add_argument("--concurrency", type=int, default=2, help="perf_analyzer concurrency")
     b = bench.add_parser("ingest", help="event stream: ingest events/s and event-to-online-feature freshness")
-    b.add_argument("--source", choices=SOURCES, default="synthetic")
+    b.add_argument("--source", default="synthetic", help=SOURCE_HELP)
     b.add_argument("--events", type=int, default=20_000)
     b.add_argument("--samples", type=int, default=300, help="events timed one by one for freshness")
     b.add_argument("--batch", type=int, default=2_000, help="events per worker read / script call")

@@ -20,25 +20,57 @@ if TYPE_CHECKING:
 
     from reels.deploy.config import Config
 
-SOURCES = ("synthetic", "movielens")
+SOURCES = ("synthetic", "movielens")  # built in; `reels data import NAME` adds more under data.root
+SOURCE_HELP = "synthetic, movielens or a source imported with `reels data import`"
 Handler = Callable[[argparse.Namespace], int]
 
 
 def add_source(parser: argparse.ArgumentParser, default: str = "synthetic") -> None:
-    """The optional positional ``source`` most commands take."""
+    """The optional positional ``source`` most commands take (checked by ``load_config``)."""
     parser.add_argument(
-        "source", choices=SOURCES, nargs="?", default=default, help=f"data set (default: {default})"
+        "source", nargs="?", default=default, metavar="SOURCE", help=f"{SOURCE_HELP} (default: {default})"
     )
 
 
 def load_config(args: argparse.Namespace) -> Config:
-    """The configuration the global flags describe: defaults, ``--config``, ``--set``, ``--device``."""
+    """The configuration the global flags describe: defaults, ``--config``, ``--set``, ``--device``.
+
+    Also checks the command's ``source`` / ``sources`` against the known sources (built in, or imported
+    under ``data.root``) and, when the command works on one imported source, takes that source's time
+    split from its import record unless ``--set data.valid_days`` / ``data.test_days`` says otherwise."""
     from reels.client.config import load_config as load
 
     overrides = list(args.set or [])
     if args.device:
         overrides.append(f"device={args.device}")
-    return load(args.config, overrides)
+    config = load(args.config, overrides)
+    if getattr(args, "command", None) == "data":  # `reels data` names sources to create: it checks its own
+        return config
+    named = getattr(args, "source", None)
+    sources = {*([named] if isinstance(named, str) else []), *(getattr(args, "sources", None) or [])}
+    imported = sources - set(SOURCES)
+    if not imported:
+        return config
+    from dataclasses import replace
+
+    from reels.workflows.errors import InvalidInput
+    from reels.workflows.importer import known_source, recorded_split
+
+    for source in sorted(imported):
+        known_source(source, config.data.root)
+    if getattr(args, "fresh", False):  # a fresh run re-fills the store: only reels can re-fill its own
+        raise InvalidInput(
+            f"--fresh rebuilds synthetic and movielens only; re-import {', '.join(sorted(imported))} with "
+            "`reels data import NAME ... --overwrite`, then run without --fresh"
+        )
+    set_keys = {item.split("=", 1)[0] for item in overrides}
+    if len(sources) == 1 and not set_keys & {"data.valid_days", "data.test_days"}:
+        # data.valid_days/test_days are the split of every source but movielens: for this one command
+        # they become the imported source's own (its mapping's `split`).
+        split = recorded_split(config.source_dir(sources.pop()))
+        if split is not None:
+            config = replace(config, data=replace(config.data, valid_days=split[0], test_days=split[1]))
+    return config
 
 
 def quiet_ml_stack() -> None:

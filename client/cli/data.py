@@ -21,15 +21,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "data",
         help="fill the offline store from a source (synthetic generator or MovieLens-100k); "
-        "`reels data compact SOURCE` merges the store's small parts",
+        "`reels data import NAME` imports your own logs; `reels data compact SOURCE` merges the store's "
+        "small parts",
     )
     p.add_argument(
-        "source", choices=[*SOURCES, "compact"],
-        help="the source to fill, or `compact` then a source: merge each day's parts (one per ingest "
-        "batch) and each table's parts into one, atomically",
+        "source", metavar="SOURCE",
+        help="synthetic or movielens to fill that source; `import` then a new source's name to import "
+        "your own logs (--events, --mapping); or `compact` then a source: merge each day's parts (one per "
+        "ingest batch) and each table's parts into one, atomically",
     )  # fmt: skip
-    p.add_argument("compact_source", nargs="?", choices=SOURCES, metavar="SOURCE", help="with `compact`")
-    p.add_argument("--events", type=int, help="synthetic: number of events (overrides synthetic.n_events)")
+    p.add_argument("name", nargs="?", metavar="NAME", help="with `import` or `compact`: the source")
+    p.add_argument(
+        "--events", metavar="N|PATH",
+        help="synthetic: number of events (overrides synthetic.n_events); import: the events file "
+        "(CSV, Parquet or JSON Lines; a path or any fsspec URL)",
+    )  # fmt: skip
+    p.add_argument("--users", metavar="PATH", help="import: a users file (default: derived from the events)")
+    p.add_argument(
+        "--videos", metavar="PATH", help="import: a videos file (default: derived from the events)"
+    )
+    p.add_argument(
+        "--mapping", metavar="FILE|NAME",
+        help="import: the YAML mapping from your columns to the Reels schema, or a shipped one "
+        "(movielens_ratings, kuairand)",
+    )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.set_defaults(func=cmd_data)
 
@@ -93,23 +108,63 @@ def build_features(config: Config, source: str, console: Console) -> FeatureArti
     return features
 
 
+def import_own_logs(config: Config, args: argparse.Namespace, console: Console) -> int:
+    """`reels data import NAME`: map, validate and write the user's logs, then print what was written."""
+    from reels.workflows.errors import InvalidInput
+    from reels.workflows.importer import Mapping, check_name, import_logs, resolve_mapping
+
+    if args.name is None:
+        raise InvalidInput("`reels data import` needs the new source's name: reels data import NAME ...")
+    if not args.events or not args.mapping:
+        raise InvalidInput("`reels data import NAME` needs --events PATH_OR_URL and --mapping FILE")
+    folder = check_name(args.name, config.data.root)
+    mapping = Mapping.load(resolve_mapping(args.mapping))
+    with spinner(console, f"importing {args.events} into {folder / 'store'}"):
+        report = import_logs(folder, mapping, args.events, args.users, args.videos, overwrite=args.overwrite)
+    console.print(
+        f"{report.events:,} events, {report.users:,} users ({report.derived_users:,} derived from the "
+        f"events), {report.videos:,} videos ({report.derived_videos:,} derived) over {report.days} days "
+        f"in {report.seconds:.1f}s ({report.events_per_s:,.0f} events/s); split: "
+        f"{mapping.valid_days} validation day(s), {mapping.test_days} test day(s)"
+    )
+    console.print(f"next: reels features {args.name}")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
-    """Fill the offline store (``--events`` overrides the synthetic event count), or compact it."""
+    """Fill a built-in source's store (``--events`` overrides the synthetic event count), import the
+    user's logs as a new source, or compact a source's store."""
     from dataclasses import replace
 
     from rich.console import Console
 
     from reels.workflows.errors import InvalidInput
+    from reels.workflows.importer import known_source
 
     config = load_config(args)
+    if args.source == "import":
+        return import_own_logs(config, args, Console())
     if args.source == "compact":
-        if args.compact_source is None:
-            raise InvalidInput(f"`reels data compact` needs a source: one of {', '.join(SOURCES)}")
-        return compact(config, args.compact_source, Console())
-    if args.compact_source is not None:
+        if args.name is None:
+            raise InvalidInput(
+                f"`reels data compact` needs a source: one of {', '.join(SOURCES)} or an imported one"
+            )
+        return compact(config, known_source(args.name, config.data.root), Console())
+    if args.source not in SOURCES:
+        raise InvalidInput(
+            f"`reels data` fills {' or '.join(SOURCES)} (got {args.source!r}); import your own logs with "
+            f"`reels data import {args.source} --events FILE --mapping MAPPING`"
+        )
+    if args.name is not None:
         raise InvalidInput(f"`reels data {args.source}` takes no second source (did you mean `compact`?)")
+    if args.users or args.videos or args.mapping:
+        raise InvalidInput("--users, --videos and --mapping go with `reels data import NAME`")
     if args.events:
-        config = replace(config, synthetic=replace(config.synthetic, n_events=args.events))
+        if args.source != "synthetic" or not args.events.isdigit():
+            raise InvalidInput(
+                f"--events for `reels data {args.source}`: expected a number of synthetic events"
+            )
+        config = replace(config, synthetic=replace(config.synthetic, n_events=int(args.events)))
     import_source(config, args.source, args.overwrite, Console())
     return 0
 

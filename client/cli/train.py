@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reels.client.cli.common import SOURCES, add_source, load_config, spinner, uses_ml_stack
+from reels.client.cli.common import SOURCE_HELP, add_source, load_config, spinner, uses_ml_stack
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -27,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate", help="train and evaluate against baselines; writes docs/RESULTS.{md,json} + plots"
     )
-    p.add_argument("--sources", nargs="+", choices=SOURCES, default=["movielens", "synthetic"])
+    p.add_argument(
+        "--sources", nargs="+", metavar="SOURCE", default=["movielens", "synthetic"], help=SOURCE_HELP
+    )
     p.add_argument("--fresh", action="store_true", help="rebuild the data and features first")
     p.add_argument("--docs", default="docs", help="where RESULTS.md/.json and plots/ go ('' to skip writing)")
     p.set_defaults(func=cmd_evaluate)
