@@ -50,6 +50,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--events", type=int, default=20_000)
     b.add_argument("--samples", type=int, default=300, help="events timed one by one for freshness")
     b.add_argument("--batch", type=int, default=2_000, help="events per worker read / script call")
+    b = bench.add_parser(
+        "capacity", help="a deployment plan for a target load from measured key sizes and recorded benchmarks"
+    )
+    b.add_argument("--source", default="synthetic", help=SOURCE_HELP)
+    b.add_argument("--users", type=int, default=100_000_000)
+    b.add_argument("--videos", type=int, default=10_000_000)
+    b.add_argument("--rps", type=float, default=50_000, help="feed requests per second")
+    b.add_argument("--events", type=int, default=5_000, help="events streamed before the key sizes are read")
     for b in bench.choices.values():  # every benchmark records the same way
         b.add_argument(
             "--record", action="store_true", help="append the results to docs/BENCHMARKS.md and .json"
