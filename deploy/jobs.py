@@ -170,15 +170,10 @@ def export(config: Config, source: str) -> Path:
     )  # fmt: skip
 
 
-def load_serving_features(config: Config, source: str) -> tuple[Path, LoadReport]:
-    """Load the features of the source's serving version into the configured Redis (a new namespace,
-    then the swap): the version's directory and the load report.
-
-    Refused (``InvalidInput``) while a `reels serve` answers on the configured port: its release reads the
-    namespace it was loaded with, and activating another would move the ingest workers away from it
-    (the served seen lists and histories would freeze); `reels promote` swaps features and models together."""
+def _refuse_under_a_server(config: Config, source: str) -> None:
+    """``InvalidInput`` while a `reels serve` answers on the configured port: its release reads the
+    namespace it was loaded with, and activating another would move the ingest workers away from it."""
     from reels.deploy.promotion import triton_answers
-    from reels.models.registry import serving_model_dir, trained_features
 
     port = config.server.http_port
     if triton_answers(f"127.0.0.1:{port}"):
@@ -187,9 +182,53 @@ def load_serving_features(config: Config, source: str) -> tuple[Path, LoadReport
             f"reading a namespace the ingest workers no longer update. Use `reels promote {source} "
             f"<version>` to serve new features with their models, or stop the server first"
         )
+
+
+def load_serving_features(config: Config, source: str) -> tuple[Path, LoadReport]:
+    """Load the features of the source's serving version into the configured Redis (a new namespace,
+    then the swap): the version's directory and the load report.
+
+    Refused (``InvalidInput``) while a `reels serve` answers on the configured port: its release reads the
+    namespace it was loaded with, and activating another would move the ingest workers away from it
+    (the served seen lists and histories would freeze); `reels promote` swaps features and models together."""
+    from reels.models.registry import serving_model_dir, trained_features
+
+    _refuse_under_a_server(config, source)
     model_dir = serving_model_dir(config.source_dir(source) / "models")
     report = config.server.redis.store(timeout_s=2.0).load(trained_features(model_dir))
     return model_dir, report
+
+
+def publish(config: Config, source: str) -> tuple[Path, LoadReport, set[str]]:
+    """`reels publish`: what a fleet of tritonservers without `reels serve` needs for the source's serving
+    version (the Kubernetes publish job): its features loaded into a new namespace, pinned and activated,
+    and the model repository exported with its release pinned to that namespace. Servers still running
+    the previous repository keep reading the previous publish's namespace (still pinned) until they
+    restart on the new one; namespaces older than that are unpinned and dropped. Returns the repository,
+    the load report and the namespaces pinned now.
+
+    Refused (``InvalidInput``) while a `reels serve` answers on the configured port, as `reels load` is."""
+    from reels.deploy.stack import repository_dir
+    from reels.deploy.triton.release import Release
+    from reels.deploy.triton.repository import export_repository, pinned_version
+    from reels.models.registry import serving_model_dir, trained_features
+
+    _refuse_under_a_server(config, source)
+    repository = repository_dir(config, source)
+    previous = None  # the namespace the repository being replaced reads (servers may still run it)
+    if (repository / "reels" / "config.pbtxt").exists():
+        previous = Release.read(repository, pinned_version(repository)).namespace
+    model_dir = serving_model_dir(config.source_dir(source) / "models")
+    store = config.server.redis.store(timeout_s=2.0)
+    report = store.load(trained_features(model_dir), pin=True)
+    export_repository(
+        model_dir, repository, config.server.redis, config.serving, namespace=report.namespace,
+        experiment=config.experiment,
+    )  # fmt: skip
+    keep = {report.namespace} | ({previous} if previous else set())
+    store.set_pinned(keep)
+    store.collect_garbage(keep=keep)
+    return repository, report, keep
 
 
 # ---- event stream -----------------------------------------------------------------------------------------

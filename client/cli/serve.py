@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``export``, ``serve``, ``recommend``, ``load`` and ``promote``."""
+    """Add ``export``, ``serve``, ``recommend``, ``load``, ``publish`` and ``promote``."""
     p = subparsers.add_parser(
         "export", help="fill a Triton model repository (build/<source>/repository) from the latest models"
     )
@@ -54,6 +54,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_source(p)
     p.set_defaults(func=cmd_load)
+
+    p = subparsers.add_parser(
+        "publish",
+        help="for tritonservers run without `reels serve` (Kubernetes): load the serving version's features "
+        "into a new pinned namespace and export the repository pinned to it",
+    )
+    add_source(p)
+    p.set_defaults(func=cmd_publish)
 
     p = subparsers.add_parser(
         "promote", help="serve a trained version: hot-swap it into a running `reels serve`"
@@ -139,6 +147,19 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from reels.client.render import print_recommendations
 
     print_recommendations(recs, video_table(config, args.source), Console())
+    return 0
+
+
+@uses_ml_stack
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Load + export for servers that restart onto the new repository (refused under `reels serve`: exit 2)."""
+    from reels.deploy import jobs
+
+    repository, report, pinned = jobs.publish(load_config(args), args.source)
+    print(
+        f"published: namespace {report.namespace} ({report.users:,} users, {report.videos:,} videos) active, "
+        f"repository {repository} reads it; pinned namespaces: {', '.join(sorted(pinned))}"
+    )
     return 0
 
 

@@ -85,7 +85,7 @@ def test_every_command_of_the_cli_is_registered():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == {
         "config", "data", "features", "demo", "train", "evaluate", "tune", "export", "serve", "recommend",
-        "load", "promote", "ingest", "send-events", "drift", "exposure", "ab-simulate", "ab-report",
+        "load", "publish", "promote", "ingest", "send-events", "drift", "exposure", "ab-simulate", "ab-report",
         "retrain", "bench",
     }  # fmt: skip
     bench = next(a for a in sub.choices["bench"]._actions if a.dest == "bench")
