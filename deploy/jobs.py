@@ -138,7 +138,7 @@ def evaluate(
         say(f"{source}: evaluating version {trained.directory.name}")
         result = evaluate_version(features, trained, config.evaluation, config.ranker, say)
         if source == "movielens":  # the targets are stated for MovieLens-100k only
-            result["targets"] = targets({**result["retrieval"], **result["ranking"]})
+            result["targets"] = targets(result["retrieval"], result["ranking"])
         manifest = features.manifest()
         name = DATASETS.get(source, source)  # an imported source goes by its own name
         datasets[name] = result

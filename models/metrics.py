@@ -22,9 +22,12 @@ def _hits(top_k: np.ndarray, relevant: Sequence[set[int]]) -> np.ndarray:
     )
 
 
-def retrieval_metrics(top_k: np.ndarray, relevant: Sequence[set[int]], ks: Sequence[int]) -> dict[str, float]:
-    """Mean ``recall@k``, ``ndcg@k`` and ``map@k`` over users for each k in ``ks``, from one ranking;
-    raises ``InvalidInput`` with no users or fewer than ``max(ks)`` columns."""
+def per_user_retrieval_metrics(
+    top_k: np.ndarray, relevant: Sequence[set[int]], ks: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """``recall@k``, ``ndcg@k`` and ``map@k`` of each user (one value per row of ``top_k``) for each k in
+    ``ks`` (what the bootstrap resamples); raises ``InvalidInput`` with no users or fewer than ``max(ks)``
+    columns."""
     if len(top_k) == 0:
         raise InvalidInput("no users to evaluate")
     max_k = max(ks)
@@ -33,16 +36,25 @@ def retrieval_metrics(top_k: np.ndarray, relevant: Sequence[set[int]], ks: Seque
     hits = _hits(top_k[:, :max_k], relevant)
     n_relevant = np.array([len(r) for r in relevant], dtype=np.float64)
     discounts = 1.0 / np.log2(np.arange(2, max_k + 2))
-    out: dict[str, float] = {}
+    out: dict[str, np.ndarray] = {}
     for k in ks:
         h = hits[:, :k]
-        out[f"recall@{k}"] = float(np.mean(h.sum(axis=1) / n_relevant))
+        out[f"recall@{k}"] = h.sum(axis=1) / n_relevant
         dcg = (h * discounts[:k]).sum(axis=1)
         ideal = np.array([discounts[: int(min(n, k))].sum() for n in n_relevant])
-        out[f"ndcg@{k}"] = float(np.mean(dcg / ideal))
+        out[f"ndcg@{k}"] = dcg / ideal
         precision_at_i = np.cumsum(h, axis=1) / np.arange(1, k + 1)
-        out[f"map@{k}"] = float(np.mean((precision_at_i * h).sum(axis=1) / np.minimum(n_relevant, k)))
+        out[f"map@{k}"] = (precision_at_i * h).sum(axis=1) / np.minimum(n_relevant, k)
     return out
+
+
+def retrieval_metrics(top_k: np.ndarray, relevant: Sequence[set[int]], ks: Sequence[int]) -> dict[str, float]:
+    """Mean ``recall@k``, ``ndcg@k`` and ``map@k`` over users for each k in ``ks``, from one ranking;
+    raises ``InvalidInput`` with no users or fewer than ``max(ks)`` columns."""
+    return {
+        name: float(np.mean(values))
+        for name, values in per_user_retrieval_metrics(top_k, relevant, ks).items()
+    }
 
 
 def coverage(top_k: np.ndarray, catalog_size: int) -> float:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from reels.models import baselines, metrics
 from reels.models.config import RANKER_TASKS, EvaluationConfig, RankerConfig
+from reels.models.evaluation import bootstrap
 from reels.models.ranker import BINARY_TASKS, Ranker
 from reels.models.train import TrainedModels
 from reels.workflows.errors import InvalidInput
@@ -124,6 +125,40 @@ def tune_als(train_matrix, queries: Queries, n_items: int, config: EvaluationCon
     return best
 
 
+def oracle_scorer(
+    features: FeatureArtifacts, queries: Queries, catalog_ids: np.ndarray
+) -> baselines.Scorer | None:
+    """On synthetic data, the generator's own preferences: each query user's expected affinity for every
+    catalog video on the day of their query (taste for its category, favourite creator, quality; the
+    response model without its noise and position). None when the store has no ``ground_truth.npz``."""
+    from reels.workflows.offline_store import OfflineStore
+    from reels.workflows.synthetic import CATEGORIES, USER_ID_BASE, VIDEO_ID_BASE, GroundTruth
+
+    store = OfflineStore(features.manifest().store)
+    path = store.root / "ground_truth.npz"
+    if not path.exists():
+        return None
+    truth = GroundTruth.load(path)
+    days = [pd.Timestamp(d).normalize() for d in store.days()]
+    users = queries.frame["raw_user_id"].to_numpy() - USER_ID_BASE
+    query_days = pd.to_datetime(queries.frame["event_time"], utc=True).dt.tz_localize(None).dt.normalize()
+    day_index = np.array([days.index(d) if d in days else len(days) - 1 for d in query_days])
+    videos = catalog_ids - VIDEO_ID_BASE
+    category, creator, quality = (
+        truth.video_category[videos],
+        truth.video_creator[videos],
+        truth.video_quality[videos],
+    )
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        w = (day_index[rows] / max(len(days) - 1, 1))[:, None]
+        taste = (1 - w) * truth.taste_start[users[rows]] + w * truth.taste_end[users[rows]]
+        favourite = (truth.favourite_creators[users[rows]][:, :, None] == creator[None, None, :]).any(axis=1)
+        return 2.0 * np.sqrt(taste[:, category] * len(CATEGORIES)) - 2.0 + 1.2 * favourite + 0.5 * quality
+
+    return score
+
+
 def evaluate_retrieval(
     features: FeatureArtifacts,
     trained: TrainedModels,
@@ -162,20 +197,36 @@ def evaluate_retrieval(
         "popularity": baselines.popularity_scorer(popularity),
         "random": baselines.random_scorer(n_items, config.seed),
     }
-    k_max = max(config.ks)
-    results = {}
+    oracle = oracle_scorer(features, queries, ids)
+    if oracle is not None:
+        scorers["oracle"] = oracle
+    k_max = min(max(config.ks), n_items)
+    ks = [k for k in config.ks if k <= n_items]
+    results, per_user = {}, {}
     for name, scorer in scorers.items():
         top = baselines.top_k(scorer, len(queries.frame), queries.seen, k_max)
+        per_user[name] = metrics.per_user_retrieval_metrics(top, queries.relevant, ks)
         results[name] = {
-            **metrics.retrieval_metrics(top, queries.relevant, config.ks),
+            **{metric: float(values.mean()) for metric, values in per_user[name].items()},
             **_beyond_accuracy(top, category, popularity),
         }
     results["als"]["tuned_on_valid"] = als_choice
+    say("bootstrap intervals over test users")
+    named = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
+    pairs = [("two_tower", "als"), ("two_tower", "popularity")]
+    if oracle is not None:
+        pairs += [(model, "oracle") for model in ("two_tower", "als", "popularity")]
+    intervals = bootstrap.retrieval_intervals(per_user, named, pairs, seed=config.seed)
+    for name, bounds in intervals["models"].items():
+        results[name]["ci95"] = bounds
+    results["_ratios"] = intervals["ratios"]
     results["_protocol"] = {
         "test_users": len(queries.frame),
+        "test_events": int(sum(len(r) for r in queries.relevant)),
         "relevant_per_user": float(np.mean([len(r) for r in queries.relevant])),
         "catalog": n_items,
         "valid_users": len(valid_queries.frame),
+        "bootstrap_resamples": bootstrap.RESAMPLES,
     }
     return results
 
@@ -194,9 +245,10 @@ def evaluate_ranking(
     say("training the shared-bottom baseline")
     shared = Ranker(trained.ranker.schema, ranker_config, "shared_bottom")
     shared_report = shared.fit(train)
-    out = {}
+    out, scored = {}, {}
     for name, ranker in (("mmoe", trained.ranker), ("shared_bottom", shared)):
         predictions = ranker.predict(test)
+        scored[name] = {task: predictions[task] for task in BINARY_TASKS}
         row: dict[str, float] = {}
         for task in BINARY_TASKS:
             m = metrics.binary_metrics(test[task].to_numpy(), predictions[task])
@@ -207,7 +259,16 @@ def evaluate_ranking(
         out[name] = row
     out["mmoe"]["train_examples_per_s"] = trained.manifest["metrics"]["ranker"]["examples_per_s"]
     out["shared_bottom"]["train_examples_per_s"] = round(shared_report.examples_per_s, 1)
-    out["_protocol"] = {"test_impressions": len(test), "tasks": list(RANKER_TASKS)}
+    say("bootstrap intervals over test users")
+    labels = {task: test[task].to_numpy() for task in BINARY_TASKS}
+    intervals = bootstrap.ranking_intervals(test["raw_user_id"].to_numpy(), labels, scored, "shared_bottom")
+    for name, bounds in intervals["models"].items():
+        out[name]["ci95"] = bounds
+    out["_differences"] = intervals["differences"]
+    out["_protocol"] = {
+        "test_impressions": len(test), "test_users": int(test["raw_user_id"].nunique()),
+        "tasks": list(RANKER_TASKS), "bootstrap_resamples": bootstrap.RANKING_RESAMPLES,
+    }  # fmt: skip
     return out
 
 

@@ -10,31 +10,66 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-RETRIEVAL_METHODS = ("two_tower", "als", "popularity", "random")
+from reels.models.evaluation.bootstrap import MIN_TEST_USERS  # noqa: E402
+
+RETRIEVAL_METHODS = ("two_tower", "als", "popularity", "random", "oracle")
 RANKING_METHODS = ("mmoe", "shared_bottom")
 
 
-def targets(dataset: dict) -> dict:
+def targets(retrieval: dict, ranking: dict) -> dict:
     """The project's targets checked on one dataset's numbers: two-tower recall@20 ratios over ALS (>= 1.2x)
-    and popularity (>= 2x), and MMoE AUC >= shared-bottom on every task, each with ``met``."""
-    tt, als, pop = (dataset[m]["recall@20"] for m in ("two_tower", "als", "popularity"))
-    out = {
-        "two_tower_recall@20_vs_als": {"ratio": tt / als if als else float("inf"), "target": 1.2},
-        "two_tower_recall@20_vs_popularity": {"ratio": tt / pop if pop else float("inf"), "target": 2.0},
-    }
-    for key in out.values():
-        key["met"] = key["ratio"] >= key["target"]
-    mmoe, shared = dataset["mmoe"], dataset["shared_bottom"]
+    and popularity (>= 2x), and MMoE AUC >= shared-bottom on every task. A target is ``met`` only when
+    the lower bound of its bootstrap interval clears it (ratios: lower bound >= target; AUC: lower bound
+    of MMoE minus shared-bottom >= 0). With fewer than ``MIN_TEST_USERS`` test users nothing is judged:
+    ``{"not_judged": reason}``."""
+    users = retrieval["_protocol"]["test_users"]
+    if users < MIN_TEST_USERS:
+        return {"not_judged": f"only {users} test users (fewer than {MIN_TEST_USERS}): the intervals are too "
+                              "wide to say whether a target is met; use a larger test window"}  # fmt: skip
+    out = {}
+    for other, target in (("als", 1.2), ("popularity", 2.0)):
+        ratio = retrieval["_ratios"][f"two_tower/{other}"]["recall@20"]
+        lo = ratio["ci"][0]
+        out[f"two_tower_recall@20_vs_{other}"] = {
+            "ratio": ratio["ratio"], "ci95": ratio["ci"], "target": target, "met": lo is not None and lo >= target,
+        }  # fmt: skip
+    mmoe, shared = ranking["mmoe"], ranking["shared_bottom"]
+    differences = ranking["_differences"]["mmoe-shared_bottom"]
     aucs = [k for k in mmoe if k.startswith("auc_")]
     out["mmoe_auc_ge_shared_bottom"] = {
-        "per_task": {k: {"mmoe": mmoe[k], "shared_bottom": shared[k]} for k in aucs},
-        "met": all(mmoe[k] >= shared[k] for k in aucs),
+        "per_task": {
+            k: {"mmoe": mmoe[k], "shared_bottom": shared[k], "difference_ci95": differences[k]} for k in aucs
+        },
+        "met": all(differences[k][0] >= 0 for k in aucs),
     }
     return out
 
 
 def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _interval_lines(retrieval: dict) -> list[str]:
+    """Recall@20 intervals per method, the ratios we claim with theirs, and each model as a share of the
+    oracle (synthetic data only)."""
+    lines = []
+    bounds = [
+        f"{m} [{retrieval[m]['ci95']['recall@20'][0]:.4f}, {retrieval[m]['ci95']['recall@20'][1]:.4f}]"
+        for m in RETRIEVAL_METHODS if m in retrieval and "recall@20" in retrieval[m].get("ci95", {})
+    ]  # fmt: skip
+    if bounds:
+        n = retrieval["_protocol"].get("bootstrap_resamples", "")
+        lines += [
+            "",
+            f"recall@20, 95 % bootstrap intervals ({n} resamples of test users): " + ", ".join(bounds) + ".",
+        ]
+    for pair, by_metric in retrieval.get("_ratios", {}).items():
+        r = by_metric.get("recall@20")
+        if r and r["ci"][0] is not None:
+            a, b = pair.split("/")
+            what = f"{a} as a share of the oracle" if b == "oracle" else f"{a} / {b}"
+            lines.append(f"- {what}, recall@20: {r['ratio']:.2f}x [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]")
+    return lines
 
 
 def markdown(results: dict) -> str:
@@ -55,17 +90,21 @@ def markdown(results: dict) -> str:
     for name, data in results["datasets"].items():
         proto = data["retrieval"]["_protocol"]
         lines += [f"## {name}", ""]
+        events = f", {proto['test_events']:,} test events" if "test_events" in proto else ""
         lines += [
-            f"Retrieval: {proto['test_users']} test users, {proto['relevant_per_user']:.1f} relevant videos each on "
-            f"average, catalog {proto['catalog']:,} videos.",
+            f"Retrieval: {proto['test_users']} test users{events}, {proto['relevant_per_user']:.1f} relevant videos "
+            f"each on average, catalog {proto['catalog']:,} videos.",
             "",
         ]
         cols = [c for c in data["retrieval"]["two_tower"] if "@" in c]
         lines.append("| method | " + " | ".join(cols) + " |")
         lines.append("|---|" + "---:|" * len(cols))
         for method in RETRIEVAL_METHODS:
+            if method not in data["retrieval"]:
+                continue
             row = data["retrieval"][method]
             lines.append(f"| {method} | " + " | ".join(_fmt(row[c]) for c in cols) + " |")
+        lines += _interval_lines(data["retrieval"])
         als = data["retrieval"]["als"].get("tuned_on_valid")
         if als:
             lines += [
@@ -84,12 +123,20 @@ def markdown(results: dict) -> str:
                 + " | ".join(_fmt(row[c]) for c in cols)
                 + f" | {row['train_examples_per_s']:,.0f} |"
             )
+        if "_differences" in ranking:
+            diff = ranking["_differences"]["mmoe-shared_bottom"]
+            lines += ["", f"MMoE minus shared-bottom AUC, 95 % bootstrap interval over {ranking['_protocol']['test_users']:,} "
+                      "test users: " + ", ".join(f"{k} [{lo:+.4f}, {hi:+.4f}]" for k, (lo, hi) in diff.items()) + "."]  # fmt: skip
         if "targets" in data:
-            lines += ["", "Targets:", ""]
+            lines += ["", "Targets (met only when the 95 % interval's lower bound clears the target):", ""]
             for key, t in data["targets"].items():
-                if "ratio" in t:
+                if key == "not_judged":
+                    lines.append(f"- not judged: {t}")
+                elif "ratio" in t:
+                    lo, hi = t.get("ci95", [None, None])
+                    ci = f", 95 % CI [{lo:.2f}, {hi:.2f}]" if lo is not None else ""
                     lines.append(
-                        f"- {key}: {t['ratio']:.2f}x (target {t['target']}x) — {'met' if t['met'] else 'NOT met'}"
+                        f"- {key}: {t['ratio']:.2f}x{ci} (target {t['target']}x) — {'met' if t['met'] else 'NOT met'}"
                     )
                 else:
                     lines.append(f"- {key}: {'met' if t['met'] else 'NOT met'}")
@@ -108,7 +155,7 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
         retrieval = data["retrieval"]
         ks = sorted(int(c.split("@")[1]) for c in retrieval["two_tower"] if c.startswith("recall@"))
         fig, ax = plt.subplots(figsize=(6, 4))
-        for method in RETRIEVAL_METHODS:
+        for method in (m for m in RETRIEVAL_METHODS if m in retrieval):
             ax.plot(ks, [retrieval[method][f"recall@{k}"] for k in ks], marker="o", label=method)
         ax.set_xscale("log")
         ax.set_xticks(ks, [str(k) for k in ks])

@@ -1,0 +1,39 @@
+"""The offline evaluation on really trained tiny models: bootstrap intervals for every method, the oracle from
+the synthetic generator's ground truth, and targets judged on interval bounds (or not judged)."""
+
+from reels.models.config import EvaluationConfig, RankerConfig
+from reels.models.evaluation.bootstrap import MIN_TEST_USERS
+from reels.models.evaluation.offline import evaluate
+from reels.models.evaluation.report import markdown, targets
+
+FAST = EvaluationConfig(ks=(10, 20), als_factors=(8,), als_regularization=(0.1,), als_iterations=3)
+FAST_RANKER = RankerConfig(epochs=1, batch_size=512, expert_units=(16,), tower_units=(8,), num_experts=2)
+
+
+def test_every_number_comes_with_an_interval_and_the_oracle_bounds_what_is_learnable(
+    tiny_features, tiny_models
+):
+    result = evaluate(tiny_features, tiny_models, FAST, FAST_RANKER)
+    retrieval, ranking = result["retrieval"], result["ranking"]
+    assert {"two_tower", "als", "popularity", "random", "oracle"} <= set(retrieval)
+    for method in ("two_tower", "als", "popularity", "random", "oracle"):
+        lo, hi = retrieval[method]["ci95"]["recall@20"]
+        assert lo <= retrieval[method]["recall@20"] <= hi
+    share = retrieval["_ratios"]["two_tower/oracle"]["recall@20"]
+    assert share["ci"][0] <= share["ratio"] <= share["ci"][1]
+    # The generator's own preferences find what users watched far better than chance.
+    assert retrieval["oracle"]["recall@20"] > 2 * retrieval["random"]["recall@20"]
+    assert retrieval["_protocol"]["test_events"] >= retrieval["_protocol"]["test_users"]
+    for task_bounds in ranking["_differences"]["mmoe-shared_bottom"].values():
+        assert task_bounds[0] <= task_bounds[1]
+    judged = targets(retrieval, ranking)
+    if retrieval["_protocol"]["test_users"] < MIN_TEST_USERS:
+        assert list(judged) == ["not_judged"]
+    else:
+        assert judged["two_tower_recall@20_vs_als"]["met"] == (
+            judged["two_tower_recall@20_vs_als"]["ci95"][0] >= 1.2
+        )
+    text = markdown(
+        {"command": "c", "date": "d", "machine": "m", "datasets": {"tiny": {**result, "targets": judged}}}
+    )
+    assert "95 % bootstrap intervals" in text and "as a share of the oracle" in text
