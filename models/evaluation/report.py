@@ -85,6 +85,11 @@ def markdown(results: dict) -> str:
         "validation window; every number below is on the test window. Retrieval is full-catalog, excluding",
         "videos the user interacted with before the test window; each query user's query is their first test",
         "event (features and history as of then). See `models/evaluation/offline.py`.",
+        "Intervals are 95 % bootstrap intervals resampling test users (a user's events move together; ratios",
+        "and AUC differences on paired resamples). A target is met only when its interval's lower bound clears",
+        f"it, and targets are not judged with fewer than {MIN_TEST_USERS} test users. On synthetic data the",
+        "oracle ranks by the generator's own preferences (taste, favourite creators, quality): what is",
+        "learnable at most from who the users are, not from what they were shown.",
         "",
     ]
     for name, data in results["datasets"].items():
