@@ -12,6 +12,8 @@ shared-bottom baseline, built from Merlin Models' TensorFlow blocks.
   the heads score items as if shown without position bias.
 - Serving score: ``sum(score_weights[task] * prediction[task])``, defined once in ``combined_score`` and
   baked into the exported SavedModel's ``score`` output.
+- Export: the SavedModel and, beside it, the same weights for the numpy forward (``ranker.npz``, see
+  ``reels.models.ranker_numpy``), which serving uses by default.
 """
 
 from __future__ import annotations
@@ -27,16 +29,12 @@ from merlin.dataloader.tensorflow import Loader
 from merlin.schema import Schema, Tags
 
 from reels.models.config import RANKER_TASKS, RankerConfig
-from reels.models.inputs import RANKER_FEATURES, dataset
+from reels.models.inputs import QUERY_FEATURES, RANKER_FEATURES, dataset
+from reels.models.ranker_numpy import combined_score, export_weights
 from reels.models.two_tower import TrainReport
 from reels.workflows.errors import ConfigError
 
 BINARY_TASKS = tuple(t for t in RANKER_TASKS if t != "watch_fraction")
-
-
-def combined_score(predictions: dict, weights: dict[str, float]):
-    """The one definition of the ranking score (works on numpy arrays and tensors alike)."""
-    return sum(weight * predictions[task] for task, weight in weights.items())
 
 
 def _mlp(units: tuple[int, ...], name: str) -> tf.keras.Sequential:
@@ -172,7 +170,8 @@ class Ranker:
         return specs
 
     def export(self, path: Path) -> None:
-        """SavedModel with a ``serving_default`` signature: RANKER_FEATURES in; one output per task + ``score``."""
+        """SavedModel with a ``serving_default`` signature: RANKER_FEATURES in; one output per task + ``score``;
+        beside it ``ranker.npz``, the same weights for ``NumpyRanker``."""
         model, weights = self.model, dict(self.config.score_weights)
 
         @tf.function(input_signature=[self.signature_specs()])
@@ -181,6 +180,7 @@ class Ranker:
             return {**predictions, "score": combined_score(predictions, weights)}
 
         tf.saved_model.save(model, str(path), signatures={"serving_default": serve})
+        export_weights(model, weights, self.signature_specs(), QUERY_FEATURES, Path(path))
 
 
 class ExportedRanker:
@@ -188,9 +188,19 @@ class ExportedRanker:
     task plus ``score``."""
 
     def __init__(self, path: Path):
+        self.path = Path(path)
         self._fn = tf.saved_model.load(str(path)).signatures["serving_default"]
         self.inputs = dict(self._fn.structured_input_signature[1])
 
     def __call__(self, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = {n: tf.convert_to_tensor(features[n], dtype=s.dtype) for n, s in self.inputs.items()}
         return {k: v.numpy() for k, v in self._fn(**tensors).items()}
+
+    def score_candidates(
+        self, query: dict[str, np.ndarray], candidates: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """``NumpyRanker.score_candidates``' contract: the request's 1-row inputs are repeated once per
+        candidate, as the SavedModel takes them."""
+        rows = len(next(iter(candidates.values())))
+        repeated = {name: np.repeat(value, rows, axis=0) for name, value in query.items()}
+        return self({**repeated, **candidates})

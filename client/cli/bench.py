@@ -51,6 +51,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--samples", type=int, default=300, help="events timed one by one for freshness")
     b.add_argument("--batch", type=int, default=2_000, help="events per worker read / script call")
     b = bench.add_parser(
+        "ranker",
+        help="the MMoE forward over 500 candidates: SavedModel vs numpy vs numpy with the user side once",
+    )
+    b.add_argument("--source", default="synthetic", help=SOURCE_HELP)
+    b.add_argument("--candidates", type=int, default=500)
+    b.add_argument("--requests", type=int, default=1000)
+    b.add_argument("--pipeline", action="store_true", help="also the in-process pipeline with each backend")
+    b.add_argument("--onnx", action="store_true", help="also ONNX Runtime (needs onnxruntime and tf2onnx)")
+    b = bench.add_parser(
+        "replicas", help="N tritonservers behind haproxy: steady, rolling promotion, a replica killed, after"
+    )
+    b.add_argument("--source", default="synthetic", help=SOURCE_HELP)
+    b.add_argument("--replicas", type=int, default=3)
+    b.add_argument("--seconds", type=float, default=20.0, help="length of the steady and kill windows")
+    b.add_argument("--concurrency", type=int, default=2, help="perf_analyzer concurrency")
+    b = bench.add_parser(
         "capacity", help="a deployment plan for a target load from measured key sizes and recorded benchmarks"
     )
     b.add_argument("--source", default="synthetic", help=SOURCE_HELP)

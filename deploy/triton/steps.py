@@ -205,10 +205,14 @@ class RankingStep:
     metrics: MetricsSink = NO_METRICS
 
     def __init__(self, release: Release):
-        from reels.models.ranker import ExportedRanker
+        from reels.models.ranker_numpy import load_ranker
 
         self.store = release.store()
-        self.ranking = Ranking(self.store, ExportedRanker(release.model_dir / "ranker"), release.encoder())
+        # serving.ranker_backend: the numpy forward of the exported weights (default; TensorFlow is then
+        # never imported by this step) or the SavedModel.
+        backend = release.serving.ranker_backend
+        ranker = load_ranker(release.model_dir / "ranker", backend)
+        self.ranking = Ranking(self.store, ranker, release.encoder(), backend)
 
     def __call__(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         query = unpack(tensors)

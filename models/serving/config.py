@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from reels.models.ranker_numpy import BACKENDS as RANKER_BACKENDS
 from reels.workflows.errors import ConfigError
 
 
@@ -24,6 +25,9 @@ class ServingConfig:
     trending_days: int = 3
     trending_size: int = 1000
     log_exposures: bool = True  # one entry per served feed in the Redis stream reels:exposures
+    # numpy: the ranker's numpy forward (its export's ranker.npz; the SavedModel where that is absent);
+    # savedmodel: the TensorFlow SavedModel
+    ranker_backend: str = "numpy"
 
     def __post_init__(self) -> None:
         checks = {
@@ -36,6 +40,7 @@ class ServingConfig:
             "exploration_slots": self.exploration_slots >= 0,
             "exploration_epsilon": 0.0 <= self.exploration_epsilon <= 1.0,
             "fresh_hours": self.fresh_hours >= 0,
+            "ranker_backend": self.ranker_backend in RANKER_BACKENDS,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -8,7 +8,7 @@ from reels.feature_store.encoding import RequestEncoder
 from reels.feature_store.store import OnlineStore
 from reels.feature_store.streams import ExposureLog
 from reels.models.index import load_index
-from reels.models.ranker import ExportedRanker
+from reels.models.ranker_numpy import load_ranker
 from reels.models.registry import trained_features
 from reels.models.serving.catalog import Catalog, trending, video_metadata
 from reels.models.serving.config import ServingConfig
@@ -45,7 +45,8 @@ class InProcessPipeline:
             QueryTower(model_dir / "query_tower"), load_index(model_dir / "items.faiss"),
             trending(offline, self.config.trending_days, self.config.trending_size), self.config, catalog,
         )  # fmt: skip
-        self.ranking = Ranking(store, ExportedRanker(model_dir / "ranker"), encoder)
+        backend = self.config.ranker_backend
+        self.ranking = Ranking(store, load_ranker(model_dir / "ranker", backend), encoder, backend)
         exposures = ExposureLog(store.client, store.keys.prefix) if self.config.log_exposures else None
         self.rerank = DiversityRerank(catalog, self.config, experiment, exposures)
 

@@ -1,4 +1,8 @@
-"""Pipeline step 3, ``ranking``: candidate features from Redis and the MMoE over all candidates in one batch."""
+"""Pipeline step 3, ``ranking``: candidate features from Redis and the MMoE over all candidates in one batch.
+
+The ranker runs as its numpy forward (``reels.models.ranker_numpy``: the user side once per request,
+broadcast over the candidates) when its export holds ``ranker.npz``, else as the SavedModel; the serving
+setting ``ranker_backend: savedmodel`` keeps the SavedModel."""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ import numpy as np
 from reels.feature_store.encoding import RequestEncoder
 from reels.feature_store.store import FeatureStoreError, OnlineStore
 from reels.models.config import RANKER_TASKS
-from reels.models.inputs import ITEM_FEATURES, RANKER_FEATURES
+from reels.models.inputs import ITEM_FEATURES
 from reels.models.ranker import ExportedRanker
+from reels.models.ranker_numpy import NumpyRanker, with_backend
 from reels.models.serving.request import (
     QUERY_USER_FIELDS,
     Fallback,
@@ -20,9 +25,17 @@ from reels.workflows.spec import REQUEST_CONTEXT
 class Ranking:
     """Step 3: scores the retrieved candidates with the exported MMoE over their Redis features."""
 
-    def __init__(self, store: OnlineStore, ranker: ExportedRanker, encoder: RequestEncoder):
+    def __init__(
+        self,
+        store: OnlineStore,
+        ranker: ExportedRanker | NumpyRanker,
+        encoder: RequestEncoder,
+        backend: str = "numpy",
+    ):
+        """``ranker``: the exported ranker; ``backend`` (``numpy`` | ``savedmodel``) picks how it runs: a
+        SavedModel whose folder holds ``ranker.npz`` runs as ``NumpyRanker`` unless it is ``savedmodel``."""
         self.store = store
-        self.ranker = ranker
+        self.ranker = with_backend(ranker, backend)
         self.encoder = encoder
 
     def __call__(
@@ -41,15 +54,11 @@ class Ranking:
             tasks = np.full((len(candidates), len(RANKER_TASKS)), np.nan, dtype=np.float32)
             return candidates, retrieval_scores.astype(np.float32), tasks, fallback
         n = len(rows.video_ids)
-        inputs = {}
-        for name in QUERY_USER_FIELDS + REQUEST_CONTEXT:
-            value = query.features[name]
-            inputs[name] = np.repeat(value, n, axis=0)
-        for name in ITEM_FEATURES:
-            inputs[name] = rows.videos[name]
-        inputs["video_age"] = self.encoder.video_age(
+        user = {name: query.features[name] for name in QUERY_USER_FIELDS + REQUEST_CONTEXT}
+        items = {name: rows.videos[name] for name in ITEM_FEATURES}
+        items["video_age"] = self.encoder.video_age(
             np.full(n, query.request_time_s), rows.videos["upload_time"]
         )
-        out = self.ranker({name: inputs[name] for name in RANKER_FEATURES})
+        out = self.ranker.score_candidates(user, items)  # the user side once, not once per candidate
         tasks = np.stack([out[t] for t in RANKER_TASKS], axis=1).astype(np.float32)
         return rows.video_ids, out["score"].astype(np.float32), tasks, fallback
