@@ -5,6 +5,10 @@ The feature build runs on a Dask cluster (``deploy.dask_cluster``); training run
 (Keras on CPU, or the GPU). Every retrain writes its own feature build under
 ``data/<source>/retrain/features-<stamp>`` and a new model version; ``data/<source>/models/serving``
 names the promoted one, which ``reels serve`` / ``reels export`` serve.
+
+On a cluster of other machines, the workers read the offline store and write the feature build: pass
+``store_url`` (any fsspec URL, e.g. ``file:///shared/reels/synthetic/store`` or ``s3://bucket/store``) and
+``work_url`` (a local path or ``file://`` URL on a filesystem every worker mounts at the same path).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from reels.models.train import train
 from reels.workflows.device import resolve_device
 from reels.workflows.errors import NotFound
 from reels.workflows.offline_store import OfflineStore
-from reels.workflows.pipeline import build_features
+from reels.workflows.pipeline import build_features, local_folder
 
 
 @dataclass
@@ -48,16 +52,21 @@ def retrain(
     source: str,
     scheduler: str | None = None,
     progress: Callable[[str], None] | None = None,
+    store_url: str | None = None,
+    work_url: str | None = None,
 ) -> RetrainResult:
     """Build features on Dask from the whole offline store, train a candidate version and gate it against
     the serving version on the latest window (the decision is in the result and the candidate's manifest,
     where a rejected candidate is never served: ``registry.check_servable``; promoting one that passed is
-    ``reels.deploy.promotion``)."""
+    ``reels.deploy.promotion``).
+
+    ``store_url``: the offline store's path or URL (default ``<data.root>/<source>/store``); ``work_url``:
+    where the feature builds go (default ``<data.root>/<source>/retrain``); see the module doc for a cluster."""
     say = progress or (lambda _m: None)
     rc: RetrainConfig = config.retrain
     source_dir = config.source_dir(source)
     models_root = source_dir / "models"
-    store = OfflineStore(source_dir / "store")
+    store = OfflineStore(store_url or source_dir / "store")
     if not store.has("events"):
         raise NotFound(f"no events in {store.root}: run `reels data {source}` first")
     try:
@@ -68,7 +77,7 @@ def retrain(
     valid_days, test_days = config.split_days(source)
     device = resolve_device(config.device)  # auto: the GPU path (LocalCUDACluster, cudf) where one exists
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    work = source_dir / "retrain"
+    work_dir = local_folder(work_url or source_dir / "retrain")
     timings: dict[str, float] = {}
     with dask_cluster(
         scheduler or rc.scheduler or None, device, rc.n_workers or None, rc.dashboard_address
@@ -78,8 +87,8 @@ def retrain(
         )
         t0 = time.perf_counter()
         features = build_features(
-            store, work / f"features-{stamp}", config.features, valid_days=valid_days, test_days=test_days,
-            device=device, progress=say,
+            store, work_dir / f"features-{stamp}", config.features, valid_days=valid_days, test_days=test_days,
+            device=device, progress=say, client=cluster.client,
         )  # fmt: skip
         timings["features_s"] = time.perf_counter() - t0
         serving_window = None
@@ -88,8 +97,9 @@ def retrain(
             say(f"encoding the same windows with the workflow of serving version {serving_dir.name}")
             # The candidate's windows, encoded with the serving version's own fitted workflow.
             serving_window = build_features(
-                store, work / f"gate-{stamp}", serving_features.manifest().feature_config, valid_days=valid_days,
-                test_days=test_days, device=device, progress=say, fitted=serving_features,
+                store, work_dir / f"gate-{stamp}", serving_features.manifest().feature_config,
+                valid_days=valid_days, test_days=test_days, device=device, progress=say, fitted=serving_features,
+                client=cluster.client,
             )  # fmt: skip
             timings["gate_features_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()

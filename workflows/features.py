@@ -30,7 +30,9 @@ each event, most recent first, 0-padded.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import nvtabular as nvt
@@ -52,6 +54,9 @@ from reels.workflows.spec import (
     VIDEO_CATEGORICAL,
     VIDEO_CONTINUOUS,
 )
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 
 # ---- aggregates over the training window -------------------------------------------------------------
@@ -182,12 +187,18 @@ def _log_standardise(columns: tuple[str, ...]):
     return list(columns) >> ops.LogOp() >> ops.Normalize(out_dtype=np.float32)
 
 
-def build_workflow(config: FeatureConfig, stats_dir: str | None = None) -> nvt.Workflow:
+def build_workflow(
+    config: FeatureConfig, stats_dir: str | None = None, client: Client | None = None
+) -> nvt.Workflow:
     """The unfitted workflow; fit it on enriched training events (``enrich_events``).
 
     ``stats_dir``: where Categorify writes its vocabularies while fitting. NVTabular's default is the
     current directory (``./categories``), which concurrent fits would share; ``Workflow.save`` copies the
-    vocabularies next to the saved graph, so this folder can be deleted after saving.
+    vocabularies next to the saved graph, so this folder can be deleted after saving. On a Dask cluster the
+    workers write there: it must be an absolute path they all reach.
+
+    ``client``: the Dask cluster the fit and transforms run on (NVTabular's multi-node path); None uses
+    Dask's default client when one is open.
     """
 
     def Categorify(**kwargs) -> ops.Categorify:  # noqa: N802 - reads like the op it builds
@@ -280,7 +291,13 @@ def build_workflow(config: FeatureConfig, stats_dir: str | None = None) -> nvt.W
         + Subgraph("labels", labels)
         + list(PASSTHROUGH)
     )
-    return nvt.Workflow(graph)
+    if client is None:
+        return nvt.Workflow(graph)
+    with warnings.catch_warnings():
+        # NVTabular 23.08 marks the argument deprecated in favour of merlin's global client, which is what
+        # it sets; passing it keeps the cluster explicit at the call site.
+        warnings.filterwarnings("ignore", "The `client` argument is deprecated", FutureWarning)
+        return nvt.Workflow(graph, client=client)
 
 
 def subgraph_columns() -> dict[str, tuple[str, ...]]:

@@ -1,4 +1,5 @@
-"""The offline store: append-only, validated parquet on local disk, with atomic multi-file commits.
+"""The offline store: append-only, validated parquet with atomic multi-file commits on local disk, readable
+through any fsspec URL.
 
 Layout under ``root``::
 
@@ -24,6 +25,13 @@ rewritten; ``compact`` merges a folder's parts into one and swaps them in the sa
 A store written before the manifest existed (parts only) is read by listing its folders; the first
 write under the lock adopts those parts into a manifest before moving anything into place.
 
+Where it lives: writes (``append``, ``compact``) need a local POSIX filesystem, because a commit relies on
+``flock``, ``fsync`` and atomic ``rename``; one writer machine owns the store. Reads work on a path or an fsspec
+URL: ``file:///shared/reels/store`` on a filesystem every Dask worker mounts at the same path, or an object
+store copy (``s3://``, ``gs://``, with ``s3fs`` / ``gcsfs`` installed): the manifest, the part list, the parts'
+footers and the parts themselves are all read through the URL's fsspec filesystem, and ``urls`` hands Dask
+workers absolute URLs, so a worker in another working directory or on another machine reads the same parts.
+
 Fault hook: ``REELS_FAULT`` (comma-separated points) makes ``fault_point`` SIGKILL the process there, so
 tests can kill a writer inside a crash window; ``offline:before_commit`` is after the rename, before
 the manifest commit. Unset in production, the check is one dict lookup.
@@ -42,10 +50,12 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+import fsspec.core
 import pandas as pd
+from fsspec.implementations.local import LocalFileSystem
 
 from reels.workflows.errors import InvalidInput, NotFound
 from reels.workflows.schema import EVENTS, TABLES, Table
@@ -141,10 +151,57 @@ def _write_durably(path: Path, text: str) -> None:
 
 
 class OfflineStore:
-    """The append-only parquet event and dimension store under ``root`` (layout in the module docstring)."""
+    """The append-only parquet event and dimension store under ``root`` (layout in the module docstring).
+
+    ``root``: a local folder (a ``Path``, or a string without ``://``), or an fsspec URL. A ``file://`` URL is
+    a local folder in every respect (``root`` is then its ``Path``); any other protocol opens the store
+    read-only (``root`` is a ``PurePosixPath`` inside that filesystem, writes raise ``InvalidInput``)."""
 
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+        text = os.fspath(root)
+        if "://" in text:
+            try:
+                self.fs, path = fsspec.core.url_to_fs(text)
+            except (ImportError, ValueError) as exc:  # no such protocol, or its package is not installed
+                raise InvalidInput(f"offline store {text}: {exc}") from None
+        else:
+            self.fs, path = LocalFileSystem(), text
+        self.local = isinstance(self.fs, LocalFileSystem)
+        self.root: Path | PurePosixPath = Path(path) if self.local else PurePosixPath(path)
+
+    @property
+    def url(self) -> str:
+        """The store's absolute URL (``file:///...`` for a local folder): what to hand to other processes."""
+        return self._url(self.root)
+
+    def _url(self, path: Path | PurePosixPath) -> str:
+        return self.fs.unstrip_protocol(os.path.abspath(path) if self.local else str(path))
+
+    def urls(self, files: Iterable[Path | PurePosixPath]) -> list[str]:
+        """Absolute URLs of ``files`` (from ``files``): readable by Dask workers wherever they run, given
+        the same mount (``file://``) or the same credentials (object stores)."""
+        return [self._url(f) for f in files]
+
+    def part_rows(self, table: str) -> list[int]:
+        """Row counts of the table's committed parts, in ``files`` order, from the parquet footers only."""
+        import pyarrow.parquet as pq  # imported on use, like dask below
+
+        counts = []
+        for f in self.files(table):
+            with self.fs.open(str(f), "rb") as handle:
+                counts.append(pq.ParquetFile(handle).metadata.num_rows)
+        return counts
+
+    def _read_parquet(self, path: Path | PurePosixPath, columns: list[str] | None = None) -> pd.DataFrame:
+        with self.fs.open(str(path), "rb") as handle:
+            return pd.read_parquet(handle, columns=columns)
+
+    def _require_local(self) -> None:
+        if not self.local:
+            raise InvalidInput(
+                f"offline store {self.url} is read-only here: writes commit with flock, fsync and rename, "
+                "which need a local POSIX filesystem (write on the machine that owns the store)"
+            )
 
     # ---- writing ----------------------------------------------------------------------------------------
     def append(
@@ -157,6 +214,7 @@ class OfflineStore:
         """Validate ``frame`` against the table schema and append it as one commit (all of its day files
         or none); returns the files written. ``token`` names the batch in its file names (lower-case
         letters and digits; default random), so a caller can later ask ``committed`` whether it landed."""
+        self._require_local()
         spec = TABLES[table] if isinstance(table, str) else table
         token = token or uuid.uuid4().hex[:12]
         if not TOKEN.fullmatch(token):
@@ -272,6 +330,7 @@ class OfflineStore:
 
         A lazy ``read_events`` frame opened before a compaction fails loudly (missing file) if computed
         after it: compact when no feature build is reading the store."""
+        self._require_local()
         report = Compaction()
         with self._lock():
             snapshot = self._prepare()["tables"]
@@ -304,21 +363,33 @@ class OfflineStore:
     # ---- reading ----------------------------------------------------------------------------------------
     def _listed(self) -> dict[str, list[str]]:
         """Every table's part files found on disk (a store written before the manifest existed)."""
+        if self.local:
+            return {
+                table: sorted(
+                    str(p.relative_to(self.root)) for p in (self.root / table).rglob("part-*.parquet")
+                )
+                for table in TABLES
+                if (self.root / table).is_dir()
+            }
+        base = str(self.root).rstrip("/")
         return {
-            table: sorted(str(p.relative_to(self.root)) for p in (self.root / table).rglob("part-*.parquet"))
+            table: sorted(f[len(base) + 1 :] for f in found if PurePosixPath(f).name.startswith("part-"))
             for table in TABLES
-            if (self.root / table).is_dir()
+            if (found := self.fs.find(f"{base}/{table}", withdirs=False))
         }
 
     def _parts(self) -> dict[str, list[str]]:
         """The committed parts per table (paths relative to ``root``), from one read of the manifest."""
         path = self.root / MANIFEST
-        if not path.exists():
+        try:
+            text = self.fs.cat_file(str(path))
+        except FileNotFoundError:
             return self._listed()
-        return json.loads(path.read_text())["tables"]
+        return json.loads(text)["tables"]
 
     def files(self, table: str) -> list[Path]:
-        """The table's committed part files, sorted by day folder and then by sequence; may be empty."""
+        """The table's committed part files, sorted by day folder and then by sequence; may be empty
+        (``PurePosixPath``s inside ``fs`` for a store opened by a non-local URL)."""
         paths = [self.root / rel for rel in self._parts().get(table, [])]
         return sorted(paths, key=lambda p: (p.parent.name, _seq(p)))
 
@@ -342,7 +413,7 @@ class OfflineStore:
             files = [f for f in files if f.parent.name in days]
         wanted, found = set(frame[spec.key].tolist()), set()
         for f in files:
-            found |= wanted.intersection(pd.read_parquet(f, columns=[spec.key])[spec.key].tolist())
+            found |= wanted.intersection(self._read_parquet(f, columns=[spec.key])[spec.key].tolist())
         return found
 
     def read_table(self, table: str) -> pd.DataFrame:
@@ -351,7 +422,7 @@ class OfflineStore:
         files = self.files(table)
         if not files:
             raise NotFound(f"offline store {self.root} has no {table} table")
-        frame = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
+        frame = pd.concat([self._read_parquet(p) for p in files], ignore_index=True)
         return frame.drop_duplicates(spec.key, keep="last").reset_index(drop=True)
 
     def read_events(
@@ -360,7 +431,8 @@ class OfflineStore:
         end: pd.Timestamp | None = None,
         columns: list[str] | None = None,
     ) -> dd.DataFrame:
-        """Events in ``[start, end)`` as a lazy dask frame, one partition per day file."""
+        """Events in ``[start, end)`` as a lazy dask frame, one partition per day file; its tasks read the
+        parts by absolute URL (``urls``), so they run on any worker that can reach the store."""
         files = self.files(EVENTS.name)
         if not files:
             raise NotFound(f"offline store {self.root} has no events")
@@ -375,7 +447,7 @@ class OfflineStore:
         # split_row_groups=False: one partition per file even for a large compacted day (callers index
         # partitions by file).
         ddf = dd.read_parquet(
-            [str(f) for f in files], columns=read_cols, engine="pyarrow", index=False, split_row_groups=False
+            self.urls(files), columns=read_cols, engine="pyarrow", index=False, split_row_groups=False
         )
         if start is not None:
             ddf = ddf[ddf["timestamp"] >= start]
@@ -409,5 +481,5 @@ class OfflineStore:
         digest = hashlib.sha256()
         for table in TABLES:
             for f in self.files(table):
-                digest.update(f"{f.relative_to(self.root)}:{f.stat().st_size}".encode())
+                digest.update(f"{f.relative_to(self.root)}:{self.fs.size(str(f))}".encode())
         return digest.hexdigest()[:16]

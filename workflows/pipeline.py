@@ -8,16 +8,24 @@ Output folder (``FeatureArtifacts``)::
     users.parquet              transformed user rows + latest history (for the online store)
     videos.parquet             transformed video rows (for the item tower and the online store)
     manifest.json              split boundaries, row counts, config, data fingerprint, library versions
+
+On a Dask cluster (``client``): the workers read the store's parts by absolute URL, write the joined windows,
+Categorify's vocabularies and the output parts themselves, and NVTabular fits and transforms through
+``Workflow(client=...)``. So the output folder must be a local path or ``file://`` URL on a filesystem that
+the caller and every worker mount at the same path (training then reads it with local file APIs); the store
+may be any fsspec URL (``OfflineStore``). Paths are made absolute here: a worker runs in its own directory.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dask
 import numpy as np
@@ -32,10 +40,14 @@ from merlin.schema.io.tensorflow_metadata import TensorflowMetadata
 from reels.workflows import history as hist
 from reels.workflows.config import FeatureConfig
 from reels.workflows.device import resolve_device, to_pandas
+from reels.workflows.errors import InvalidInput
 from reels.workflows.features import build_workflow, compute_aggregates, enrich_events, user_rows, video_rows
 from reels.workflows.manifest import SPLITS, FeatureArtifacts, FeatureManifest, library_versions
 from reels.workflows.offline_store import OfflineStore, TimeSplit
 from reels.workflows.spec import HISTORY
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 ROWS_PER_PARTITION = 250_000
 
@@ -95,6 +107,22 @@ def _write_partition(
     return counts, latest
 
 
+def local_folder(location: str | os.PathLike) -> Path:
+    """The absolute local path of ``location``: a path (made absolute against this process's working
+    directory) or a ``file://`` URL; ``InvalidInput`` for another protocol (a feature build is written by
+    workers and read by training with local file APIs: use a shared mount)."""
+    text = os.fspath(location)
+    if "://" in text:
+        protocol, path = text.split("://", 1)
+        if protocol not in ("file", "local"):
+            raise InvalidInput(
+                f"feature builds go to a local path or a file:// URL (got {text}): training reads them with "
+                "local file APIs, so put them on a filesystem every Dask worker mounts at the same path"
+            )
+        text = path
+    return Path(os.path.abspath(text))
+
+
 def build_features(
     store: OfflineStore,
     out_dir: str | Path,
@@ -104,16 +132,19 @@ def build_features(
     device: str = "auto",
     progress: Progress | None = None,
     fitted: FeatureArtifacts | None = None,
+    client: Client | None = None,
 ) -> FeatureArtifacts:
     """Fit the workflow on the training window and write features for every window (see module doc).
 
-    ``fitted``: reuse that build's fitted workflow instead of fitting a new one (its vocabularies and
-    normalisation stats, the aggregates recomputed on this split's training window). The promotion gate
-    uses it to encode the latest window for the serving version; such a build holds no ``workflow/``."""
+    ``out_dir``: a local path or ``file://`` URL (``local_folder``). ``fitted``: reuse that build's fitted
+    workflow instead of fitting a new one (its vocabularies and normalisation stats, the aggregates
+    recomputed on this split's training window). The promotion gate uses it to encode the latest window for
+    the serving version; such a build holds no ``workflow/``. ``client``: the Dask cluster NVTabular fits and
+    transforms on (default: Dask's default client if one is open, else this process)."""
     config = config or FeatureConfig()
     say = progress or (lambda _msg: None)
     dev = resolve_device(device)
-    out = Path(out_dir)
+    out = local_folder(out_dir)
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -124,7 +155,8 @@ def build_features(
     users = store.read_table("users")
     videos = store.read_table("videos")
     events = store.read_events()
-    n_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in store.files("events"))
+    file_rows = store.part_rows("events")
+    n_rows = sum(file_rows)
 
     say(f"aggregates over the training window {split.start.date()} .. {split.valid_start.date()}")
     train_raw = events[events["timestamp"] < split.valid_start]
@@ -134,7 +166,6 @@ def build_features(
     # day files each time dominates otherwise. Store files are day-ordered, so each window is a slice.
     enriched_root = staging / "_enriched"
     file_days = [pd.Timestamp(f.parent.name.split("=")[1]) for f in store.files("events")]
-    file_rows = [pq.ParquetFile(f).metadata.num_rows for f in store.files("events")]
     window_dirs: dict[str, Path] = {}
     for name in SPLITS:
         lo, hi = split.window(name)
@@ -153,14 +184,14 @@ def build_features(
     t0 = time.perf_counter()
     if fitted is None:
         say(f"fitting the NVTabular workflow on {dev}")
-        workflow = build_workflow(config, stats_dir=str(staging / "_stats"))
+        workflow = build_workflow(config, stats_dir=str(staging / "_stats"), client=client)
         train_files = sorted(str(f) for f in window_dirs["train"].glob("part-*.parquet"))
         workflow.fit(Dataset(train_files, engine="parquet", cpu=dev == "cpu"))
         workflow.save(str(staging / "workflow"))
         shutil.rmtree(staging / "_stats", ignore_errors=True)
     else:
         say(f"reusing the workflow fitted in {fitted.root}")
-        workflow = fitted.load_workflow()
+        workflow = nvt.Workflow.load(str(fitted.workflow_dir), client=client)
     timings["fit_s"] = time.perf_counter() - t0
 
     say("transforming all windows, adding history and sessions")
@@ -198,7 +229,7 @@ def build_features(
 
     manifest = FeatureManifest(
         created=pd.Timestamp.utcnow().isoformat(),
-        store=str(store.root),
+        store=str(store.root) if store.local else store.url,
         store_fingerprint=store.fingerprint(),
         device=dev,
         split=split.as_dict(),

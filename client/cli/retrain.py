@@ -19,6 +19,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scheduler", help="an existing Dask scheduler address (default: config retrain.scheduler, "
                    "else a LocalCluster, or a LocalCUDACluster on GPUs)")  # fmt: skip
     p.add_argument(
+        "--store",
+        metavar="URL",
+        help="the offline store to read: a path or fsspec URL every Dask worker reaches, e.g. "
+        "file:///shared/reels/synthetic/store (default: <data.root>/<source>/store)",
+    )
+    p.add_argument(
+        "--work",
+        metavar="URL",
+        help="where the feature builds go: a path or file:// URL on a filesystem every Dask worker mounts at "
+        "the same path (default: <data.root>/<source>/retrain)",
+    )
+    p.add_argument(
         "--if-drift",
         action="store_true",
         help="retrain only when a feature drifted (retrain.drift_threshold)",
@@ -55,7 +67,9 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             return 0
         console.print(f"drift: {feature} PSI {psi:.3f} > {threshold}: retraining")
     with spinner(console, "retraining", log=True) as say:
-        result = retrain(config, args.source, args.scheduler, progress=say)
+        result = retrain(
+            config, args.source, args.scheduler, progress=say, store_url=args.store, work_url=args.work
+        )
     print_gate(result, console)
     if args.record:
         console.print(f"recorded in {record.retrain(result, args.command_line)}")
