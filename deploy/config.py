@@ -15,6 +15,11 @@ from reels.workflows.config import FeatureConfig, SyntheticConfig
 from reels.workflows.errors import ConfigError
 
 
+def _check_split(section: str, split: str) -> None:
+    if split not in ("days", "events"):
+        raise ConfigError(f"{section}.split must be days or events, got {split!r}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where data lives and the synthetic time split (section ``data``)."""
@@ -23,6 +28,12 @@ class DataConfig:
     source: str = "synthetic"  # synthetic | movielens
     valid_days: int = 1
     test_days: int = 1
+    split: str = "days"  # days: the last valid_days + test_days; events: the shares below, whole days
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check_split("data", self.split)
 
 
 @dataclass(frozen=True)
@@ -31,6 +42,12 @@ class MovieLensConfig:
 
     valid_days: int = 14
     test_days: int = 14
+    split: str = "days"  # days | events (see data.split)
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check_split("movielens", self.split)
 
 
 @dataclass(frozen=True)
@@ -112,6 +129,11 @@ class Config:
         if source == "movielens":
             return self.movielens.valid_days, self.movielens.test_days
         return self.data.valid_days, self.data.test_days
+
+    def event_fractions(self, source: str) -> tuple[float, float] | None:
+        """(validation, test) shares of the events when the source splits by events, else None (days)."""
+        section = self.movielens if source == "movielens" else self.data
+        return (section.valid_fraction, section.test_fraction) if section.split == "events" else None
 
     def source_dir(self, source: str | None = None) -> Path:
         """Where a source's store, features and models live: ``<data.root>/<source>``."""

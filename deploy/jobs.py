@@ -93,6 +93,7 @@ def build_features(config: Config, source: str, progress: Progress | None = None
     return build(
         offline_store(config, source), features_of(config, source).root, config.features,
         valid_days=valid_days, test_days=test_days, device=config.device, progress=progress,
+        event_fractions=config.event_fractions(source),
     )  # fmt: skip
 
 

@@ -88,7 +88,7 @@ def retrain(
         t0 = time.perf_counter()
         features = build_features(
             store, work_dir / f"features-{stamp}", config.features, valid_days=valid_days, test_days=test_days,
-            device=device, progress=say, client=cluster.client,
+            device=device, progress=say, client=cluster.client, event_fractions=config.event_fractions(source),
         )  # fmt: skip
         timings["features_s"] = time.perf_counter() - t0
         serving_window = None
@@ -99,7 +99,7 @@ def retrain(
             serving_window = build_features(
                 store, work_dir / f"gate-{stamp}", serving_features.manifest().feature_config,
                 valid_days=valid_days, test_days=test_days, device=device, progress=say, fitted=serving_features,
-                client=cluster.client,
+                client=cluster.client, event_fractions=config.event_fractions(source),
             )  # fmt: skip
             timings["gate_features_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()

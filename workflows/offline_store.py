@@ -476,6 +476,42 @@ class OfflineStore:
             end=days[-1] + one,
         )
 
+    def time_split_by_events(self, valid_fraction: float = 0.1, test_fraction: float = 0.1) -> TimeSplit:
+        """Split by event quantiles, keeping whole days: the last days holding at least ``test_fraction``
+        of all events are test, the days before them up to at least ``valid_fraction + test_fraction``
+        validation (one day at least), everything earlier training. For logs whose activity thins out at the end, where a fixed number
+        of days can leave a test window of a few dozen users."""
+        if not (0 < valid_fraction < 1 and 0 < test_fraction < 1 and valid_fraction + test_fraction < 1):
+            raise InvalidInput(
+                f"valid_fraction and test_fraction must be in (0, 1) and sum below 1, got "
+                f"{valid_fraction} and {test_fraction}"
+            )
+        per_day: dict[pd.Timestamp, int] = {}
+        for f, rows in zip(self.files(EVENTS.name), self.part_rows(EVENTS.name), strict=True):
+            day = pd.Timestamp(f.parent.name.split("=")[1])
+            per_day[day] = per_day.get(day, 0) + rows
+        days = sorted(per_day)
+        total = sum(per_day.values())
+        boundaries, taken, i = [], 0, len(days)
+        for fraction in (test_fraction, test_fraction + valid_fraction):
+            start = i
+            while i > 0 and (i == start or taken < fraction * total):  # at least one day per window
+                i -= 1
+                taken += per_day[days[i]]
+            boundaries.append(i)
+        test_at, valid_at = boundaries
+        if valid_at < 1 or valid_at == test_at:
+            raise InvalidInput(
+                f"the store's {len(days)} days cannot hold a training window, a validation window of "
+                f"{valid_fraction:.0%} and a test window of {test_fraction:.0%} of its {total:,} events in whole days"
+            )
+        return TimeSplit(
+            start=days[0],
+            valid_start=days[valid_at],
+            test_start=days[test_at],
+            end=days[-1] + pd.Timedelta(days=1),
+        )
+
     def fingerprint(self) -> str:
         """A content hash over committed file names and sizes: changes whenever data is appended."""
         digest = hashlib.sha256()

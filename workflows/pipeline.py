@@ -133,6 +133,7 @@ def build_features(
     progress: Progress | None = None,
     fitted: FeatureArtifacts | None = None,
     client: Client | None = None,
+    event_fractions: tuple[float, float] | None = None,
 ) -> FeatureArtifacts:
     """Fit the workflow on the training window and write features for every window (see module doc).
 
@@ -140,7 +141,8 @@ def build_features(
     workflow instead of fitting a new one (its vocabularies and normalisation stats, the aggregates
     recomputed on this split's training window). The promotion gate uses it to encode the latest window for
     the serving version; such a build holds no ``workflow/``. ``client``: the Dask cluster NVTabular fits and
-    transforms on (default: Dask's default client if one is open, else this process)."""
+    transforms on (default: Dask's default client if one is open, else this process). ``event_fractions``:
+    split by (validation, test) shares of the events instead of ``valid_days``/``test_days``."""
     config = config or FeatureConfig()
     say = progress or (lambda _msg: None)
     dev = resolve_device(device)
@@ -151,7 +153,10 @@ def build_features(
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
-    split = store.time_split(valid_days=valid_days, test_days=test_days)
+    if event_fractions is None:
+        split = store.time_split(valid_days=valid_days, test_days=test_days)
+    else:  # (valid, test) shares of the events, whole days
+        split = store.time_split_by_events(*event_fractions)
     users = store.read_table("users")
     videos = store.read_table("videos")
     events = store.read_events()

@@ -83,3 +83,11 @@ def test_tls_files_in_the_config_may_go_with_an_environment_url(monkeypatch):
     monkeypatch.setenv("REELS_REDIS_URL", "rediss://db.example:6380/0")
     redis = load_config(overrides=["server.redis_ca_file=/ca.pem"]).server.redis
     assert (redis.tls, redis.ca_file) == (True, "/ca.pem")
+
+
+def test_split_by_events_is_chosen_per_source():
+    config = load_config(overrides=["data.split=events", "data.test_fraction=0.2"])
+    assert config.event_fractions("synthetic") == (0.1, 0.2)
+    assert config.event_fractions("movielens") is None  # its own section still splits by days
+    with pytest.raises(ConfigError, match="data.split must be days or events"):
+        load_config(overrides=["data.split=weekly"])

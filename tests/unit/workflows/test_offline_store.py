@@ -214,3 +214,24 @@ def test_reels_data_compact_merges_a_source_store(tmp_path, capsys):
     assert main([*base, "data", "compact", "synthetic"]) == 0
     assert f"events: {before} part files -> 3" in capsys.readouterr().out
     assert main([*base, "data", "compact"]) == 2
+
+
+def test_split_by_event_shares_keeps_whole_days_and_at_least_the_shares(store):
+    events = store.read_events().compute()
+    total = len(events)
+    split = store.time_split_by_events(valid_fraction=0.2, test_fraction=0.25)
+    test = store.read_events(*split.window("test")).compute()
+    valid = store.read_events(*split.window("valid")).compute()
+    assert len(test) >= 0.25 * total and len(valid) + len(test) >= 0.45 * total
+    assert len(store.read_events(*split.window("train")).compute()) > 0
+    # Whole days: each boundary is a day's midnight, and one day less would fall short of the share.
+    assert split.test_start == split.test_start.normalize() and split.valid_start == split.valid_start.normalize()
+    assert (events["timestamp"] >= split.test_start + pd.Timedelta(days=1)).sum() < 0.25 * total
+    assert store.time_split_by_events(0.1, 0.1).test_start >= split.test_start
+
+
+def test_split_by_event_shares_refuses_shares_that_leave_no_training_window(store):
+    with pytest.raises(ValueError, match="sum below 1"):
+        store.time_split_by_events(valid_fraction=0.5, test_fraction=0.6)
+    with pytest.raises(ValueError, match="cannot hold a training window"):
+        store.time_split_by_events(valid_fraction=0.45, test_fraction=0.5)
