@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reels.deploy.process import ManagedProcess
-from reels.workflows.errors import NotFound
+from reels.workflows.errors import InvalidInput, NotFound
 
 HTTP_BACKEND = "triton_http"
 GRPC_BACKEND = "triton_grpc"
@@ -121,8 +121,9 @@ class LoadBalancer(ManagedProcess):
 
     @property
     def admin_socket(self) -> Path:
-        """The runtime API's unix socket (mode 0600)."""
-        return self.build / "haproxy.sock"
+        """The runtime API's unix socket (mode 0600); absolute, since haproxy reads a relative one as
+        host:port."""
+        return self.build.resolve() / "haproxy.sock"
 
     @property
     def http_url(self) -> str:
@@ -135,16 +136,21 @@ class LoadBalancer(ManagedProcess):
         return f"{'127.0.0.1' if self.address in ('0.0.0.0', '') else self.address}:{self.grpc_port}"
 
     def write_config(self) -> Path:
-        """Write ``haproxy.cfg`` (owner-only) and have haproxy check it; ``ValueError`` naming the problem."""
+        """Write ``haproxy.cfg`` (owner-only) and have haproxy check it; ``InvalidInput`` naming the problem."""
         self.build.mkdir(parents=True, exist_ok=True)
         text = haproxy_config(self.upstreams, self.address, self.http_port, self.grpc_port, self.admin_socket)
+        if len(str(self.admin_socket)) > 100:  # sun_path holds 108 bytes
+            raise InvalidInput(
+                f"the balancer's folder {self.build.resolve()} is too deep for a unix socket path"
+            )
         self.config_path.write_text(text)
         self.config_path.chmod(0o600)
         check = subprocess.run(
-            [haproxy_binary(), "-c", "-q", "-f", str(self.config_path)], capture_output=True, text=True
+            [haproxy_binary(), "-c", "-f", str(self.config_path)], capture_output=True, text=True
         )
         if check.returncode != 0:
-            raise ValueError(f"haproxy rejected {self.config_path}: {check.stdout}{check.stderr}")
+            alerts = [line for line in (check.stdout + check.stderr).splitlines() if "ALERT" in line]
+            raise InvalidInput(f"haproxy rejected {self.config_path}: " + " ".join(alerts))
         return self.config_path
 
     def start(self, timeout_s: float = 30.0) -> LoadBalancer:
@@ -182,4 +188,4 @@ class LoadBalancer(ManagedProcess):
         for backend in (HTTP_BACKEND, GRPC_BACKEND):
             answer = self.command(f"set server {backend}/{replica} state {state}").strip()
             if answer:
-                raise ValueError(f"haproxy refused `set server {backend}/{replica} state {state}`: {answer}")
+                raise InvalidInput(f"haproxy refused `set server {backend}/{replica} state {state}`: {answer}")
