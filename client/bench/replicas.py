@@ -101,14 +101,18 @@ def table(report: dict) -> str:
         f"time) through the balancer. The rolling promotion {report['serving_version']} → "
         f"{report['promoted_version']} took {report['rolling_promotion_s']:.0f} s; the last replica was "
         "killed (SIGKILL) a third into its window.", "",
-        "| window | perf_analyzer runs (failed) | worst run p99 ms | probe requests (failed) | probe p50 ms | "
-        "probe p99 ms | probe max ms |",
+        "perf_analyzer runs that stopped before sending a request because the replicas it asked for model "
+        "configs were on different releases are counted apart (not started); a failed run is one that "
+        "stopped on a failed request.", "",
+        "| window | perf_analyzer runs (failed, not started) | worst run p99 ms | probe requests (failed) | "
+        "probe p50 ms | probe p99 ms | probe max ms |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]  # fmt: skip
     for name in WINDOWS:
         r = report["windows"][name]
         lines.append(
-            f"| {name} | {r['perf_analyzer_runs']} ({r['perf_analyzer_failed_runs']}) | "
+            f"| {name} | {r['perf_analyzer_runs']} ({r['perf_analyzer_failed_runs']}, "
+            f"{r.get('perf_analyzer_runs_not_started_mixed_releases', 0)}) | "
             f"{r['perf_analyzer_p99_ms_worst_run']:.1f} | {r['probe_requests']} ({r['probe_failed']}) | "
             f"{r['probe_p50_ms']:.1f} | {r['probe_p99_ms']:.1f} | {r['probe_max_ms']:.1f} |"
         )

@@ -24,6 +24,13 @@ from reels.deploy.config import Config
 from reels.workflows.errors import NotFound
 
 
+def _last_error_line(output: str) -> str:
+    """The line of perf_analyzer's output that says why it stopped (its last line mentioning an error)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if "rror" in line or "ailed" in line]
+    return (errors or lines or [""])[-1][:300]
+
+
 @dataclass
 class LoadReport:
     """What the load saw: every perf_analyzer run and each probe request's outcome and latency."""
@@ -48,6 +55,9 @@ class LoadReport:
             "perf_analyzer_runs_spanning_the_swap": sum(
                 1 for r in self.perf_analyzer_runs if r.get("spanned_swap")
             ),
+            "perf_analyzer_runs_not_started_mixed_releases": sum(
+                1 for r in self.perf_analyzer_runs if r.get("not_started")
+            ),
             "perf_analyzer_requests": sum(r.get("requests", 0) for r in self.perf_analyzer_runs),
             "perf_analyzer_p99_ms_worst_run": max(
                 (r.get("p99_ms", 0.0) for r in self.perf_analyzer_runs), default=0
@@ -57,6 +67,15 @@ class LoadReport:
             "probe_p50_ms": float(np.percentile(lat, 50)),
             "probe_p99_ms": float(np.percentile(lat, 99)),
             "probe_max_ms": float(lat.max()),
+            # What stopped the failed perf_analyzer runs and probe requests (distinct messages, a few).
+            "perf_analyzer_errors": sorted(
+                {
+                    _last_error_line(r["error"])
+                    for r in self.perf_analyzer_runs
+                    if r["failed"] and r.get("error")
+                }
+            )[:5],
+            "probe_errors": sorted(set(self.probe_errors))[:5],
         }
 
 
@@ -115,9 +134,14 @@ class LoadDuringAction:
             spanned_swap = (
                 "failed to find the requested model version" in output and "had error" not in output
             )
+            # Through a balancer during a rolling promotion, perf_analyzer may read the ensemble's config from
+            # a replica already on the new release and then ask another, still on the old one, for a
+            # composing model's config: it stops before sending any request ("failed to create model
+            # parser ... unknown model"). No request failed; counted apart too.
+            not_started = "failed to create model parser" in output and "had error" not in output
             run = {
-                "exit_code": done.returncode, "spanned_swap": spanned_swap,
-                "failed": done.returncode != 0 and not unstable and not spanned_swap,
+                "exit_code": done.returncode, "spanned_swap": spanned_swap, "not_started": not_started,
+                "failed": done.returncode != 0 and not unstable and not spanned_swap and not not_started,
             }  # fmt: skip
             if done.returncode != 0:
                 run["error"] = output[-1500:]
