@@ -1,18 +1,26 @@
 """Interaction events in real time: clients append to a Redis Stream; ``IngestWorker``s in one consumer
 group validate them, dead-letter the malformed ones, and apply the rest to the online features.
 
-Keys (``{p}`` = prefix, ``{ns}`` = the active namespace at apply time)::
+Keys (``<p>`` = prefix, ``<ns>`` = the active namespace at apply time; braces are Redis Cluster hash tags,
+see ``reels.feature_store.layout``)::
 
-    {p}:events                       STREAM  one entry per event, field ``event`` = the event as JSON
-    {p}:events:dead                  STREAM  malformed events: ``event``, ``reason``, ``source_id``
-    {p}:applied:{event_id}           STRING  dedupe marker (TTL ``dedupe_ttl_s``)
-    {p}:{ns}:counters:{raw_video_id} HASH    events / views / likes / completions / hides since the load
-    {p}:trending                     ZSET    views per raw video id (streamed trending scores)
+    <p>:events                          STREAM  one entry per event, field ``event`` = the event as JSON
+    <p>:events:dead                     STREAM  malformed events: ``event``, ``reason``, ``source_id``
+    <p>:applied:{u:<user>}:<event>      STRING  dedupe markers (TTL ``dedupe_ttl_s``), one per part of
+    <p>:applied:{v:<video>}:<event>             an event, each in the slot of the keys its part updates
+    <p>:applied:{trending}:<event>
+    <p>:<ns>:counters:{v:<video>}       HASH    events / views / likes / completions / hides since the load
+    <p>:trending:{trending}             ZSET    views per raw video id (streamed trending scores)
 
 Delivery is at-least-once (a message is acknowledged only after it was applied; a worker that dies
 leaves its messages pending, and ``claim_idle_ms`` later another worker claims them). Updates are
-idempotent: one Lua script call per batch (Redis runs it atomically) sets each event's dedupe marker and
-applies its updates, so a re-delivered event is skipped and no event is ever half-applied.
+idempotent: an event is applied in parts (its user's seen list and history; its video's counters; a
+view's trending score), each part by a Lua script call that sets the part's dedupe marker and applies
+its updates atomically, so a re-delivered event skips the parts already applied and no part is ever
+half-applied. On one redis-server a batch is one script call, so a whole event is applied at once. On
+Redis Cluster the parts live in different hash slots, so a batch is one script call per slot (sent
+per node, one round trip per node): an event can be seen partly applied for the moment between them,
+and a worker that dies in between leaves the rest to the re-delivery.
 
 With an offline store, applied events and hide-creator choices are appended there too, written once
 across crashes: before a write the worker marks each row in Redis (``{p}:offline:{event_id}``,
@@ -35,7 +43,8 @@ with ``XINFO GROUPS`` at most every ``stream_every_s``).
 
 Per event: the raw video id is appended to the user's seen list (so it — and a "not interested" hide —
 is excluded from the very next request), a viewed video's encoded id is pushed to the front of the
-history inside the user's packed record, and the video's counters and trending score are incremented.
+history inside the user's packed record, and the video's counters and (views) trending score are
+incremented.
 """
 
 from __future__ import annotations
@@ -51,10 +60,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import redis
+from redis.crc import key_slot
+from redis.exceptions import NoScriptError, TryAgainError
 
 from reels.feature_store.encoding import Vocabulary
 from reels.feature_store.layout import user_record
-from reels.feature_store.store import OnlineStore
+from reels.feature_store.store import UNAVAILABLE, OnlineStore
 from reels.feature_store.streams import GROUP, HIDE_CREATOR
 from reels.workflows.errors import InvalidInput
 from reels.workflows.offline_store import OfflineStore, fault_point
@@ -64,61 +75,83 @@ from reels.workflows.validate import validate
 
 log = logging.getLogger(__name__)
 
-# One call applies a whole batch: ARGV = ttl, history offset, history bytes, seen-list bytes, prefix,
-# namespace, and the packed batch (BATCH_RECORD per event). Per event: set the dedupe marker or skip;
-# append to the seen list (trimmed back to the newest entries once it doubles); push a viewed
-# video's encoded id to the front of the history inside the user record; bump the video's counters and
-# trending score. An event whose updates fail is unmarked and reported by its error message (the rest
-# of the batch goes on). Ids must stay below 2^53 (Lua numbers are doubles).
+# An event is applied by the APPLY script as one part or, on Redis Cluster, as up to three, each in the hash
+# slot of the keys it updates (a Lua script's keys must share one slot there). The user part (``USER_PART``:
+# keys = its dedupe marker, the seen list, the user record, all tagged ``{u:<user>}``) appends the raw video
+# id to the seen list (trimmed back to the newest entries once it doubles) and, for a view, pushes the
+# video's encoded id to the front of the history inside the user record; the video part (``VIDEO_PART``:
+# marker, counters, tagged ``{v:<video>}``) bumps the video's counters; a view's trending part
+# (``TRENDING_PART``: marker, the trending ZSET, tagged ``{trending}``) bumps its trending score. On one
+# redis-server the three go together as one ``EVENT_PART`` (keys: the user part's marker, seen list, user
+# record, counters, trending ZSET): one marker per event, the whole event atomic. One script call applies a
+# list of parts whose keys are all in KEYS, part after part; ARGV = ttl, history offset, history bytes,
+# seen-list bytes and the packed parts (PART_RECORD each). Per part: set its dedupe marker or skip it; a
+# part whose updates fail is unmarked and reported by its error message (the rest go on). Ids must stay
+# below 2^53 (Lua numbers are doubles).
 APPLY = """
-local ttl, offset, length, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local prefix, ns, blob = ARGV[5], ARGV[6], ARGV[7]
+local ttl, offset, length, cap, blob = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local out = {}
-local function apply_event(base, u, v)
-  local viewed, liked, completed, hidden = string.byte(blob, base + 32, base + 35)
-  local seen_key = prefix .. ':' .. ns .. ':seen:' .. u
-  local seen_length = redis.call('APPEND', seen_key, string.sub(blob, base + 16, base + 23))
+local function apply_user(seen_key, user_key, base, viewed)
+  local seen_length = redis.call('APPEND', seen_key, string.sub(blob, base, base + 7))
   if seen_length > 2 * cap then  -- trim rarely: keep the newest cap bytes
     redis.call('SET', seen_key, redis.call('GETRANGE', seen_key, seen_length - cap, -1))
   end
-  local counters = prefix .. ':' .. ns .. ':counters:' .. v
   if viewed == 1 then
-    local user_key = prefix .. ':' .. ns .. ':user:' .. u
     local user = redis.call('GET', user_key)
     if user then
       local history = string.sub(user, offset + 1, offset + length)
-      redis.call('SETRANGE', user_key, offset, string.sub(blob, base + 24, base + 31) .. string.sub(history, 1, length - 8))
+      redis.call('SETRANGE', user_key, offset, string.sub(blob, base + 8, base + 15) .. string.sub(history, 1, length - 8))
     end
-    redis.call('HINCRBY', counters, 'views', 1)
-    redis.call('ZINCRBY', prefix .. ':trending', 1, v)
   end
+end
+local function apply_video(counters, viewed, liked, completed, hidden)
   redis.call('HINCRBY', counters, 'events', 1)
+  if viewed == 1 then redis.call('HINCRBY', counters, 'views', 1) end
   if liked == 1 then redis.call('HINCRBY', counters, 'likes', 1) end
   if completed == 1 then redis.call('HINCRBY', counters, 'completions', 1) end
   if hidden == 1 then redis.call('HINCRBY', counters, 'hides', 1) end
 end
-for i = 0, #blob / 36 - 1 do
-  local base = i * 36 + 1
-  local event_id, user_id, video_id = struct.unpack('<i8i8i8', blob, base)
-  local e, u, v = string.format('%.0f', event_id), string.format('%.0f', user_id), string.format('%.0f', video_id)
-  local marker = prefix .. ':applied:' .. e
-  if redis.call('SET', marker, '1', 'NX', 'EX', ttl) then
-    local ok, err = pcall(apply_event, base, u, v)
+local function apply_trending(trending, base)
+  local video_id = struct.unpack('<i8', blob, base)
+  redis.call('ZINCRBY', trending, 1, string.format('%.0f', video_id))
+end
+local function apply_event(k, base, viewed, liked, completed, hidden)
+  apply_user(KEYS[k + 1], KEYS[k + 2], base, viewed)
+  apply_video(KEYS[k + 3], viewed, liked, completed, hidden)
+  if viewed == 1 then apply_trending(KEYS[k + 4], base) end
+end
+local k = 1
+for i = 0, #blob / 21 - 1 do
+  local base = i * 21 + 1
+  local part, viewed, liked, completed, hidden = string.byte(blob, base + 16, base + 20)
+  if redis.call('SET', KEYS[k], '1', 'NX', 'EX', ttl) then
+    local ok, err
+    if part == 0 then
+      ok, err = pcall(apply_event, k, base, viewed, liked, completed, hidden)
+    elseif part == 1 then
+      ok, err = pcall(apply_user, KEYS[k + 1], KEYS[k + 2], base, viewed)
+    elseif part == 2 then
+      ok, err = pcall(apply_video, KEYS[k + 1], viewed, liked, completed, hidden)
+    else
+      ok, err = pcall(apply_trending, KEYS[k + 1], base)
+    end
     if ok then
       out[i + 1] = 1
-    else  -- e.g. a key of the wrong type: unmark the event so a retry applies it, and go on with the batch
-      redis.call('DEL', marker)
+    else  -- e.g. a key of the wrong type: unmark the part so a retry applies it, and go on with the rest
+      redis.call('DEL', KEYS[k])
       out[i + 1] = tostring(type(err) == 'table' and err.err or err)
     end
   else
     out[i + 1] = 0
   end
+  k = k + (part == 0 and 5 or part == 1 and 3 or 2)
 end
 return out
 """
-BATCH_RECORD = np.dtype(
-    [("event_id", "<i8"), ("user_id", "<i8"), ("video_id", "<i8"), ("video_code", "<i8"),
-     ("viewed", "u1"), ("liked", "u1"), ("completed", "u1"), ("hidden", "u1")]
+EVENT_PART, USER_PART, VIDEO_PART, TRENDING_PART = 0, 1, 2, 3
+PART_RECORD = np.dtype(
+    [("video_id", "<i8"), ("video_code", "<i8"), ("part", "u1"), ("viewed", "u1"), ("liked", "u1"),
+     ("completed", "u1"), ("hidden", "u1")]
 )  # fmt: skip
 
 
@@ -394,6 +427,8 @@ class IngestWorker:
         try:
             results = self.apply(events)
         except redis.ResponseError as exc:
+            if isinstance(exc, UNAVAILABLE):  # a failover, not a bad batch: ``run`` waits and re-reads it
+                raise
             return np.zeros(len(ids), dtype=bool), dict.fromkeys(ids, str(exc)[:300])
         failed = {i: r[:300] for i, r in zip(ids, results, strict=True) if isinstance(r, str)}
         return np.array([r == 1 for r in results], dtype=bool), failed
@@ -455,7 +490,7 @@ class IngestWorker:
         into that batch, which either committed (skip the row) or not (its writer died: write it again,
         unless the key is found in the store, i.e. the batch was committed and then compacted)."""
         key = TABLES[table].key
-        values = [v.decode() if v is not None else None for v in self.client.mget(markers)]
+        values = [v.decode() if v is not None else None for v in self.store.mget(markers)]
         tokens = {v for v in values if v is not None and v != "1"}  # "1": marker of older versions
         landed = self.offline.committed(table, tokens) if tokens else set()
         todo = np.array([v is None or (v != "1" and v not in landed) for v in values], dtype=bool)
@@ -526,24 +561,123 @@ class IngestWorker:
         stats.reasons.append(reason)
 
     def apply(self, events: pd.DataFrame) -> list[int | str]:
-        """Apply validated events: per event 1 = applied, 0 = already applied before (a duplicate or a
-        re-delivery), or the error message of an update that failed (the event stays unapplied)."""
+        """Apply validated events: per event 1 = applied (some part of it was new: a re-delivery completes
+        an event whose parts a failure left half-applied), 0 = every part applied before (a duplicate or a
+        re-delivery), or the error message of a part that failed (that part stays unapplied)."""
+        owner, parts, keys = self.parts(events)
+        results = self._run_parts(parts, keys)
+        out: list[int | str] = [0] * len(events)
+        for event, result in zip(owner.tolist(), results, strict=True):
+            if isinstance(result, str):
+                out[event] = result
+            elif result == 1 and not isinstance(out[event], str):
+                out[event] = 1
+        return out
+
+    def parts(self, events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+        """The parts of ``events`` (``PART_RECORD``s), the row of the event each belongs to, and each
+        part's KEYS (its dedupe marker first)."""
         ns = self.store.namespace()
-        records = np.zeros(len(events), dtype=BATCH_RECORD)
-        for name in ("event_id", "user_id", "video_id"):
-            records[name] = events[name].to_numpy(dtype=np.int64)
-        records["video_code"] = self._vocabulary(ns).encode(records["video_id"])
+        n = len(events)
+        event_ids, users, videos = (
+            events[name].to_numpy(dtype=np.int64) for name in ("event_id", "user_id", "video_id")
+        )
         duration = events["video_duration_s"].to_numpy(dtype=np.float64)
         watched = events["watch_time_s"].to_numpy(dtype=np.float64) / np.where(duration > 0, duration, 1.0)
-        records["viewed"] = (watched >= 0.5) & ~events["skipped"].to_numpy(dtype=bool)
+        viewed = (watched >= 0.5) & ~events["skipped"].to_numpy(dtype=bool)
+        if self.store.cluster:
+            # Every event's user part, then every event's video part, then each view's trending part:
+            # each kind keeps the events' order (a user's seen list and history follow it).
+            owner = np.concatenate([np.arange(n), np.arange(n), np.flatnonzero(viewed)])
+            kinds = np.repeat([USER_PART, VIDEO_PART, TRENDING_PART], [n, n, len(owner) - 2 * n])
+        else:
+            owner, kinds = np.arange(n), np.full(n, EVENT_PART)
+        parts = np.zeros(len(owner), dtype=PART_RECORD)
+        parts["part"] = kinds
+        parts["video_id"] = videos[owner]
+        parts["video_code"] = self._vocabulary(ns).encode(videos)[owner]
+        parts["viewed"] = viewed[owner]
         for name in ("liked", "completed", "hidden"):
-            records[name] = events[name].to_numpy(dtype=bool)
-        result = self._apply(
-            keys=[],
-            args=[self.dedupe_ttl_s, self.history_offset, self.history_bytes, self.seen_bytes, self.prefix, ns,
-                  records.tobytes()],
-        )  # fmt: skip
-        return [r.decode() if isinstance(r, bytes) else int(r) for r in result]
+            parts[name] = events[name].to_numpy(dtype=bool)[owner]
+        return owner, parts, self._part_keys(ns, event_ids, users, videos, viewed)
+
+    def _part_keys(
+        self, ns: str, event_ids: np.ndarray, users: np.ndarray, videos: np.ndarray, viewed: np.ndarray
+    ) -> list[list[str]]:
+        """The KEYS of each part, in the order of ``parts``' parts (the marker first)."""
+        keys, trending = self.keys, self.keys.trending
+        events = list(zip(event_ids.tolist(), users.tolist(), videos.tolist(), strict=True))
+        if not self.store.cluster:
+            return [
+                [
+                    keys.applied(e, keys.user_tag(u)),
+                    keys.seen(ns, u),
+                    keys.user(ns, u),
+                    keys.counters(ns, v),
+                    trending,
+                ]
+                for e, u, v in events
+            ]
+        user_parts = [
+            [keys.applied(e, keys.user_tag(u)), keys.seen(ns, u), keys.user(ns, u)] for e, u, _ in events
+        ]
+        video_parts = [[keys.applied(e, keys.video_tag(v)), keys.counters(ns, v)] for e, _, v in events]
+        trending_parts = [[keys.applied(e, keys.TRENDING_TAG), trending] for e in event_ids[viewed].tolist()]
+        return user_parts + video_parts + trending_parts
+
+    def _run_parts(self, parts: np.ndarray, keys: list[list[str]]) -> list[int | str]:
+        """Run the ``APPLY`` script over ``parts``: one call on a single server (atomic, as one batch
+        always was); on Redis Cluster one call per hash slot, sent per node (one round trip per node,
+        ``_run_per_node``). Returns each part's result in input order."""
+        head = [self.dedupe_ttl_s, self.history_offset, self.history_bytes, self.seen_bytes]
+        if not self.store.cluster:
+            groups = [np.arange(len(parts))]
+        else:
+            by_slot: dict[int, list[int]] = {}
+            for i, part_keys in enumerate(keys):
+                by_slot.setdefault(key_slot(part_keys[0].encode()), []).append(i)
+            groups = [np.array(members) for members in by_slot.values()]
+        if len(groups) == 1:
+            flat = [key for part_keys in keys for key in part_keys]
+            replies = [self._apply(keys=flat, args=[*head, parts.tobytes()])]
+        else:
+            commands, routing = [], []
+            for group in groups:
+                flat = [key for i in group.tolist() for key in keys[i]]
+                commands.append(("EVALSHA", self._apply.sha, len(flat), *flat, *head, parts[group].tobytes()))
+                routing.append(flat[0])
+            replies = self._run_per_node(commands, routing, reloaded=False)
+        results: list[int | str] = [0] * len(parts)
+        for group, reply in zip(groups, replies, strict=True):
+            for i, result in zip(group.tolist(), reply, strict=True):
+                results[i] = result.decode() if isinstance(result, bytes) else int(result)
+        return results
+
+    def _run_per_node(self, commands: list[tuple], routing: list[str], reloaded: bool) -> list:
+        """The replies of the script calls ``commands`` on a Redis Cluster, one round trip per node
+        (``OnlineStore.per_node``). A primary without the script (a replica promoted since) gets it and
+        the calls run again; a stale slot map, a lost node or a script still missing sends them through
+        redis-py's cluster pipeline as EVALs, which follows redirections. Running parts again is safe: applied ones are skipped by
+        their markers."""
+        try:
+            return self.store.per_node(commands, routing)
+        except NoScriptError:
+            if not reloaded:
+                self.client.script_load(APPLY)  # every primary
+                return self._run_per_node(commands, routing, reloaded=True)
+        except (redis.RedisError, OSError, KeyError, IndexError) as exc:
+            if isinstance(exc, redis.ResponseError) and not isinstance(
+                exc, redis.exceptions.MovedError | redis.exceptions.AskError | TryAgainError
+            ):
+                raise  # e.g. out of memory: the whole batch is retried later
+        pipe = self.client.pipeline(transaction=False)
+        for _, _, *arguments in commands:  # EVAL with the script itself: no NOSCRIPT on this path
+            pipe.execute_command("EVAL", APPLY, *arguments)
+        replies = pipe.execute(raise_on_error=False)
+        failure = next((r for r in replies if isinstance(r, Exception)), None)
+        if failure is not None:
+            raise failure
+        return replies
 
     def _vocabulary(self, namespace: str) -> Vocabulary:
         """The video vocabulary of the features loaded into ``namespace``: a promotion swaps in features
@@ -587,8 +721,10 @@ class IngestWorker:
                 if self.metrics.enabled and time.monotonic() >= next_observe:
                     self.observe_stream()
                     next_observe = time.monotonic() + self.stream_every_s
-            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-                if isinstance(exc, redis.ResponseError) and "NOGROUP" not in str(exc):
+            except (*UNAVAILABLE, redis.ResponseError) as exc:
+                # Away: unreachable, or (Redis Cluster) a slot without a primary during a failover.
+                nogroup = isinstance(exc, redis.ResponseError) and "NOGROUP" in str(exc)
+                if not (nogroup or isinstance(exc, UNAVAILABLE)):
                     raise
                 self.metrics.redis_unavailable()
                 wait = min(self.reconnect_max_s, self.reconnect_min_s * 2**failures)
@@ -604,7 +740,7 @@ class IngestWorker:
                 )
                 time.sleep(wait)
                 self._reread_own = True
-                if isinstance(exc, redis.ResponseError):
+                if nogroup:
                     self._recreate_group()
                 continue
             if failures:
@@ -621,7 +757,7 @@ class IngestWorker:
             self.trim_acknowledged()
             if self.metrics.enabled:
                 self.observe_stream()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:  # trimming waits for the next run
+        except UNAVAILABLE as exc:  # trimming waits for the next run
             log.warning("ingest %s: could not trim the stream on exit (%s)", self.consumer, exc)
         return total
 
@@ -643,7 +779,7 @@ class IngestWorker:
         """The group is gone (Redis came back without its data): create it again, if Redis answers."""
         try:
             self._create_group()
-        except (redis.ConnectionError, redis.TimeoutError):
+        except UNAVAILABLE:
             pass  # still down: the next try of the loop tells
 
     def trim_acknowledged(self) -> int:

@@ -1,34 +1,40 @@
 """Redis key schema and record layouts of the online feature store.
 
-Keys (``{ns}`` is a load's namespace, e.g. ``v3``; ``{prefix}`` defaults to ``reels``)::
+Keys (``<ns>`` is a load's namespace, e.g. ``v3``; ``<prefix>`` defaults to ``reels``; text in curly
+braces is literal: a Redis Cluster hash tag, so every key with the same tag lives in the same hash slot)::
 
-    {prefix}:active                    STRING  the namespace readers use; swapped atomically by a new load
-    {prefix}:{ns}:meta                 HASH    record layouts (JSON), row counts, source fingerprints, time
-    {prefix}:{ns}:user:{raw_user_id}   STRING  one packed user record (see USER_RECORD)
-    {prefix}:{ns}:video:{raw_video_id} STRING  one packed video record (see VIDEO_RECORD)
-    {prefix}:{ns}:seen:{raw_user_id}   STRING  packed int64 raw video ids the user has already been shown
+    <prefix>:active                    STRING  the namespace readers use; swapped atomically by a new load
+    <prefix>:<ns>:meta                 HASH    record layouts (JSON), row counts, source fingerprints, time
+    <prefix>:<ns>:user:{u:<user>}      STRING  one packed user record (see USER_RECORD)
+    <prefix>:<ns>:video:<video>        STRING  one packed video record (see VIDEO_RECORD)
+    <prefix>:<ns>:seen:{u:<user>}      STRING  packed int64 raw video ids the user has already been shown
                                                (the newest 500 at load; streamed events append, and the
                                                list is trimmed back to 500 once it reaches 1,000)
-    {prefix}:hidden_creators:{raw_user_id}  SET  raw creator ids the user hid (any namespace)
-    {prefix}:load_counter              STRING  INCR'd by each load: namespace v<N>
-    {prefix}:namespaces                SET     every namespace a load started (what clean-up looks at)
-    {prefix}:pinned                    SET     namespaces a release in a model repository reads: never
+    <prefix>:hidden_creators:<user>    SET     raw creator ids the user hid (any namespace)
+    <prefix>:load_counter              STRING  INCR'd by each load: namespace v<N>
+    <prefix>:namespaces                SET     every namespace a load started (what clean-up looks at)
+    <prefix>:pinned                    SET     namespaces a release in a model repository reads: never
                                                dropped while pinned (promotion and `reels serve` keep it)
-    {prefix}:{ns}:loading              STRING  a load of ``{ns}`` in progress (TTL, refreshed per batch): a
+    <prefix>:<ns>:loading              STRING  a load of ``<ns>`` in progress (TTL, refreshed per batch): a
                                                namespace without meta whose marker expired is a crashed
                                                load's, and the next activation removes it
-    {prefix}:events                    STREAM  interaction events (field ``event``) and hide-creator
+    <prefix>:events                    STREAM  interaction events (field ``event``) and hide-creator
                                                messages (field ``hide_creator``), consumer group ``ingest``
-    {prefix}:events:dead               STREAM  dead-lettered messages: ``event``, ``reason``, ``source_id``
-    {prefix}:applied:{event_id}        STRING  dedupe marker of an applied event (TTL)
-    {prefix}:offline:{event_id}        STRING  the offline-store batch an event was written in (TTL)
-    {prefix}:offline:hide:{entry_id}   STRING  the same for a hide-creator message (its stream entry id)
-    {prefix}:{ns}:counters:{raw_video_id} HASH events / views / likes / completions / hides since the load
-    {prefix}:trending                  ZSET    views per raw video id (streamed trending scores)
-    {prefix}:exposures                 STREAM  one entry per served feed (field ``exposure``, JSON)
+    <prefix>:events:dead               STREAM  dead-lettered messages: ``event``, ``reason``, ``source_id``
+    <prefix>:applied:{u:<user>}:<event>   STRING  dedupe marker of an event's user part (TTL)
+    <prefix>:applied:{v:<video>}:<event>  STRING  dedupe marker of an event's video part (TTL)
+    <prefix>:applied:{trending}:<event>   STRING  dedupe marker of a view's trending part (TTL)
+    <prefix>:offline:<event>           STRING  the offline-store batch an event was written in (TTL)
+    <prefix>:offline:hide:<entry_id>   STRING  the same for a hide-creator message (its stream entry id)
+    <prefix>:<ns>:counters:{v:<video>} HASH    events / views / likes / completions / hides since the load
+    <prefix>:trending:{trending}       ZSET    views per raw video id (streamed trending scores)
+    <prefix>:exposures                 STREAM  one entry per served feed (field ``exposure``, JSON)
 
-The ingest Lua script (``reels.feature_store.ingest``) builds the ``applied``, ``seen``, ``user``,
-``counters`` and ``trending`` names from the same patterns.
+Hash tags exist for the ingest script only (a Lua script's keys must share one slot on Redis Cluster): the
+user part of an event touches its marker, seen list and user record (tag ``{u:<user>}``), the video part
+its marker and the video's counters (``{v:<video>}``), the trending part its marker and the trending ZSET
+(``{trending}``). On one redis-server the tags are ordinary characters. Every other key is read or
+written on its own (or by commands redis-py splits per slot), so it needs no tag.
 
 Records are fixed-layout little-endian numpy structured records (``dtype.tobytes()``), so one ``MGET``
 of a user and 500 videos decodes with a single ``np.frombuffer`` per kind: no per-field parsing. Field
@@ -74,7 +80,21 @@ class Keys:
     """Every Redis key of reels, built in one place (the table in the module docstring)."""
 
     def __init__(self, prefix: str = DEFAULT_PREFIX):
+        if "{" in prefix or "}" in prefix:  # a tag in the prefix would put every key in one slot
+            raise ValueError(f"a key prefix holds no curly braces (Redis Cluster hash tags): {prefix!r}")
         self.prefix = prefix
+
+    @staticmethod
+    def user_tag(raw_user_id: int) -> str:
+        """The hash tag of a user's ingest keys (record, seen list, dedupe markers): one slot per user."""
+        return f"{{u:{raw_user_id}}}"
+
+    @staticmethod
+    def video_tag(raw_video_id: int) -> str:
+        """The hash tag of a video's ingest keys (counters, dedupe markers): one slot per video."""
+        return f"{{v:{raw_video_id}}}"
+
+    TRENDING_TAG = "{trending}"
 
     @property
     def active(self) -> str:
@@ -87,7 +107,7 @@ class Keys:
 
     def user(self, ns: str, raw_user_id: int) -> str:
         """The packed ``user_record`` of a raw user id in namespace ``ns``."""
-        return f"{self.prefix}:{ns}:user:{raw_user_id}"
+        return f"{self.prefix}:{ns}:user:{self.user_tag(raw_user_id)}"
 
     def video(self, ns: str, raw_video_id: int) -> str:
         """The packed ``VIDEO_RECORD`` of a raw video id in namespace ``ns``."""
@@ -95,7 +115,7 @@ class Keys:
 
     def seen(self, ns: str, raw_user_id: int) -> str:
         """The packed int64 raw video ids already shown to a raw user id, in namespace ``ns``."""
-        return f"{self.prefix}:{ns}:seen:{raw_user_id}"
+        return f"{self.prefix}:{ns}:seen:{self.user_tag(raw_user_id)}"
 
     def hidden_creators(self, raw_user_id: int) -> str:
         """Creators the user hid: raw ids, so it outlives namespace swaps (a SET, not per namespace)."""
@@ -139,9 +159,10 @@ class Keys:
         """Messages the ingest workers could not apply."""
         return f"{self.prefix}:events:dead"
 
-    def applied(self, event_id: int) -> str:
-        """Dedupe marker of an applied event."""
-        return f"{self.prefix}:applied:{event_id}"
+    def applied(self, event_id: int, tag: str) -> str:
+        """Dedupe marker of one part of an applied event, in the slot of ``tag`` (``user_tag``,
+        ``video_tag`` or ``TRENDING_TAG``: the slot of the keys that part updates)."""
+        return f"{self.prefix}:applied:{tag}:{event_id}"
 
     def offline_marker(self, event_id: int | str) -> str:
         """The offline-store batch marker of an event (an int id) or of a hide (``hide:{entry_id}``)."""
@@ -149,12 +170,12 @@ class Keys:
 
     def counters(self, ns: str, raw_video_id: int) -> str:
         """A video's streamed counters since the namespace was loaded."""
-        return f"{self.prefix}:{ns}:counters:{raw_video_id}"
+        return f"{self.prefix}:{ns}:counters:{self.video_tag(raw_video_id)}"
 
     @property
     def trending(self) -> str:
         """Streamed views per raw video id."""
-        return f"{self.prefix}:trending"
+        return f"{self.prefix}:trending:{self.TRENDING_TAG}"
 
     @property
     def exposures(self) -> str:

@@ -1,5 +1,6 @@
 """How to reach the online store (``RedisSettings``): a host and port, or a ``redis://`` / ``rediss://``
-(TLS) URL, with an optional ACL username. Secrets (the password) come from the environment or a file and
+(TLS) URL, with an optional ACL username; ``redis+cluster://`` / ``rediss+cluster://`` (or ``cluster=True``)
+name any node of a Redis Cluster. Secrets (the password) come from the environment or a file and
 never reach release specs, logs or ``repr``. Cheap to import: redis-py is imported on use."""
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ USERNAME_ENV = "REELS_REDIS_USERNAME"
 CA_FILE_ENV = "REELS_REDIS_CA_FILE"
 CERT_FILE_ENV = "REELS_REDIS_CERT_FILE"
 KEY_FILE_ENV = "REELS_REDIS_KEY_FILE"
-SCHEMES = ("redis", "rediss")
+SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
+CLUSTER_SUFFIX = "+cluster"
 MASK = "***"
 DEFAULT_PORT = 6379
 
@@ -63,7 +65,10 @@ class RedisSettings:
     """Where the online store lives and how to authenticate.
 
     The address is ``host``/``port`` or, when given, ``url`` (``redis://[user@]host:port/db``, or
-    ``rediss://`` for TLS; the URL's host, port and db replace the fields). The password never travels in
+    ``rediss://`` for TLS; the URL's host, port and db replace the fields). ``cluster``: the address is one
+    node of a Redis Cluster (any node: the client discovers the others, follows MOVED/ASK redirections and
+    a failover's new primaries); a ``redis+cluster://`` or ``rediss+cluster://`` URL sets it. A cluster has
+    only db 0. The password never travels in
     files or argv: it comes from ``password`` (set in code), else the URL (which holds one only when it
     came from the environment), else ``$REELS_REDIS_PASSWORD``, else the file named by
     ``$REELS_REDIS_PASSWORD_FILE``, else ``$REELS_REDIS_URL`` when that names the same host and port. The
@@ -81,13 +86,15 @@ class RedisSettings:
     ca_file: str | None = None  # the CA bundle that signed the server's certificate
     cert_file: str | None = None  # client certificate, for servers that require one
     key_file: str | None = None  # its private key (a path, not the key)
+    cluster: bool = False  # a Redis Cluster node (set by a ``+cluster`` URL scheme)
 
     def __post_init__(self) -> None:
         if self.url:
             parts = urlsplit(self.url)
             if parts.scheme not in SCHEMES:
                 raise ValueError(
-                    f"a Redis URL starts with redis:// or rediss:// (got {parts.scheme or '?'}://)"
+                    "a Redis URL starts with redis:// or rediss:// (TLS), or redis+cluster:// or "
+                    f"rediss+cluster:// for a Redis Cluster (got {parts.scheme or '?'}://)"
                 )
             if not parts.hostname:
                 raise ValueError(f"the Redis URL {redacted(self.url)} names no host")
@@ -104,20 +111,23 @@ class RedisSettings:
             object.__setattr__(self, "host", parts.hostname)
             object.__setattr__(self, "port", port)
             object.__setattr__(self, "db", db)
+            object.__setattr__(self, "cluster", self.cluster or parts.scheme.endswith(CLUSTER_SUFFIX))
         elif self.ca_file or self.cert_file or self.key_file:
             raise ValueError("TLS files need a rediss:// URL")
+        if self.cluster and self.db:
+            raise ValueError(f"a Redis Cluster has only db 0 (got db {self.db})")
 
     def __repr__(self) -> str:
         shown = f"url={redacted(self.url)!r}, " if self.url else ""
         return (
             f"RedisSettings({shown}host={self.host!r}, port={self.port!r}, db={self.db!r}, "
-            f"username={self.username!r}, prefix={self.prefix!r})"
+            f"username={self.username!r}, prefix={self.prefix!r}{', cluster=True' if self.cluster else ''})"
         )
 
     @property
     def tls(self) -> bool:
         """Whether connections use TLS (a ``rediss://`` URL)."""
-        return bool(self.url) and urlsplit(self.url).scheme == "rediss"
+        return bool(self.url) and urlsplit(self.url).scheme.startswith("rediss")
 
     def resolved_username(self) -> str | None:
         """The ACL username from the settings, the URL or the environment (None: the default user)."""
@@ -160,10 +170,11 @@ class RedisSettings:
         }
         return {key: value for key, value in files.items() if value}
 
-    def client(self, timeout_s: float = 0.5, retries: bool = True) -> redis.Redis:
-        """A redis-py client with connect and command timeouts of ``timeout_s``. ``retries=False``: a
-        failed command fails at once (the serving path has fallbacks; redis-py's default retries made
-        each request wait seconds while Redis was away)."""
+    def client(self, timeout_s: float = 0.5, retries: bool = True) -> redis.Redis | redis.RedisCluster:
+        """A redis-py client with connect and command timeouts of ``timeout_s`` (a ``RedisCluster`` in
+        cluster mode). ``retries=False``: a failed command fails at once (the serving path has fallbacks;
+        redis-py's default retries made each request wait seconds while Redis was away); a cluster client
+        still follows MOVED/ASK redirections and refreshes its slot map after a failure."""
         import redis
         from redis.backoff import NoBackoff
         from redis.connection import SSLConnection, parse_url
@@ -173,7 +184,8 @@ class RedisSettings:
         if self.url:
             # redis-py's own URL parser (query options such as ?ssl_cert_reqs= included); the credentials,
             # files and timeouts below take precedence over what the URL says.
-            options = parse_url(self.url)
+            scheme, _, rest = self.url.partition("://")
+            options = parse_url(f"{scheme.removesuffix(CLUSTER_SUFFIX)}://{rest}")
             options.pop("password", None)
             options.pop("username", None)
             if options.pop("connection_class", None) is SSLConnection:
@@ -186,6 +198,12 @@ class RedisSettings:
         )  # fmt: skip
         if not retries:
             kwargs["retry"] = Retry(NoBackoff(), 0)
+        if self.cluster:
+            from redis.cluster import RedisCluster
+
+            kwargs.pop("db", None)  # always 0 (checked above); RedisCluster refuses the argument
+            kwargs.pop("health_check_interval", None)
+            return RedisCluster(**kwargs)
         return redis.Redis(**kwargs)
 
     def store(self, timeout_s: float = 0.5, retries: bool = True, **kwargs) -> OnlineStore:
@@ -197,7 +215,8 @@ class RedisSettings:
     def describe(self) -> str:
         """One printable line: the address (URL redacted), the username and where the password comes
         from, never the password itself."""
-        where = redacted(self.url) if self.url else f"redis://{self.host}:{self.port}/{self.db}"
+        scheme = "redis+cluster" if self.cluster else "redis"
+        where = redacted(self.url) if self.url else f"{scheme}://{self.host}:{self.port}/{self.db}"
         if self.password:
             source = "set in code"
         elif self.url and url_password(self.url):
@@ -226,6 +245,8 @@ class RedisSettings:
         spec.update({key: value for key, value in optional.items() if value})
         if self.db and not self.url:
             spec["db"] = self.db
+        if self.cluster and not self.url:
+            spec["cluster"] = True
         return spec
 
     @classmethod
@@ -234,5 +255,6 @@ class RedisSettings:
         optional = ("url", "username", "ca_file", "cert_file", "key_file")
         return cls(
             host=spec["host"], port=int(spec["port"]), prefix=spec.get("prefix", DEFAULT_PREFIX),
-            db=int(spec.get("db", 0)), **{key: spec[key] for key in optional if spec.get(key)},
+            db=int(spec.get("db", 0)), cluster=bool(spec.get("cluster", False)),
+            **{key: spec[key] for key in optional if spec.get(key)},
         )  # fmt: skip

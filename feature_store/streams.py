@@ -120,7 +120,10 @@ class ExposureLog:
 
 
 def _without_retries(client: redis.Redis) -> redis.Redis:
-    """A client to the same server whose commands fail at once instead of retrying with backoff."""
+    """A client to the same server whose commands fail at once instead of retrying with backoff (a
+    Redis Cluster client is used as it is: serving builds it without retries, ``RedisSettings.client``)."""
+    if isinstance(client, redis.RedisCluster):
+        return client
     pool = client.connection_pool
     kwargs = dict(pool.connection_kwargs, retry=Retry(NoBackoff(), 0))
     return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))

@@ -73,7 +73,9 @@ def run(source_dir: Path, n_events: int, freshness_samples: int, batch: int = 2_
             for event in _events(store, freshness_samples, 3 * 10**12):
                 # The marker is set by the same atomic script that updates the user's seen list and history,
                 # so its appearance is the moment the next request sees the event.
-                marker = f"{online.keys.prefix}:applied:{int(event['event_id'])}"
+                marker = online.keys.applied(
+                    int(event["event_id"]), online.keys.user_tag(int(event["user_id"]))
+                )
                 started = time.perf_counter()
                 producer.send([event])
                 while True:

@@ -64,7 +64,7 @@ def test_duplicates_are_applied_once(online, tiny_features, tiny_store):
     assert (stats.applied, stats.duplicates) == (20, 5)
     ns = online.namespace()
     total = sum(
-        int(online.client.hget(f"reels:{ns}:counters:{v}", "events") or 0)
+        int(online.client.hget(online.keys.counters(ns, v), "events") or 0)
         for v in {e["video_id"] for e in batch}
     )
     assert total == 20
@@ -98,7 +98,7 @@ def test_a_consumer_that_dies_mid_batch_loses_nothing_and_doubles_nothing(online
     stats = survivor.run(idle_exit=True)
     ns = online.namespace()
     counted = sum(
-        int(online.client.hget(f"reels:{ns}:counters:{v}", "events") or 0)
+        int(online.client.hget(online.keys.counters(ns, v), "events") or 0)
         for v in {e["video_id"] for e in batch}
     )
     assert counted == 40

@@ -1,0 +1,55 @@
+"""Redis Cluster settings and key layout: the keys one ingest script call touches share a hash slot."""
+
+import pytest
+from redis.crc import key_slot
+
+from reels.feature_store.layout import Keys
+from reels.feature_store.settings import RedisSettings
+
+
+def _slot(key: str) -> int:
+    return key_slot(key.encode())
+
+
+def test_the_keys_of_each_ingest_part_share_one_slot():
+    keys = Keys()
+    user, video, event = 123_456, 987, 42
+    user_part = [keys.applied(event, keys.user_tag(user)), keys.seen("v3", user), keys.user("v3", user)]
+    video_part = [keys.applied(event, keys.video_tag(video)), keys.counters("v3", video)]
+    trending_part = [keys.applied(event, keys.TRENDING_TAG), keys.trending]
+    for part in (user_part, video_part, trending_part):
+        assert len({_slot(k) for k in part}) == 1, part
+    assert keys.user("v3", user) == "reels:v3:user:{u:123456}"
+    # users spread over the slots (a tag per user, not one for all)
+    assert len({_slot(keys.user("v3", u)) for u in range(1000)}) > 900
+
+
+def test_a_prefix_with_a_hash_tag_is_refused():
+    with pytest.raises(ValueError, match="curly braces"):
+        Keys("{reels}")
+
+
+@pytest.mark.parametrize(
+    ("url", "tls"), [("redis+cluster://10.0.0.5:7000/0", False), ("rediss+cluster://user@node:7000", True)]
+)
+def test_cluster_urls_set_cluster_mode(url, tls):
+    settings = RedisSettings(url=url)
+    assert settings.cluster and settings.tls == tls and settings.port == 7000
+    assert settings.describe().startswith(url.split("://")[0])
+    again = RedisSettings.from_spec(settings.as_spec())
+    assert again.cluster and again.url == settings.url
+
+
+def test_cluster_mode_without_a_url_travels_in_the_spec():
+    settings = RedisSettings(host="node", port=7001, cluster=True)
+    assert settings.as_spec()["cluster"] is True
+    assert RedisSettings.from_spec(settings.as_spec()).cluster
+    assert not RedisSettings.from_spec(RedisSettings().as_spec()).cluster
+    assert "cluster=True" in repr(settings)
+
+
+def test_a_cluster_has_only_db_0():
+    with pytest.raises(ValueError, match="only db 0"):
+        RedisSettings(url="redis+cluster://node:7000/2")
+    with pytest.raises(ValueError, match="redis\\+cluster://"):
+        RedisSettings(url="cluster://node:7000")
