@@ -100,6 +100,21 @@ def _pack(frame: pd.DataFrame, dtype: np.dtype) -> np.ndarray:
     return records
 
 
+def transformed_videos(features: FeatureArtifacts) -> pd.DataFrame:
+    """The feature build's transformed videos (spec columns + ``raw_video_id``) with ``upload_time`` in unix
+    seconds from the offline store: what a load packs into the video records."""
+    videos = pd.read_parquet(features.videos_path)
+    upload = OfflineStore(features.manifest().store).read_table("videos").set_index("video_id")["upload_time"]
+    videos["upload_time"] = upload.reindex(videos["raw_video_id"]).astype("int64").to_numpy() // 10**9
+    return videos
+
+
+def pack_videos(videos: pd.DataFrame) -> np.ndarray:
+    """``VIDEO_RECORD`` records of ``transformed_videos`` rows, in row order (a load writes each one's
+    ``tobytes()`` under its video key; a release's in-memory video table holds the same records)."""
+    return _pack(videos, VIDEO_RECORD)
+
+
 def _known_videos(raw_video_ids: np.ndarray, values: list) -> tuple[np.ndarray, np.ndarray]:
     """The ids found in Redis (request order) and their decoded records; missing videos are skipped."""
     found = [i for i, v in enumerate(values) if v is not None]
@@ -166,10 +181,8 @@ class OnlineStore:
         manifest = features.manifest()
         history_length = manifest.history_length
         users = pd.read_parquet(features.users_path)
-        videos = pd.read_parquet(features.videos_path)
+        videos = transformed_videos(features)
         offline = OfflineStore(manifest.store)
-        upload = offline.read_table("videos").set_index("video_id")["upload_time"]
-        videos["upload_time"] = upload.reindex(videos["raw_video_id"]).astype("int64").to_numpy() // 10**9
         events = offline.read_events(columns=["user_id", "video_id", "timestamp"]).compute()
         events = events.sort_values("timestamp", kind="stable")
         recent = (
@@ -206,7 +219,7 @@ class OnlineStore:
         started = time.perf_counter() if started is None else started
         user_dtype = user_record(history_length)
         user_records = _pack(users, user_dtype)
-        video_records = _pack(videos, VIDEO_RECORD)
+        video_records = pack_videos(videos)
         namespace = f"v{int(self.client.incr(self.keys.load_counter))}"
         loading = self.keys.loading(namespace)
         # The marker first: a clean-up never sees the namespace registered without its loading marker

@@ -21,7 +21,13 @@ redis-server loaded with the source's features) runs each request once per backe
 exploration slots so that feeds are comparable: its latency per backend and how many top-``k`` feeds
 are identical.
 
+With ``--video-features``, the in-process pipeline with candidate video records from memory (the
+release's video table, the default) against the same pipeline reading them from Redis, each request on
+both in turn (identical feeds counted), and the reads alone: the user's record from Redis plus
+``--candidates`` video records from Redis (two round trips, as the steps read them) or from memory.
+
     python -m reels.client.bench.ranker [--source synthetic] [--candidates 500] [--requests 1000] [--onnx] [--pipeline]
+        [--video-features]
 """
 
 from __future__ import annotations
@@ -240,6 +246,96 @@ def pipeline_run(
     return {"backends": out, "identical_feeds": identical, "requests": n_requests, "k": k}
 
 
+def video_features_run(
+    config: Config, source: str, candidates: int, n_requests: int, k: int = 20, warmup: int = 20
+) -> dict:
+    """The in-process pipeline with video features from memory vs Redis, and the reads alone (module doc)."""
+    import tempfile
+
+    from reels.client.bench.serving import request_users
+    from reels.deploy.redis_server import RedisServer, free_port
+    from reels.feature_store.store import OnlineStore
+    from reels.models.inputs import artifacts_at
+    from reels.models.registry import serving_model_dir
+    from reels.models.serving.pipeline import InProcessPipeline
+    from reels.models.serving.request import Request
+    from reels.models.serving.video_table import VideoTable
+
+    source_dir = config.source_dir(source)
+    serving = replace(config.serving, exploration_slots=0, log_exposures=False)
+    users = request_users(source_dir / "features", n_requests + warmup)
+    when = int(time.time())
+    with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp), port=free_port()) as redis_server:
+        store = OnlineStore(redis_server.client(timeout_s=5.0))
+        store.load(artifacts_at(source_dir / "features"))
+        model_dir = serving_model_dir(source_dir / "models")
+        pipelines = {
+            where: InProcessPipeline(model_dir, store, replace(serving, video_features=where))
+            for where in ("memory", "redis")
+        }
+        video_table = pipelines["memory"].ranking.videos
+        assert isinstance(video_table, VideoTable)
+        rng = np.random.default_rng(0)
+        latencies: dict[str, list[float]] = {
+            name: [] for name in (*pipelines, "read redis", "read memory", "videos alone from memory")
+        }
+        identical = 0
+        for i, user in enumerate(users):
+            feeds = {}
+            for name, pipeline in pipelines.items():
+                t0 = time.perf_counter()
+                feeds[name] = pipeline.recommend(Request(int(user), k, request_time_s=when))
+                if i >= warmup:
+                    latencies[name].append((time.perf_counter() - t0) * 1000)
+            ids = rng.choice(video_table.raw_video_ids, candidates, replace=False)
+            for name, videos in (("read redis", store), ("read memory", video_table)):
+                t0 = time.perf_counter()
+                store.read(int(user), np.array([], dtype=np.int64))  # the user's record, seen list: Redis
+                videos.read_videos(ids)
+                if i >= warmup:
+                    latencies[name].append((time.perf_counter() - t0) * 1000)
+            t0 = time.perf_counter()
+            video_table.read_videos(ids)
+            if i >= warmup:
+                latencies["videos alone from memory"].append((time.perf_counter() - t0) * 1000)
+                identical += all(
+                    np.array_equal(getattr(feeds["memory"], f), getattr(feeds["redis"], f))
+                    for f in ("video_ids", "scores", "task_predictions")
+                )
+    out = {name: _summary(v, 1) for name, v in latencies.items()}
+    for r in out.values():
+        r["requests_per_s"] = r.pop("rows_per_s")
+    return {
+        "sources": out, "identical_feeds": identical, "requests": n_requests, "k": k, "candidates": candidates,
+        "videos": len(video_table), "bytes_per_video": VideoTable.bytes_per_video(),
+        "table_bytes": video_table.raw_video_ids.nbytes + video_table.records.nbytes,
+    }  # fmt: skip
+
+
+def lookup_scaling(candidates: int, sizes: tuple[int, ...] = (10**6, 10**7), n_requests: int = 1000) -> dict:
+    """``VideoTable.read_videos`` of ``candidates`` ids in tables of ``sizes`` videos (synthetic ascending
+    ids, zeroed records: the lookup and the gather, not the content, cost the time): p50/p99 ms and MiB."""
+    from reels.feature_store.layout import VIDEO_RECORD
+    from reels.models.serving.video_table import VideoTable
+
+    rng = np.random.default_rng(0)
+    out = {}
+    for size in sizes:
+        video_table = VideoTable(np.cumsum(rng.integers(1, 1000, size)), np.zeros(size, dtype=VIDEO_RECORD))
+        times = []
+        for _ in range(n_requests):
+            wanted = video_table.raw_video_ids[rng.integers(0, size, candidates)]
+            t0 = time.perf_counter()
+            video_table.read_videos(wanted)
+            times.append((time.perf_counter() - t0) * 1000)
+        out[size] = {
+            "p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
+            "mib": (video_table.raw_video_ids.nbytes + video_table.records.nbytes) / 2**20,
+        }  # fmt: skip
+        del video_table
+    return out
+
+
 def table(report: dict) -> str:
     """The run as a markdown section of BENCHMARKS.md."""
     base = report["backends"]["savedmodel"]["p50_ms"]
@@ -271,6 +367,41 @@ def table(report: dict) -> str:
             lines.append(
                 f"| {backend} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['requests_per_s']:.1f} |"
             )
+    if "video_features" in report:
+        v = report["video_features"]
+        per = v["bytes_per_video"]
+        lines += [
+            "",
+            f"Candidate video records from memory vs Redis: in-process pipeline, {v['requests']} requests, "
+            f"top-{v['k']}, no exploration slots, each request on both in turn; feeds identical: "
+            f"{v['identical_feeds']} of {v['requests']}. Reads alone: the user's record and seen list from "
+            f"Redis, then {v['candidates']} video records from Redis (a second round trip) or from memory.",
+            "",
+            "| path | p50 ms | p95 ms | p99 ms | requests/s |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, r in v["sources"].items():
+            label = {
+                "memory": "pipeline, videos from memory",
+                "redis": "pipeline, videos from Redis",
+                "read redis": f"read: user from Redis + {v['candidates']} videos from Redis",
+                "read memory": f"read: user from Redis + {v['candidates']} videos from memory",
+                "videos alone from memory": f"read: {v['candidates']} videos from memory alone",
+            }[name]
+            lines.append(
+                f"| {label} | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | {r['p99_ms']:.3f} | {r['requests_per_s']:.1f} |"
+            )
+        lines += [
+            "",
+            f"Memory: {per} bytes per video (packed record + int64 id); this catalog's {v['videos']:,} videos "
+            f"{v['table_bytes'] / 2**20:.2f} MiB; 1M videos {per * 10**6 / 2**20:.0f} MiB, "
+            f"10M videos {per * 10**7 / 2**30:.2f} GiB per ranking instance.",
+        ]
+        for size, r in v.get("lookup_scaling", {}).items():
+            lines.append(
+                f"- {size:,} videos ({r['mib']:,.0f} MiB): {v['candidates']} videos from memory p50 "
+                f"{r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms (synthetic ids, same lookup)"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -283,6 +414,10 @@ def measure(args: argparse.Namespace, config: Config) -> dict:
         folder, _ = _ranker_folder(config, args.source, print)
         report["pipeline"] = pipeline_run(config, args.source, folder, args.requests)
         report["command"] += " --pipeline"
+    if getattr(args, "video_features", False):
+        report["video_features"] = video_features_run(config, args.source, args.candidates, args.requests)
+        report["video_features"]["lookup_scaling"] = lookup_scaling(args.candidates)
+        report["command"] += " --video-features"
     return report
 
 
@@ -296,6 +431,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--onnx", action="store_true", help="also ONNX Runtime (needs onnxruntime, tf2onnx)")
     p.add_argument("--pipeline", action="store_true", help="also the in-process pipeline per backend")
+    p.add_argument(
+        "--video-features",
+        action="store_true",
+        help="also the pipeline with video records from memory vs Redis",
+    )
     p.add_argument("--config", default=None, help="configuration file (default: the project's)")
     args = p.parse_args(argv)
     print(table(measure(args, load_config(args.config))))

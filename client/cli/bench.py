@@ -59,6 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--requests", type=int, default=1000)
     b.add_argument("--pipeline", action="store_true", help="also the in-process pipeline with each backend")
     b.add_argument("--onnx", action="store_true", help="also ONNX Runtime (needs onnxruntime and tf2onnx)")
+    b.add_argument(
+        "--video-features", action="store_true",
+        help="also the pipeline with candidate video records from memory vs from Redis",
+    )  # fmt: skip
     b = bench.add_parser(
         "replicas", help="N tritonservers behind haproxy: steady, rolling promotion, a replica killed, after"
     )

@@ -15,6 +15,7 @@ remote repository) serves the same feeds from anywhere::
                 artifacts/             query_tower/ items.faiss item_embeddings.parquet trending.npy
                                        videos.parquet
         ranking_vN/1/artifacts/        ranker/ workflow/ (the request encoder's part of the fitted workflow)
+                                       video_table.npz (the packed video records a load writes to Redis)
         feature_transform_vN/1/artifacts/   workflow/
         diversity_rerank_vN/1/artifacts/    item_embeddings.parquet videos.parquet
 
@@ -59,6 +60,7 @@ from reels.workflows.spec import REQUEST_CONTEXT
 if TYPE_CHECKING:
     from reels.feature_store.encoding import RequestEncoder
     from reels.feature_store.store import OnlineStore
+    from reels.models.serving.video_table import VideoTable
 
 STEPS = ("feature_transform", "retrieval", "ranking", "diversity_rerank")
 ENSEMBLE = "reels"  # the ensemble clients call; version N runs release N's step models
@@ -69,6 +71,9 @@ ARTIFACTS = "artifacts"  # beside it: the files the step reads
 TRENDING = "trending.npy"  # the release's cold-start / fallback feed (raw video ids, most watched first)
 VIDEOS = "videos.parquet"  # the release's video metadata (creator, category, upload time by raw video id)
 WORKFLOW = "workflow"
+# The ranking step's candidate video records, packed from the feature build as a load packs them for Redis
+# (``reels.models.serving.video_table``): the step reads them from memory unless video_features is redis.
+VIDEO_TABLE = "video_table.npz"
 # What ``RequestEncoder`` reads of the fitted workflow: ``nvt.Workflow.load`` needs the pickled graph and
 # its metadata (it re-points the stat ops at the folder it loads from without reading their files), the
 # Normalize statistics are in the graph, and only the request-context vocabularies are read.
@@ -81,7 +86,7 @@ ENCODER_FILES = (
 STEP_ARTIFACTS = {
     "feature_transform": (WORKFLOW,),
     "retrieval": ("query_tower", "items.faiss", "item_embeddings.parquet", TRENDING, VIDEOS),
-    "ranking": ("ranker", WORKFLOW),
+    "ranking": ("ranker", WORKFLOW, VIDEO_TABLE),
     "diversity_rerank": ("item_embeddings.parquet", VIDEOS),
 }
 
@@ -194,6 +199,10 @@ class Release:
             if name == WORKFLOW:
                 for file in ENCODER_FILES:
                     place(Path(self.features_dir) / WORKFLOW / file, artifacts / WORKFLOW / file)
+            elif name == VIDEO_TABLE:
+                from reels.models.serving.video_table import VideoTable
+
+                VideoTable.from_features(self.features()).save(artifacts / VIDEO_TABLE)
             elif name in (TRENDING, VIDEOS):
                 place(Path(feed) / name, artifacts / name)
             else:
@@ -216,6 +225,9 @@ class Release:
                 )
             home = path.parent / spec["artifacts"]
         known = {f.name for f in fields(ServingConfig)}
+        serving = {k: v for k, v in spec.get("serving", {}).items() if k in known}
+        # A release exported before the ranking step carried a video table reads its videos from Redis.
+        serving.setdefault("video_features", "redis")
         return cls(
             version=int(spec["version"]),
             model_dir=home,
@@ -223,7 +235,7 @@ class Release:
             history_length=int(spec["history_length"]),
             redis=RedisSettings.from_spec(spec["redis"]),
             namespace=spec.get("namespace"),
-            serving=ServingConfig(**{k: v for k, v in spec.get("serving", {}).items() if k in known}),
+            serving=ServingConfig(**serving),
             experiment=Experiment.from_dict(spec.get("experiment")),
             repository=repository,
         )
@@ -280,6 +292,12 @@ class Release:
     def video_metadata(self) -> pd.DataFrame:
         """The video metadata written with the release (see ``reels.models.serving.catalog``)."""
         return pd.read_parquet(self._artifact(VIDEOS))
+
+    def video_table(self) -> VideoTable:
+        """The candidate video records written with the release (the ranking step's)."""
+        from reels.models.serving.video_table import VideoTable
+
+        return VideoTable.load(self._artifact(VIDEO_TABLE))
 
     def store(self) -> OnlineStore:
         """The online store, pinned to the release's namespace, failing fast: no retries, and after a

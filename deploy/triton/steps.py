@@ -197,7 +197,8 @@ class RetrievalStep:
 
 
 class RankingStep:
-    """Step 3 over tensors: ``Ranking`` with the release's exported MMoE and the online store."""
+    """Step 3 over tensors: ``Ranking`` with the release's exported MMoE and its video table (or, with
+    ``video_features: redis``, the online store)."""
 
     inputs = (*SEALED_REQUEST, *CANDIDATES_SEAL.covers, CANDIDATES_SEAL.name)
     checks = (REQUEST_SEAL, CANDIDATES_SEAL)
@@ -207,12 +208,16 @@ class RankingStep:
     def __init__(self, release: Release):
         from reels.models.ranker_numpy import load_ranker
 
-        self.store = release.store()
+        # serving.video_features: memory (default) reads candidate video records from the table the release
+        # carries, so this step needs no Redis; redis reads them from the online store per request.
+        memory = release.serving.video_features == "memory"
+        self.store = None if memory else release.store()
+        videos = release.video_table() if memory else self.store
         # serving.ranker_backend: the numpy forward of the exported weights (default; TensorFlow is then
         # never imported by this step) or the SavedModel.
         backend = release.serving.ranker_backend
         ranker = load_ranker(release.model_dir / "ranker", backend)
-        self.ranking = Ranking(self.store, ranker, release.encoder(), backend)
+        self.ranking = Ranking(videos, ranker, release.encoder(), backend)
 
     def __call__(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         query = unpack(tensors)

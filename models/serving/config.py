@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from reels.models.ranker_numpy import BACKENDS as RANKER_BACKENDS
 from reels.workflows.errors import ConfigError
 
+VIDEO_FEATURE_SOURCES = ("memory", "redis")  # where the ranking step reads candidate video records
+
 
 @dataclass(frozen=True)
 class ServingConfig:
@@ -28,6 +30,9 @@ class ServingConfig:
     # numpy: the ranker's numpy forward (its export's ranker.npz; the SavedModel where that is absent);
     # savedmodel: the TensorFlow SavedModel
     ranker_backend: str = "numpy"
+    # memory: candidate video records from the release's in-memory table (built from the same feature
+    # build as the namespace it reads); redis: read from the online store on every request
+    video_features: str = "memory"
 
     def __post_init__(self) -> None:
         checks = {
@@ -41,6 +46,7 @@ class ServingConfig:
             "exploration_epsilon": 0.0 <= self.exploration_epsilon <= 1.0,
             "fresh_hours": self.fresh_hours >= 0,
             "ranker_backend": self.ranker_backend in RANKER_BACKENDS,
+            "video_features": self.video_features in VIDEO_FEATURE_SOURCES,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -18,6 +18,7 @@ from reels.models.serving.ranking import Ranking
 from reels.models.serving.request import Request
 from reels.models.serving.rerank import DiversityRerank, Recommendation
 from reels.models.serving.retrieval import Retrieval
+from reels.models.serving.video_table import VideoTable
 from reels.models.two_tower import QueryTower
 from reels.workflows.offline_store import OfflineStore
 from reels.workflows.spec import HISTORY
@@ -46,7 +47,9 @@ class InProcessPipeline:
             trending(offline, self.config.trending_days, self.config.trending_size), self.config, catalog,
         )  # fmt: skip
         backend = self.config.ranker_backend
-        self.ranking = Ranking(store, load_ranker(model_dir / "ranker", backend), encoder, backend)
+        # video_features: memory (default) builds the release's video table from the same feature build
+        videos = VideoTable.from_features(features) if self.config.video_features == "memory" else store
+        self.ranking = Ranking(videos, load_ranker(model_dir / "ranker", backend), encoder, backend)
         exposures = ExposureLog(store.client, store.keys.prefix) if self.config.log_exposures else None
         self.rerank = DiversityRerank(catalog, self.config, experiment, exposures)
 

@@ -1,4 +1,8 @@
-"""Pipeline step 3, ``ranking``: candidate features from Redis and the MMoE over all candidates in one batch.
+"""Pipeline step 3, ``ranking``: candidate video features and the MMoE over all candidates in one batch.
+
+The candidates' video records come from the release's in-memory ``VideoTable`` (the serving setting
+``video_features: memory``, the default: they are static within the release's namespace) or from Redis
+(``video_features: redis``); only the Redis read can fail, and then the step serves a flagged fallback.
 
 The ranker runs as its numpy forward (``reels.models.ranker_numpy``: the user side once per request,
 broadcast over the candidates) when its export holds ``ranker.npz``, else as the SavedModel; the serving
@@ -9,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from reels.feature_store.encoding import RequestEncoder
-from reels.feature_store.store import FeatureStoreError, OnlineStore
+from reels.feature_store.store import FeatureStoreError
 from reels.models.config import RANKER_TASKS
 from reels.models.inputs import ITEM_FEATURES
 from reels.models.ranker import ExportedRanker
@@ -19,35 +23,42 @@ from reels.models.serving.request import (
     Fallback,
     QueryFeatures,
 )
+from reels.models.serving.video_table import VideoReader
 from reels.workflows.spec import REQUEST_CONTEXT
 
 
 class Ranking:
-    """Step 3: scores the retrieved candidates with the exported MMoE over their Redis features."""
+    """Step 3: scores the retrieved candidates with the exported MMoE over their video features."""
 
     def __init__(
         self,
-        store: OnlineStore,
+        videos: VideoReader,
         ranker: ExportedRanker | NumpyRanker,
         encoder: RequestEncoder,
         backend: str = "numpy",
     ):
-        """``ranker``: the exported ranker; ``backend`` (``numpy`` | ``savedmodel``) picks how it runs: a
+        """``videos``: where candidate video records are read (a ``VideoTable`` or the ``OnlineStore``);
+        ``ranker``: the exported ranker; ``backend`` (``numpy`` | ``savedmodel``) picks how it runs: a
         SavedModel whose folder holds ``ranker.npz`` runs as ``NumpyRanker`` unless it is ``savedmodel``."""
-        self.store = store
+        self.videos = videos
         self.ranker = with_backend(ranker, backend)
         self.encoder = encoder
+
+    @property
+    def store(self) -> VideoReader:
+        """Where candidate video records are read (the name callers used when that was always Redis)."""
+        return self.videos
 
     def __call__(
         self, query: QueryFeatures, candidates: np.ndarray, retrieval_scores: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Fallback]:
-        """The candidates Redis knows (raw video ids, input order), their float32 combined scores, per-task
-        predictions (n, len(RANKER_TASKS)) and the fallback in force; without video features, the input
-        candidates with their retrieval scores and NaN predictions."""
+        """The candidates with video features (raw video ids, input order), their float32 combined scores,
+        per-task predictions (n, len(RANKER_TASKS)) and the fallback in force; without video features, the
+        input candidates with their retrieval scores and NaN predictions."""
         fallback = query.fallback
         try:
-            rows = self.store.read_videos(candidates) if len(candidates) else None
-        except FeatureStoreError:  # unreachable, or restarted empty (no namespace): flagged fallback
+            rows = self.videos.read_videos(candidates) if len(candidates) else None
+        except FeatureStoreError:  # Redis unreachable, or restarted empty (no namespace): flagged fallback
             rows = None
             fallback = Fallback.STORE_UNAVAILABLE
         if rows is None or len(rows.video_ids) == 0:

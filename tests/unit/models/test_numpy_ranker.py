@@ -27,16 +27,15 @@ ROWS = 10_000
 
 
 @pytest.fixture(scope="module")
-def exports(tiny_features, tmp_path_factory):
-    """Both architectures trained one epoch on the tiny features and exported (SavedModel + npz)."""
+def exports(tiny_features, tiny_models, tmp_path_factory):
+    """Both architectures exported (SavedModel + npz): the session's trained MMoE, and a shared-bottom
+    model trained one epoch here on the same tiny features."""
     schema, train = feature_schema(tiny_features), tiny_features.read_split("train")
-    out = {}
-    for architecture in ("mmoe", "shared_bottom"):
-        ranker = Ranker(schema, replace(TINY_RANKER, epochs=1), architecture)
-        ranker.fit(train)
-        out[architecture] = tmp_path_factory.mktemp(architecture) / "ranker"
-        ranker.export(out[architecture])
-    return out
+    ranker = Ranker(schema, replace(TINY_RANKER, epochs=1), "shared_bottom")
+    ranker.fit(train)
+    folder = tmp_path_factory.mktemp("shared_bottom") / "ranker"
+    ranker.export(folder)
+    return {"mmoe": tiny_models.directory / "ranker", "shared_bottom": folder}
 
 
 @pytest.fixture(scope="module")
