@@ -1,7 +1,8 @@
 """Redis + Triton together, as `reels serve` and the demo run them: start redis-server (or reuse one
-that already answers on the configured port), load the online store, export the model repository,
-start tritonserver, and stop everything it started on exit. Also the throw-away online store that the
-exposure report, the A/B simulation and the benchmarks run against (``temporary_store``)."""
+that already answers on the configured port, or use the Redis Cluster a ``redis+cluster://`` URL names),
+load the online store, export the model repository, start tritonserver, and stop everything it started
+on exit. Also the throw-away online store that the exposure report, the A/B simulation and the
+benchmarks run against (``temporary_store``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from reels.deploy.config import Config, ServerConfig
 from reels.deploy.promotion import promotion_lock, recover
@@ -38,7 +40,8 @@ def serving_stack(
     model_dir: Path | None = None,
     replicas: int = 1,
 ) -> Iterator[tuple[RedisServer | None, TritonServer | ReplicaSet]]:
-    """Redis (started unless one answers) + the online store + the exported repository + tritonserver;
+    """Redis (a local single server started unless one answers; a Redis Cluster, ``redis+cluster://``,
+    must answer: it is never started here) + the online store + the exported repository + tritonserver;
     with ``replicas`` > 1, that many tritonservers behind HAProxy (``deploy/replicas.py``) on the
     configured ports, each replica on loopback.
 
@@ -61,15 +64,16 @@ def serving_stack(
     settings = server.redis
     password = settings.resolved_password()
     started_redis = triton = None
-    probe = settings.client(timeout_s=0.5)
     try:  # everything started inside is stopped in ``finally``, however the block is left
         where = settings.describe()
         try:
+            probe = settings.client(timeout_s=0.5)  # a cluster client asks its first node for the map here
             probe.ping()
-            say(f"using the redis-server already at {where}")
-        except redis.RedisError as exc:
-            if settings.tls or settings.host not in ("127.0.0.1", "localhost", "::1"):
-                # Only a local plain-text server is ours to start; a remote or TLS one is someone else's.
+            say(f"using the {'Redis Cluster' if settings.cluster else 'redis-server'} already at {where}")
+        except (redis.RedisError, RedisClusterException) as exc:
+            if settings.cluster or settings.tls or settings.host not in ("127.0.0.1", "localhost", "::1"):
+                # Only a local plain-text single server is ours to start; a remote or TLS one, or a
+                # Redis Cluster (its nodes and slots are set up outside `reels serve`), is someone else's.
                 raise ServiceUnavailable(f"the Redis at {where} does not answer: {exc}") from exc
             say(f"starting redis-server on {settings.host}:{settings.port}")
             started_redis = RedisServer(

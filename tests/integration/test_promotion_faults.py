@@ -3,43 +3,26 @@ against the real `reels serve` stack: redis-server + tritonserver in this proces
 them. After each kill, the next `reels promote` or the next `reels serve` start-up must leave the serving
 pointer, the ensemble's release, that release's namespace and the active namespace in agreement."""
 
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
-import tritonclient.http as http
 
 from reels.client.cli import main
 from reels.client.config import load_config
 from reels.client.triton_client import ReelsClient
 from reels.deploy.promotion import PromotionBusy, promotion_lock, read_journal
-from reels.deploy.redis_server import free_port
 from reels.deploy.stack import source_stack
-from reels.deploy.triton.release import ENSEMBLE, Release, release_of
+from reels.deploy.triton.release import Release
 from reels.deploy.triton.repository import pinned_version
 from reels.feature_store.store import OnlineStore
-from reels.models.registry import mark_serving
-from reels.workflows.spec import OOV
+from tests.integration.stack_data import ensemble_release, known_users, stack_settings, two_versions
 
 WHEN = 1_800_000_000
-
-
-def _ensemble_release(triton) -> int:
-    """The release whose step models the running ensemble calls (what Triton serves, not the files)."""
-    client = http.InferenceServerClient(triton.http_url)
-    try:
-        steps = client.get_model_config(ENSEMBLE)["ensemble_scheduling"]["step"]
-    finally:
-        client.close()
-    (release,) = {release_of(s["model_name"]) for s in steps}
-    return release
 
 
 def _promote(overrides: list[str], version: int, fault: str) -> subprocess.CompletedProcess:
@@ -58,7 +41,7 @@ def _agree(models: Path, repository: Path, triton, store: OnlineStore, version: 
     """Pointer, ensemble config, running ensemble, release namespace and active namespace all say
     ``version``, no journal is left, and the release serves a personal feed."""
     assert (models / "serving").read_text().strip() == str(version)
-    assert pinned_version(repository) == version == _ensemble_release(triton)
+    assert pinned_version(repository) == version == ensemble_release(triton.http_url)
     namespace = Release.read(repository, version).namespace
     assert namespace == store.namespace() and namespace in store.pinned()
     assert read_journal(repository) is None
@@ -69,21 +52,11 @@ def _agree(models: Path, repository: Path, triton, store: OnlineStore, version: 
 def test_a_promotion_killed_part_way_is_reconciled_by_the_next_promote_and_serve(
     tiny_models, tiny_features, tmp_path, capsys
 ):
-    models = tmp_path / "data" / "synthetic" / "models"
-    shutil.copytree(tiny_models.directory, models / "1")
-    shutil.copytree(tiny_models.directory, models / "2")  # same weights, another release and namespace
-    manifest = json.loads((models / "2" / "manifest.json").read_text())
-    (models / "2" / "manifest.json").write_text(json.dumps(manifest | {"version": 2}))
-    mark_serving(models, 1)
-    settings = {
-        "data.root": tmp_path / "data", "server.build_dir": tmp_path / "build", "server.redis_port": free_port(),
-        "server.http_port": free_port(), "server.grpc_port": free_port(), "server.metrics_port": free_port(),
-    }  # fmt: skip
-    sets = [f"{key}={value}" for key, value in settings.items()]
+    models = two_versions(tiny_models, tmp_path)
+    sets = stack_settings(tmp_path)
     overrides = ["--device", "cpu", *(arg for item in sets for arg in ("--set", item))]
     config = load_config(None, sets)
-    frame = pd.read_parquet(tiny_features.users_path)
-    user = int(frame.loc[frame["user_id"] > OOV, "raw_user_id"].iloc[0])
+    user = known_users(tiny_features)[0]
 
     with source_stack(config, "synthetic") as (_, triton):
         repository = triton.repository
@@ -97,7 +70,7 @@ def test_a_promotion_killed_part_way_is_reconciled_by_the_next_promote_and_serve
         assert journal["phase"] == "release_written" and journal["version"] == 2
         abandoned = journal["namespace"]
         # Release 2's step models are in the repository, the ensemble's config does not name them yet.
-        assert pinned_version(repository) == 1 == _ensemble_release(triton)
+        assert pinned_version(repository) == 1 == ensemble_release(triton.http_url)
         assert Release.spec_path(repository, 2).exists()
         assert abandoned in store.pinned() and _keys(store, abandoned) > 0
 
@@ -112,7 +85,7 @@ def test_a_promotion_killed_part_way_is_reconciled_by_the_next_promote_and_serve
         assert _keys(store, abandoned) == 0 and abandoned not in store.pinned()
         journal = read_journal(repository)
         assert journal["phase"] == "triton_loaded"
-        assert _ensemble_release(triton) == 2  # Triton serves release 2 ...
+        assert ensemble_release(triton.http_url) == 2  # Triton serves release 2 ...
         assert store.namespace() != journal["namespace"] == Release.read(repository, 2).namespace  # ... apart
         assert (models / "serving").read_text().strip() == "1"
 
@@ -124,7 +97,7 @@ def test_a_promotion_killed_part_way_is_reconciled_by_the_next_promote_and_serve
         # 4. Killed after the Triton load of a rollback to version 1; then `reels serve` restarts.
         run = _promote(overrides, 1, "promote:after_triton_load")
         assert run.returncode == -signal.SIGKILL, run.stdout[-2000:] + run.stderr[-2000:]
-        assert read_journal(repository)["phase"] == "triton_loaded" and _ensemble_release(triton) == 1
+        assert read_journal(repository)["phase"] == "triton_loaded" and ensemble_release(triton.http_url) == 1
         assert (models / "serving").read_text().strip() == "2"
     with source_stack(config, "synthetic") as (_, triton):  # start-up rolls forward: version 1 served
         store = config.server.redis.store(timeout_s=5.0, namespace_ttl_s=0.0)

@@ -2,7 +2,6 @@
 real clients and perf_analyzer going through the balancer. A rolling promotion under load and a replica
 killed under load must fail no request."""
 
-import json
 import os
 import shutil
 import signal
@@ -10,7 +9,6 @@ import threading
 import time
 
 import numpy as np
-import pandas as pd
 import pytest
 import tritonclient.http as http
 
@@ -19,13 +17,11 @@ from reels.client.config import load_config
 from reels.client.triton_client import ReelsClient
 from reels.deploy.balancer import GRPC_BACKEND, HTTP_BACKEND
 from reels.deploy.promotion import promote_or_mark, read_journal
-from reels.deploy.redis_server import free_port
 from reels.deploy.replicas import RECORD, ReplicaSet, read_record
 from reels.deploy.stack import source_stack
-from reels.deploy.triton.release import ENSEMBLE, release_of
+from reels.deploy.triton.release import ENSEMBLE
 from reels.deploy.triton.repository import pinned_version
-from reels.models.registry import mark_serving
-from reels.workflows.spec import OOV
+from tests.integration.stack_data import ensemble_release, known_users, stack_settings, two_versions
 
 WHEN = 1_800_000_000
 
@@ -33,16 +29,6 @@ pytestmark = pytest.mark.skipif(
     not (shutil.which("haproxy") or os.path.exists("/usr/sbin/haproxy")),
     reason="haproxy is not installed (deploy/setup.sh installs it where apt-get runs as root)",
 )
-
-
-def _ensemble_release(http_url: str) -> int:
-    client = http.InferenceServerClient(http_url)
-    try:
-        steps = client.get_model_config(ENSEMBLE)["ensemble_scheduling"]["step"]
-    finally:
-        client.close()
-    (release,) = {release_of(s["model_name"]) for s in steps}
-    return release
 
 
 class Load:
@@ -80,20 +66,9 @@ class Load:
 @pytest.fixture(scope="module")
 def replica_stack(tiny_models, tiny_features, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("replicas")
-    models = tmp / "data" / "synthetic" / "models"
-    shutil.copytree(tiny_models.directory, models / "1")
-    shutil.copytree(tiny_models.directory, models / "2")  # same weights, another release and namespace
-    manifest = json.loads((models / "2" / "manifest.json").read_text())
-    (models / "2" / "manifest.json").write_text(json.dumps(manifest | {"version": 2}))
-    mark_serving(models, 1)
-    sets = {
-        "data.root": tmp / "data", "server.build_dir": tmp / "build", "server.redis_port": free_port(),
-        "server.http_port": free_port(), "server.grpc_port": free_port(), "server.metrics_port": free_port(),
-        "server.replicas": 2,
-    }  # fmt: skip
-    config = load_config(None, [f"{key}={value}" for key, value in sets.items()])
-    frame = pd.read_parquet(tiny_features.users_path)
-    users = frame.loc[frame["user_id"] > OOV, "raw_user_id"].astype(int).tolist()
+    two_versions(tiny_models, tmp)
+    config = load_config(None, stack_settings(tmp, server__replicas=2))
+    users = known_users(tiny_features)
     with source_stack(config, "synthetic") as (_, replicas):
         assert isinstance(replicas, ReplicaSet)
         yield config, replicas, users
@@ -139,7 +114,7 @@ def test_a_rolling_promotion_under_load_fails_no_request(replica_stack):
     rolling = [m for m in said if "on replica" in m]
     assert [m.rsplit("on replica", 1)[1].strip() for m in rolling] == ["1 of 2", "2 of 2"]
     for server in replicas.servers:
-        assert pinned_version(server.repository) == 2 == _ensemble_release(server.http_url)
+        assert pinned_version(server.repository) == 2 == ensemble_release(server.http_url)
     assert read_journal(replicas.root) is None
     assert (config.source_dir("synthetic") / "models" / "serving").read_text().strip() == "2"
     p50, p99 = np.percentile(load.latencies_ms, [50, 99])
