@@ -9,8 +9,9 @@ Why these settings:
   take 2 s, because a busy two-core replica answers readiness slowly and must not be taken out for that;
 - only requests the balancer logs are errors, retries and health-check changes (``haproxy.log``);
 - a request whose connection to a replica fails, or whose replica closes the connection without an
-  answer (killed mid-request), is retried on another replica (``retry-on conn-failure empty-response``,
-  ``option redispatch``). A retried request that the dead replica had already run writes its exposure
+  answer (killed mid-request), is retried on another replica (``retry-on conn-failure empty-response
+  junk-response response-timeout``, ``option redispatch``); the whole request is buffered first
+  (``option http-buffer-request``) so it can be sent again. A retried request that the dead replica had already run writes its exposure
   log entry twice: the exposure log is at-least-once (the A/B report counts distinct request ids);
 - the runtime API (drain a replica, read the servers' states) is a unix socket readable by the owner only:
   whoever may change the balancer must be able to read this folder.
@@ -71,6 +72,7 @@ def haproxy_config(
 defaults
     mode http
     log global
+    option httplog
     option dontlog-normal
     option log-health-checks
     timeout connect 2s
@@ -80,7 +82,8 @@ defaults
     timeout check 2s
     retries 3
     option redispatch 1
-    retry-on conn-failure empty-response
+    option http-buffer-request
+    retry-on conn-failure empty-response junk-response response-timeout
     option httpchk GET /v2/health/ready
     http-check expect status 200
     default-server inter 1s fastinter 250ms downinter 1s fall 3 rise 2

@@ -25,7 +25,9 @@ from reels.workflows.manifest import FeatureArtifacts
 class VideoReader(Protocol):
     """Where the ranking step reads candidate video records: ``OnlineStore`` (Redis) or ``VideoTable``."""
 
-    def read_videos(self, raw_video_ids: np.ndarray) -> OnlineRows: ...
+    def read_videos(self, raw_video_ids: np.ndarray) -> OnlineRows:
+        """The records of the known videos among ``raw_video_ids``, in request order."""
+        ...
 
 
 class VideoTable:
