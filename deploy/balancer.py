@@ -191,4 +191,6 @@ class LoadBalancer(ManagedProcess):
         for backend in (HTTP_BACKEND, GRPC_BACKEND):
             answer = self.command(f"set server {backend}/{replica} state {state}").strip()
             if answer:
-                raise InvalidInput(f"haproxy refused `set server {backend}/{replica} state {state}`: {answer}")
+                raise InvalidInput(
+                    f"haproxy refused `set server {backend}/{replica} state {state}`: {answer}"
+                )

@@ -89,7 +89,17 @@ def test_every_command_of_the_cli_is_registered():
         "retrain", "bench",
     }  # fmt: skip
     bench = next(a for a in sub.choices["bench"]._actions if a.dest == "bench")
-    assert set(bench.choices) == {"data", "models", "store", "serving", "swap", "ingest", "capacity", "replicas", "ranker"}
+    assert set(bench.choices) == {
+        "data",
+        "models",
+        "store",
+        "serving",
+        "swap",
+        "ingest",
+        "capacity",
+        "replicas",
+        "ranker",
+    }
     for name, parser in bench.choices.items():
         args = parser.parse_args(["--record"])
         assert args.record and args.func.__name__ == "cmd_bench", name

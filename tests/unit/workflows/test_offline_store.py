@@ -225,7 +225,10 @@ def test_split_by_event_shares_keeps_whole_days_and_at_least_the_shares(store):
     assert len(test) >= 0.25 * total and len(valid) + len(test) >= 0.45 * total
     assert len(store.read_events(*split.window("train")).compute()) > 0
     # Whole days: each boundary is a day's midnight, and one day less would fall short of the share.
-    assert split.test_start == split.test_start.normalize() and split.valid_start == split.valid_start.normalize()
+    assert (
+        split.test_start == split.test_start.normalize()
+        and split.valid_start == split.valid_start.normalize()
+    )
     assert (events["timestamp"] >= split.test_start + pd.Timedelta(days=1)).sum() < 0.25 * total
     assert store.time_split_by_events(0.1, 0.1).test_start >= split.test_start
 
