@@ -202,15 +202,20 @@ def run(
     }
 
 
+def _per_request(latencies: dict[str, list[float]]) -> dict[str, dict]:
+    """``_summary`` of one request per timing, with its rate named requests/s."""
+    out = {name: _summary(v, 1) for name, v in latencies.items()}
+    for r in out.values():
+        r["requests_per_s"] = r.pop("rows_per_s")
+    return out
+
+
 def pipeline_run(
     config: Config, source: str, folder: Path, n_requests: int, k: int = 20, warmup: int = 20
 ) -> dict:
     """The in-process pipeline per backend on the same requests (module doc): latency and identical feeds."""
-    import tempfile
-
     from reels.client.bench.serving import request_users
-    from reels.deploy.redis_server import RedisServer, free_port
-    from reels.feature_store.store import OnlineStore
+    from reels.deploy.stack import temporary_store
     from reels.models.inputs import artifacts_at
     from reels.models.ranker_numpy import load_ranker
     from reels.models.registry import serving_model_dir
@@ -221,9 +226,7 @@ def pipeline_run(
     serving = replace(config.serving, exploration_slots=0, log_exposures=False)
     users = request_users(source_dir / "features", n_requests + warmup)
     when = int(time.time())
-    with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp), port=free_port()) as redis_server:
-        store = OnlineStore(redis_server.client(timeout_s=5.0))
-        store.load(artifacts_at(source_dir / "features"))
+    with temporary_store(artifacts_at(source_dir / "features")) as store:
         pipelines = {}
         for backend in ("savedmodel", "numpy"):
             pipeline = InProcessPipeline(serving_model_dir(source_dir / "models"), store, serving)
@@ -240,9 +243,7 @@ def pipeline_run(
                     latencies[backend].append((time.perf_counter() - t0) * 1000)
             if i >= warmup:
                 identical += np.array_equal(feeds["numpy"].video_ids, feeds["savedmodel"].video_ids)
-    out = {b: _summary(v, 1) for b, v in latencies.items()}
-    for r in out.values():
-        r["requests_per_s"] = r.pop("rows_per_s")
+    out = _per_request(latencies)
     return {"backends": out, "identical_feeds": identical, "requests": n_requests, "k": k}
 
 
@@ -250,11 +251,8 @@ def video_features_run(
     config: Config, source: str, candidates: int, n_requests: int, k: int = 20, warmup: int = 20
 ) -> dict:
     """The in-process pipeline with video features from memory vs Redis, and the reads alone (module doc)."""
-    import tempfile
-
     from reels.client.bench.serving import request_users
-    from reels.deploy.redis_server import RedisServer, free_port
-    from reels.feature_store.store import OnlineStore
+    from reels.deploy.stack import temporary_store
     from reels.models.inputs import artifacts_at
     from reels.models.registry import serving_model_dir
     from reels.models.serving.pipeline import InProcessPipeline
@@ -265,9 +263,7 @@ def video_features_run(
     serving = replace(config.serving, exploration_slots=0, log_exposures=False)
     users = request_users(source_dir / "features", n_requests + warmup)
     when = int(time.time())
-    with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp), port=free_port()) as redis_server:
-        store = OnlineStore(redis_server.client(timeout_s=5.0))
-        store.load(artifacts_at(source_dir / "features"))
+    with temporary_store(artifacts_at(source_dir / "features")) as store:
         model_dir = serving_model_dir(source_dir / "models")
         pipelines = {
             where: InProcessPipeline(model_dir, store, replace(serving, video_features=where))
@@ -302,9 +298,7 @@ def video_features_run(
                     np.array_equal(getattr(feeds["memory"], f), getattr(feeds["redis"], f))
                     for f in ("video_ids", "scores", "task_predictions")
                 )
-    out = {name: _summary(v, 1) for name, v in latencies.items()}
-    for r in out.values():
-        r["requests_per_s"] = r.pop("rows_per_s")
+    out = _per_request(latencies)
     return {
         "sources": out, "identical_feeds": identical, "requests": n_requests, "k": k, "candidates": candidates,
         "videos": len(video_table), "bytes_per_video": VideoTable.bytes_per_video(),
