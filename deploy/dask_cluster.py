@@ -199,6 +199,26 @@ class DaskWorker(ManagedProcess):
         return self
 
 
+@contextmanager
+def scheduler_and_workers(root: Path, workers: tuple[str, ...]) -> Iterator[str]:
+    """A ``dask scheduler`` and one ``dask worker`` per name (folders under ``root``), all on loopback;
+    yields the scheduler's address and stops every process on exit (all signalled at once: each takes a
+    few seconds to close)."""
+    processes: list[ManagedProcess] = [DaskScheduler(root / "scheduler")]
+    try:
+        address = processes[0].start().address
+        for name in workers:
+            processes.append(DaskWorker(address, name, root / name))
+            processes[-1].start()
+        yield address
+    finally:
+        for process in processes:
+            if process.process is not None:
+                process.process.terminate()
+        for process in processes:
+            process.stop()
+
+
 def _worker_names(dask_scheduler) -> list[str]:
     """Run on the scheduler: the names of its workers."""
     return [str(worker.name) for worker in dask_scheduler.workers.values()]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from reels.client.config import load_config
 from reels.client.record import machine
-from reels.deploy.dask_cluster import DaskScheduler, DaskWorker
+from reels.deploy.dask_cluster import scheduler_and_workers
 from reels.workflows.offline_store import OfflineStore
 from reels.workflows.sources import generate_synthetic
 
@@ -64,23 +64,12 @@ def _cluster_run(root: Path, sets: list[str]) -> tuple[float, dict, dict, str, f
     """Start a ``dask scheduler`` and the workers, retrain against them, stop them; ``_retrain``'s answer
     and the seconds the cluster took to start."""
     started = time.perf_counter()
-    processes = [DaskScheduler(root / "dask" / "scheduler")]
-    try:
-        address = processes[0].start().address
-        for name in WORKERS:
-            processes.append(DaskWorker(address, name, root / "dask" / name))
-            processes[-1].start()
+    with scheduler_and_workers(root / "dask", WORKERS) as address:
         cluster_start_s = time.perf_counter() - started
         urls = ["--store", OfflineStore(root / "store").url, "--work", f"file://{root}/shared/retrain"]
         result = _retrain(
             root / "cluster", sets, ["--scheduler", address, *urls], root / "shared" / "retrain"
         )
-    finally:
-        for process in processes:  # all at once: each takes a few seconds to close
-            if process.process is not None:
-                process.process.terminate()
-        for process in processes:
-            process.stop()
     print(
         f"scheduler + {len(WORKERS)} workers run: {result[0]:.1f} s (cluster start {cluster_start_s:.1f} s)"
     )

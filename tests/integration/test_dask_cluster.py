@@ -22,7 +22,7 @@ from dask.utils import key_split
 from distributed import get_task_stream
 
 from reels.client.cli import main
-from reels.deploy.dask_cluster import DaskScheduler, DaskWorker, dask_cluster
+from reels.deploy.dask_cluster import DaskScheduler, dask_cluster, scheduler_and_workers
 from reels.deploy.redis_server import free_port
 from reels.workflows.errors import InvalidInput, NotFound, ServiceUnavailable
 from reels.workflows.manifest import SPLITS, FeatureArtifacts
@@ -37,20 +37,8 @@ WORKERS = ("worker-a", "worker-b")
 @pytest.fixture(scope="module")
 def scheduler(tmp_path_factory) -> str:
     """A `dask scheduler` and two one-thread `dask worker` processes; the scheduler's address."""
-    root = tmp_path_factory.mktemp("dask")
-    processes = [DaskScheduler(root / "scheduler")]
-    try:
-        address = processes[0].start().address
-        for name in WORKERS:
-            processes.append(DaskWorker(address, name, root / name))
-            processes[-1].start()
+    with scheduler_and_workers(tmp_path_factory.mktemp("dask"), WORKERS) as address:
         yield address
-    finally:
-        for process in processes:  # all at once: each takes a few seconds to close
-            if process.process is not None:
-                process.process.terminate()
-        for process in processes:
-            process.stop()
 
 
 @pytest.fixture(scope="module")
