@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -56,3 +58,30 @@ def ensemble_release(http_url: str) -> int:
         client.close()
     (release,) = {release_of(s["model_name"]) for s in steps}
     return release
+
+
+@contextmanager
+def triton_over_redis(tiny_models, tiny_features, root: Path, config, experiment) -> Iterator[tuple]:
+    """A redis-server loaded with the tiny features and a tritonserver over a repository of the tiny
+    models (``config``: serving settings, ``experiment``: its A/B test), on free loopback ports; yields
+    ``(redis_server, triton)`` and stops both (a stopped redis-server's stop is a no-op)."""
+    from reels.deploy.redis_server import RedisServer
+    from reels.deploy.triton.repository import export_repository
+    from reels.deploy.triton_server import TritonServer
+    from reels.feature_store.settings import RedisSettings
+    from reels.feature_store.store import OnlineStore
+
+    redis_server = RedisServer(root / "redis", port=free_port()).start()
+    try:
+        OnlineStore(redis_server.client()).load(tiny_features)
+        repo = export_repository(
+            tiny_models.directory, root / "repository", RedisSettings(port=redis_server.port), config,
+            experiment=experiment,
+        )  # fmt: skip
+        triton = TritonServer(repo, root / "build", free_port(), free_port(), free_port()).start()
+        try:
+            yield redis_server, triton
+        finally:
+            triton.stop()
+    finally:
+        redis_server.stop()

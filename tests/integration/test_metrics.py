@@ -17,16 +17,13 @@ import pandas as pd
 import pytest
 
 from reels.client.triton_client import ClientError, ReelsClient
-from reels.deploy.redis_server import RedisServer, free_port
-from reels.deploy.triton.repository import export_repository
-from reels.deploy.triton_server import TritonServer
-from reels.feature_store.settings import RedisSettings
-from reels.feature_store.store import OnlineStore
+from reels.deploy.redis_server import free_port
 from reels.feature_store.streams import EventProducer, read_exposures
 from reels.models.serving.config import ServingConfig
 from reels.models.serving.experiment import Experiment
 from reels.workflows.spec import OOV
 from tests.integration.direct_calls import infer
+from tests.integration.stack_data import triton_over_redis
 
 CONFIG = ServingConfig(candidates=200, max_k=50, max_per_creator=2, max_per_category=6)
 EXPERIMENT = Experiment(name="metrics", salt="m", variants={"control": {}, "diverse": {"mmr_lambda": 0.4}})
@@ -64,20 +61,8 @@ def key(name: str, **labels) -> tuple[str, tuple]:
 @pytest.fixture(scope="module")
 def stack(tiny_models, tiny_features, tmp_path_factory):
     root = tmp_path_factory.mktemp("metrics")
-    redis_server = RedisServer(root / "redis", port=free_port()).start()
-    try:
-        OnlineStore(redis_server.client()).load(tiny_features)
-        repo = export_repository(
-            tiny_models.directory, root / "repository", RedisSettings(port=redis_server.port), CONFIG,
-            experiment=EXPERIMENT,
-        )  # fmt: skip
-        triton = TritonServer(repo, root / "build", free_port(), free_port(), free_port()).start()
-        try:
-            yield {"redis": redis_server, "triton": triton}
-        finally:
-            triton.stop()
-    finally:
-        redis_server.stop()
+    with triton_over_redis(tiny_models, tiny_features, root, CONFIG, EXPERIMENT) as (redis_server, triton):
+        yield {"redis": redis_server, "triton": triton}
 
 
 def _known_user(tiny_features) -> int:

@@ -17,9 +17,7 @@ import pytest
 import tritonclient.http as http
 
 from reels.client.triton_client import ClientError, ReelsClient
-from reels.deploy.redis_server import RedisServer, free_port
-from reels.deploy.triton.repository import export_repository
-from reels.deploy.triton_server import TritonServer
+from reels.deploy.redis_server import RedisServer
 from reels.feature_store.settings import RedisSettings
 from reels.feature_store.store import OnlineStore
 from reels.feature_store.streams import read_exposures
@@ -27,6 +25,7 @@ from reels.models.serving.config import ServingConfig
 from reels.models.serving.experiment import Experiment
 from reels.workflows.spec import HISTORY, OOV
 from tests.integration.direct_calls import infer
+from tests.integration.stack_data import triton_over_redis
 
 CONFIG = ServingConfig(candidates=200, max_k=50, max_per_creator=2, max_per_category=6)
 EXPERIMENT = Experiment(name="e2e", salt="t", variants={"control": {}, "diverse": {"mmr_lambda": 0.4}})
@@ -36,20 +35,8 @@ WHEN = 1_800_000_000  # a fixed request time keeps freshness, hence scores, dete
 @pytest.fixture(scope="module")
 def stack(tiny_models, tiny_features, tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
-    redis_server = RedisServer(root / "redis", port=free_port()).start()
-    try:
-        OnlineStore(redis_server.client()).load(tiny_features)
-        repo = export_repository(
-            tiny_models.directory, root / "repository", RedisSettings(port=redis_server.port), CONFIG,
-            experiment=EXPERIMENT,
-        )  # fmt: skip
-        triton = TritonServer(repo, root / "build", free_port(), free_port(), free_port()).start()
-        try:
-            yield {"redis": redis_server, "triton": triton, "features": tiny_features}
-        finally:
-            triton.stop()
-    finally:
-        redis_server.stop()  # also when a test left it stopped: stop() is then a no-op
+    with triton_over_redis(tiny_models, tiny_features, root, CONFIG, EXPERIMENT) as (redis_server, triton):
+        yield {"redis": redis_server, "triton": triton, "features": tiny_features}
 
 
 @pytest.fixture(scope="module")
