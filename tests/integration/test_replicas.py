@@ -16,6 +16,7 @@ from reels.client.bench.serving import perf_analyzer, write_input_data
 from reels.client.config import load_config
 from reels.client.triton_client import ReelsClient
 from reels.deploy.balancer import GRPC_BACKEND, HTTP_BACKEND
+from reels.deploy.process import processes_in_group
 from reels.deploy.promotion import promote_or_mark, read_journal
 from reels.deploy.replicas import RECORD, ReplicaSet, read_record
 from reels.deploy.stack import source_stack
@@ -151,6 +152,9 @@ def test_a_replica_killed_under_perf_analyzer_load_fails_no_request(replica_stac
         time.sleep(0.2)
     with ReelsClient(replicas.http_url) as client:  # the survivor answers
         assert client.recommend(users[0], k=5, request_time=WHEN).fallback == 0
+    group = victim.process.pid  # the dead server's python stubs outlive it, in its process group
+    victim.stop()
+    assert processes_in_group(group) == []
     p99 = np.percentile(load.latencies_ms, 99)
     print(
         f"replica killed under load: perf_analyzer gRPC p50 {measured['p50_ms']:.1f} ms, p99 {measured['p99_ms']:.1f} "
