@@ -76,19 +76,23 @@ class RankerConfig:
 class IndexConfig:
     """FAISS index kind and its search parameters (config section ``index``); raises ``ConfigError`` if invalid."""
 
-    kind: str = "auto"  # auto | flat | ivf | hnsw  (auto: exact below exact_max_items, else IVF)
+    kind: str = "auto"  # auto | flat | ivf | hnsw  (auto: exact up to exact_max_items; above, measured)
     exact_max_items: int = 50_000
-    ivf_lists: int = 1024
-    ivf_nprobe: int = 128
+    ivf_lists: int = 0  # 0: about 4 x sqrt(items)
+    ivf_nprobe: int = 128  # with kind: ivf; auto picks from ivf_nprobe_ladder
+    ivf_nprobe_ladder: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)
+    min_recall: float = 0.95  # auto: an IVF setting must reach this recall@recall_k against exact search
     hnsw_m: int = 32
     hnsw_ef_search: int = 512
-    recall_k: int = 100  # recall@K against exact search, measured and printed at build time
+    recall_k: int = 500  # recall@K against exact search (K = the serving step's candidates)
     recall_queries: int = 500
 
     def __post_init__(self) -> None:
         _fail_on("index", {
-            "kind": self.kind in ("auto", "flat", "ivf", "hnsw"), "ivf_lists": self.ivf_lists > 0,
+            "kind": self.kind in ("auto", "flat", "ivf", "hnsw"), "ivf_lists": self.ivf_lists >= 0,
             "ivf_nprobe": 0 < self.ivf_nprobe, "hnsw_m": self.hnsw_m > 1, "recall_k": self.recall_k > 0,
+            "ivf_nprobe_ladder": bool(self.ivf_nprobe_ladder) and min(self.ivf_nprobe_ladder) > 0,
+            "min_recall": 0 < self.min_recall <= 1,
         }, self)  # fmt: skip
 
 
