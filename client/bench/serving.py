@@ -4,6 +4,15 @@ requests — the in-process pipeline (same library code, no Triton) and the comp
 FAISS search + ranker forward only). Ratios against the floor make the numbers comparable across runs.
 
     reels bench serving [--source synthetic] [--concurrency 1 4 8 16] [--record]
+    reels bench serving --catalog 100000 --baseline --merlin   # a 100k-video catalog, built once
+
+``--catalog N`` benchmarks a synthetic source with N videos (``client/bench/catalog.py`` builds it once),
+and reports the FAISS setting that training chose for that size with its measured recall. ``--baseline``
+adds, in the same run, the ensemble with the previous serving settings (the TensorFlow SavedModel ranker
+and candidate video records read from Redis) at concurrency 1 and 8. ``--merlin`` adds Merlin Systems'
+stock in-process DAG on the same trained models (the optional ``bench`` extra). Goals are ratios within
+the run: ensemble p99 at concurrency 1 against the floor's p99, requests/s at concurrency 8 against the
+floor's single-thread requests/s, and the Merlin Systems p50 against ours.
 
 perf_analyzer comes with the tritonclient 2.51 wheel (``.venv/bin/perf_analyzer``); it needs Debian's
 libb64-0d and libcudart.so.12 from the nvidia-cuda-runtime-cu12 wheel on LD_LIBRARY_PATH (set here).
@@ -123,6 +132,13 @@ def run_perf_analyzer(
     """One measured perf_analyzer run with Triton's per-step compute and queue time over the same window."""
     before = _model_stats(stats_url)
     done, measured = perf_analyzer(protocol, url, input_data, concurrency, seconds)
+    stable = measured is not None
+    if done.returncode != 0 and "Failed to obtain stable measurement" in done.stdout:
+        # A busy machine: take three windows as they come, and say so in the result.
+        before = _model_stats(stats_url)
+        done, measured = perf_analyzer(
+            protocol, url, input_data, concurrency, seconds, stability_percentage=999, max_trials=3
+        )
     after = _model_stats(stats_url)
     if done.returncode != 0 or measured is None:
         raise RuntimeError(
@@ -136,7 +152,7 @@ def run_perf_analyzer(
                 "compute_ms": (b["compute_ns"] - before[model]["compute_ns"]) / count / 1e6,
                 "queue_ms": (b["queue_ns"] - before[model]["queue_ns"]) / count / 1e6,
             }
-    return {**measured, "server_breakdown": breakdown}
+    return {**measured, "stable": stable, "server_breakdown": breakdown}
 
 
 def _summary(latencies_ms: list[float], seconds: float) -> dict:
@@ -187,6 +203,55 @@ def in_process(model_dir: Path, store: OnlineStore, users: np.ndarray, k: int) -
     return full, floor
 
 
+BASELINE_SERVING = {"ranker_backend": "savedmodel", "video_features": "redis"}  # the settings before
+
+
+def step_stub_pid(server_pid: int, step: str) -> int:
+    """The pid of the python-backend stub that tritonserver ``server_pid`` runs for ``step`` (e.g. ``ranking``)."""
+    import psutil
+
+    stubs = psutil.Process(server_pid).children()
+    for stub in stubs:
+        if any(f"/{step}_v" in part for part in stub.cmdline()):
+            return stub.pid
+    seen = [" ".join(stub.cmdline())[:200] for stub in stubs]
+    raise RuntimeError(f"tritonserver {server_pid} runs no python stub of {step}: {seen}")
+
+
+def profile_step(pid: int, seconds: float, out: Path, run_load) -> dict:
+    """Sample the stub ``pid`` with py-spy for ``seconds`` while ``run_load()`` keeps requests coming; the
+    collapsed stacks go to ``out`` and the functions with the most samples (own and inclusive) come back."""
+    import shutil
+    import threading
+
+    binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(binary).exists():
+        raise RuntimeError("py-spy is not installed: pip install -e '.[bench]'")
+    command = [binary, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "500",
+               "--format", "raw", "--output", str(out), "--nonblocking"]  # fmt: skip
+    load = threading.Thread(target=run_load, daemon=True)
+    load.start()
+    subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 60)
+    load.join()
+    own, inclusive, total, outside = {}, {}, 0, 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack.strip():  # no Python frame: the stub's C++ loop (waiting for a request, moving tensors)
+            outside += int(count)
+            continue
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
+                  if " (" in f else f for f in stack.split(";")]  # fmt: skip
+        total += int(count)
+        own[frames[-1]] = own.get(frames[-1], 0) + int(count)
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + int(count)
+
+    def top(counts: dict) -> list[tuple[str, float]]:
+        return [(name, n / total) for name, n in sorted(counts.items(), key=lambda kv: -kv[1])[:15]]
+
+    return {"samples": total, "outside_python": outside, "own": top(own), "inclusive": top(inclusive)}
+
+
 def run(
     config: Config,
     source: str,
@@ -195,25 +260,42 @@ def run(
     requests: int,
     console: Console,
     instances: list[int],
+    catalog: int | None = None,
+    baseline: bool = False,
+    merlin: bool = False,
+    profile: float = 0.0,
 ) -> dict:
     """perf_analyzer over gRPC and HTTP at each concurrency (and other instance counts), then the
-    in-process pipeline and the compute floor on the same requests."""
-    from reels.deploy.stack import serving_stack
-    from reels.models.registry import serving_model_dir
+    in-process pipeline and the compute floor on the same requests; optionally the previous serving
+    settings and the Merlin Systems peer in the same run."""
+    import dataclasses
 
+    from reels.deploy.stack import serving_stack
+    from reels.models.registry import load_manifest, serving_model_dir
+
+    if catalog is not None:
+        from reels.client.bench.catalog import ensure_catalog_source
+
+        source = ensure_catalog_source(config, catalog, console.print)
     source_dir = config.source_dir(source)
+    model_dir = serving_model_dir(source_dir / "models")
     build = Path(config.server.build_dir) / f"bench-{source}"
     users = request_users(source_dir / "features", requests)
     k = 20
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
-        "command": f"reels bench serving --source {source} --concurrency {' '.join(map(str, concurrency))}"
-        + (f" --instances {' '.join(map(str, instances))}" if len(instances) > 1 else ""),
+        "command": (f"reels bench serving --catalog {catalog}" if catalog else f"reels bench serving --source {source}")
+        + f" --concurrency {' '.join(map(str, concurrency))}"
+        + (f" --instances {' '.join(map(str, instances))}" if len(instances) > 1 else "")
+        + (" --baseline" if baseline else "") + (" --merlin" if merlin else "")
+        + (f" --profile {profile:g}" if profile else ""),
         "settings": {
             "k": k, "candidates": config.serving.candidates, "instances_per_model": instances[0], "dynamic_batching": False,
             "OMP_NUM_THREADS": 1, "TF_NUM_INTRAOP_THREADS": 1, "TF_NUM_INTEROP_THREADS": 1, "catalog": int(len(pd.read_parquet(source_dir / "features" / "videos.parquet"))),
+            "ranker_backend": config.serving.ranker_backend, "video_features": config.serving.video_features,
         },
+        "index": load_manifest(model_dir)["metrics"]["index"],
         "serving": {"grpc": {}, "http": {}},
     }  # fmt: skip
     for extra in instances[1:]:  # other instance counts: same requests, lowest and a loaded concurrency
@@ -243,12 +325,65 @@ def run(
                         protocol, url, triton.http_url, input_data, c, seconds
                     )
 
+            if profile:
+                console.print(
+                    f"py-spy on the ranking step's stub for {profile:.0f} s under gRPC concurrency 1"
+                )
+                report["profile"] = profile_step(
+                    step_stub_pid(triton.process.pid, "ranking"), profile, build / "ranking.pyspy.txt",
+                    lambda: perf_analyzer("grpc", triton.grpc_url, input_data, 1, profile, max_trials=1),
+                )  # fmt: skip
         console.print("in-process pipeline and compute floor")
         store = config.server.redis.store(timeout_s=5.0)  # the stack's Redis, started or found there
-        full, floor = in_process(serving_model_dir(source_dir / "models"), store, users, k)
+        full, floor = in_process(model_dir, store, users, k)
     report["serving"]["in_process"] = full
     report["serving"]["floor"] = floor
+    if baseline:
+        before = dataclasses.replace(config.serving, **BASELINE_SERVING)
+        with serving_stack(source_dir, build, config.server, before, console.print, instances[0]) as (
+            _,
+            triton,
+        ):
+            with tempfile.TemporaryDirectory() as tmp:
+                input_data = Path(tmp) / "requests.json"
+                write_input_data(input_data, users, k)
+                for protocol in ("grpc", "http"):
+                    url = triton.grpc_url if protocol == "grpc" else triton.http_url
+                    for c in sorted({min(concurrency), 8}):
+                        console.print(
+                            f"baseline settings {BASELINE_SERVING}: perf_analyzer {protocol} concurrency {c}"
+                        )
+                        report.setdefault("baseline", {}).setdefault(protocol, {})[str(c)] = (
+                            run_perf_analyzer(protocol, url, triton.http_url, input_data, c, seconds)
+                        )
+    if merlin:
+        from reels.client.bench.merlin_peer import merlin_systems_pipeline
+
+        console.print("Merlin Systems in-process DAG on the same models")
+        report["serving"]["merlin_systems"] = merlin_systems_pipeline(
+            model_dir, source_dir / "features", users[: min(len(users), 300)], k, config.serving.candidates
+        )
+    report["goals"] = goals(report)
     return report
+
+
+def goals(report: dict) -> dict:
+    """The run's ratios: ensemble p99 at the lowest concurrency over the floor's p99 (per protocol),
+    requests/s at concurrency 8 over the floor's single-thread requests/s, Merlin Systems p50 over ours."""
+    s = report["serving"]
+    floor = s["floor"]
+    out = {}
+    for protocol in ("grpc", "http"):
+        runs = s[protocol]
+        lowest = runs[min(runs, key=int)]
+        out[f"{protocol}_p99_over_floor_p99"] = lowest["p99_ms"] / floor["p99_ms"]
+        if "8" in runs:
+            out[f"{protocol}_rps_c8_over_floor_rps"] = runs["8"]["rps"] / floor["rps"]
+    if "p50_ms" in s.get("merlin_systems", {}):
+        lowest = s["grpc"][min(s["grpc"], key=int)]
+        out["merlin_p50_over_grpc_p50"] = s["merlin_systems"]["p50_ms"] / lowest["p50_ms"]
+        out["merlin_p50_over_in_process_p50"] = s["merlin_systems"]["p50_ms"] / s["in_process"]["p50_ms"]
+    return out
 
 
 def table(report: dict) -> str:
@@ -266,9 +401,16 @@ def table(report: dict) -> str:
     for protocol in ("grpc", "http"):
         for c, r in s[protocol].items():
             lines.append(
-                f"| Triton {protocol} | {c} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['rps']:.1f} | {r['p50_ms'] / floor:.1f} |"
+                f"| Triton {protocol}{'' if r.get('stable', True) else ' (unstable)'} | {c} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['rps']:.1f} | {r['p50_ms'] / floor:.1f} |"
             )
-    for name in ("in_process", "floor"):
+    for protocol, runs in report.get("baseline", {}).items():
+        for c, r in runs.items():
+            lines.append(
+                f"| Triton {protocol}, before (SavedModel ranker, videos from Redis) | {c} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['rps']:.1f} | {r['p50_ms'] / floor:.1f} |"
+            )
+    for name in ("in_process", "floor", "merlin_systems"):
+        if name not in s:
+            continue
         r = s[name]
         lines.append(
             f"| {name.replace('_', '-')} | 1 | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['rps']:.1f} | {r['p50_ms'] / floor:.1f} |"
@@ -281,15 +423,55 @@ def table(report: dict) -> str:
     first = next(iter(s["grpc"].values()))
     lines += ["", "Server-side compute per model (gRPC, lowest concurrency), ms per request: "
               + ", ".join(f"{m} {b['compute_ms']:.1f}" for m, b in first["server_breakdown"].items())]  # fmt: skip
+    if "baseline" in report:
+        before = next(iter(report["baseline"]["grpc"].values()))
+        lines += ["", "Before (SavedModel ranker, videos from Redis), same run: "
+                  + ", ".join(f"{m} {b['compute_ms']:.1f}" for m, b in before["server_breakdown"].items())]  # fmt: skip
+    index = report.get("index")
+    if index:
+        lines += ["", f"FAISS index over {index['items']:,} videos: **{index['kind']}**"
+                  + (f" nprobe {index['nprobe']}" if index.get("nprobe") else "")
+                  + f", recall@{index['k']} vs exact {index['recall_at_k']:.3f} (trained embeddings, validation queries)."]  # fmt: skip
+        if index.get("tried"):
+            lines += [
+                "",
+                "| index setting | recall@K vs exact | search p50 ms | search p99 ms |",
+                "|---|---:|---:|---:|",
+            ]
+            for row in index["tried"]:
+                name = row["kind"] + (f" nprobe {row['nprobe']}" if row.get("nprobe") else "")
+                lines.append(
+                    f"| {name} | {row['recall_at_k']:.3f} | {row['search_p50_ms']:.2f} | {row['search_p99_ms']:.2f} |"
+                )
+    if report.get("profile"):
+        prof = report["profile"]
+        lines += ["", f"py-spy on the ranking step's python stub under gRPC concurrency 1: {prof['samples']:,} samples "
+                  f"in Python, {prof['outside_python']:,} more in the stub's C++ loop (waiting for a request or "
+                  "moving tensors). Share of the Python samples:", "",
+                  "| function (file) | own | inclusive |", "|---|---:|---:|"]  # fmt: skip
+        inclusive = dict(prof["inclusive"])
+        for name, share in prof["own"][:12]:
+            lines.append(f"| `{name}` | {share:.1%} | {inclusive.get(name, share):.1%} |")
+    if report.get("goals"):
+        lines += ["", "Ratios in this run: " + ", ".join(f"{k} {v:.2f}" for k, v in report["goals"].items())]
     return "\n".join(lines) + "\n"
 
 
 def measure(args: argparse.Namespace, config: Config) -> dict:
     """`reels bench serving` with the command's sources, concurrencies and instance counts."""
-    return run(config, args.source, args.concurrency, args.seconds, args.requests, Console(), args.instances)
+    return run(
+        config, args.source, args.concurrency, args.seconds, args.requests, Console(), args.instances,
+        catalog=args.catalog, baseline=args.baseline, merlin=args.merlin, profile=args.profile,
+    )  # fmt: skip
 
 
 def sections(report: dict) -> dict[str, dict]:
     """BENCHMARKS.json key ``serving``: the paths' numbers next to the run's date, machine and settings."""
     about = {k: report[k] for k in ("date", "machine", "command", "settings")}
-    return {"serving": {**report["serving"], **about, "instances": report.get("instances", {})}}
+    extra = {k: report[k] for k in ("index", "baseline", "goals", "profile") if k in report}
+    key = (
+        "serving"
+        if report["settings"]["catalog"] < 50_000
+        else f"serving_catalog_{report['settings']['catalog']}"
+    )
+    return {key: {**report["serving"], **about, **extra, "instances": report.get("instances", {})}}

@@ -38,6 +38,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--instances", type=int, nargs="+", default=[1], help="instances per model; the first is the full run"
     )
     b.add_argument("--requests", type=int, default=1000, help="distinct requests in the input data")
+    b.add_argument(
+        "--catalog",
+        type=int,
+        metavar="N",
+        help="a synthetic source with N videos (built once) instead of --source",
+    )
+    b.add_argument("--baseline", action="store_true", help="also the previous serving settings, same run")
+    b.add_argument("--merlin", action="store_true", help="also Merlin Systems' in-process DAG (extra: bench)")
+    b.add_argument(
+        "--profile", type=float, default=0.0, metavar="S", help="py-spy the ranking step's stub for S seconds"
+    )
     b = bench.add_parser(
         "swap", help="promote a trained version into a running Triton under perf_analyzer load"
     )
