@@ -32,6 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--fresh", action="store_true", help="rebuild the data and features first")
     p.add_argument("--docs", default="docs", help="where RESULTS.md/.json and plots/ go ('' to skip writing)")
+    p.add_argument(
+        "--tradeoff-only", action="store_true",
+        help="only sweep the re-rank settings on each source's serving version (no training): prints the "
+        "diversity trade-off, writes <docs>/img/tradeoff_<source>.png",
+    )  # fmt: skip
     p.set_defaults(func=cmd_evaluate)
 
     p = subparsers.add_parser(
@@ -73,6 +78,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     config = load_config(args)
     console = Console()
+    if args.tradeoff_only:
+        return _tradeoff_only(config, args, console)
     with spinner(console, "evaluating", log=True) as say:
         run = jobs.evaluate(config, args.sources, args.fresh, say)
     for name, dataset in run["datasets"].items():
@@ -87,6 +94,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.docs:
         for path in write(results, Path(args.docs)):
             console.print(f"wrote {path}")
+    return 0
+
+
+def _tradeoff_only(config: Config, args: argparse.Namespace, console: Console) -> int:
+    """`reels evaluate --tradeoff-only`: the diversity trade-off of each source's serving version."""
+    from reels.models.evaluation.tradeoff import markdown, plot, tradeoff_of_version
+    from reels.models.registry import serving_model_dir, trained_features
+
+    for source in args.sources:
+        model_dir = serving_model_dir(config.source_dir(source) / "models")
+        with spinner(console, f"{source}: re-rank settings on version {model_dir.name}", log=True) as say:
+            result = tradeoff_of_version(
+                trained_features(model_dir),
+                model_dir,
+                config.serving,
+                seed=config.evaluation.seed,
+                progress=say,
+            )
+        image = None
+        if args.docs:
+            image = plot(
+                result, Path(args.docs) / "img" / f"tradeoff_{source}.png", f"Diversity trade-off, {source}"
+            )
+        console.print(markdown(result, source, image), markup=False, highlight=False, soft_wrap=True)
     return 0
 
 
