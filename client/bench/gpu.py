@@ -208,6 +208,7 @@ def table(report: dict) -> str:
 
 
 def main() -> None:
+    """``prepare`` (here, with the trained models) or ``measure`` (on the GPU machine)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
