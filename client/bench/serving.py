@@ -133,7 +133,7 @@ def run_perf_analyzer(
     before = _model_stats(stats_url)
     done, measured = perf_analyzer(protocol, url, input_data, concurrency, seconds)
     stable = measured is not None
-    if done.returncode != 0 and "Failed to obtain stable measurement" in done.stdout:
+    if done.returncode != 0 and "Failed to obtain stable measurement" in done.stdout + done.stderr:
         # A busy machine: take three windows as they come, and say so in the result.
         before = _model_stats(stats_url)
         done, measured = perf_analyzer(
@@ -218,23 +218,33 @@ def step_stub_pid(server_pid: int, step: str) -> int:
     raise RuntimeError(f"tritonserver {server_pid} runs no python stub of {step}: {seen}")
 
 
-def profile_step(pid: int, seconds: float, out: Path, run_load) -> dict:
-    """Sample the stub ``pid`` with py-spy for ``seconds`` while ``run_load()`` keeps requests coming; the
-    collapsed stacks go to ``out`` and the functions with the most samples (own and inclusive) come back."""
+def profile_steps(pids: dict[str, int], seconds: float, out_dir: Path, run_load) -> dict[str, dict]:
+    """Sample each step's stub (``{step: pid}``) with py-spy for ``seconds``, all at once, while
+    ``run_load()`` keeps requests coming; each step's collapsed stacks go to ``out_dir/<step>.pyspy.txt``
+    and its functions with the most samples (own and inclusive) come back."""
     import shutil
     import threading
 
     binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(binary).exists():
         raise RuntimeError("py-spy is not installed: pip install -e '.[bench]'")
-    command = [binary, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "500",
-               "--format", "raw", "--output", str(out), "--nonblocking"]  # fmt: skip
+    samplers = {}
+    for step, pid in pids.items():
+        command = [binary, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250",
+                   "--format", "raw", "--output", str(out_dir / f"{step}.pyspy.txt"), "--nonblocking"]  # fmt: skip
+        samplers[step] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     load = threading.Thread(target=run_load, daemon=True)
     load.start()
-    subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 60)
+    for sampler in samplers.values():
+        sampler.wait(timeout=seconds + 60)
     load.join()
+    return {step: _collapsed_summary(out_dir / f"{step}.pyspy.txt") for step in pids}
+
+
+def _collapsed_summary(path: Path) -> dict:
+    """py-spy's raw (collapsed) stacks -> the 15 functions with the most own and inclusive samples."""
     own, inclusive, total, outside = {}, {}, 0, 0
-    for line in out.read_text().splitlines():
+    for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack.strip():  # no Python frame: the stub's C++ loop (waiting for a request, moving tensors)
             outside += int(count)
@@ -326,11 +336,10 @@ def run(
                     )
 
             if profile:
-                console.print(
-                    f"py-spy on the ranking step's stub for {profile:.0f} s under gRPC concurrency 1"
-                )
-                report["profile"] = profile_step(
-                    step_stub_pid(triton.process.pid, "ranking"), profile, build / "ranking.pyspy.txt",
+                console.print(f"py-spy on the four steps' stubs for {profile:.0f} s under gRPC concurrency 1")
+                steps = ("feature_transform", "retrieval", "ranking", "diversity_rerank")
+                report["profile"] = profile_steps(
+                    {step: step_stub_pid(triton.process.pid, step) for step in steps}, profile, build,
                     lambda: perf_analyzer("grpc", triton.grpc_url, input_data, 1, profile, max_trials=1),
                 )  # fmt: skip
         console.print("in-process pipeline and compute floor")
@@ -443,14 +452,13 @@ def table(report: dict) -> str:
                 lines.append(
                     f"| {name} | {row['recall_at_k']:.3f} | {row['search_p50_ms']:.2f} | {row['search_p99_ms']:.2f} |"
                 )
-    if report.get("profile"):
-        prof = report["profile"]
-        lines += ["", f"py-spy on the ranking step's python stub under gRPC concurrency 1: {prof['samples']:,} samples "
+    for step, prof in report.get("profile", {}).items():
+        lines += ["", f"py-spy on the {step} step's python stub under gRPC concurrency 1: {prof['samples']:,} samples "
                   f"in Python, {prof['outside_python']:,} more in the stub's C++ loop (waiting for a request or "
-                  "moving tensors). Share of the Python samples:", "",
+                  "moving tensors). Share of the Python samples (top 8 by own samples):", "",
                   "| function (file) | own | inclusive |", "|---|---:|---:|"]  # fmt: skip
         inclusive = dict(prof["inclusive"])
-        for name, share in prof["own"][:12]:
+        for name, share in prof["own"][:8]:
             lines.append(f"| `{name}` | {share:.1%} | {inclusive.get(name, share):.1%} |")
     if report.get("goals"):
         lines += ["", "Ratios in this run: " + ", ".join(f"{k} {v:.2f}" for k, v in report["goals"].items())]

@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--baseline", action="store_true", help="also the previous serving settings, same run")
     b.add_argument("--merlin", action="store_true", help="also Merlin Systems' in-process DAG (extra: bench)")
     b.add_argument(
-        "--profile", type=float, default=0.0, metavar="S", help="py-spy the ranking step's stub for S seconds"
+        "--profile", type=float, default=0.0, metavar="S", help="py-spy the four steps' stubs for S seconds"
     )
     b = bench.add_parser(
         "swap", help="promote a trained version into a running Triton under perf_analyzer load"
