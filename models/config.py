@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from reels.workflows.errors import ConfigError
 
 RANKER_TASKS = ("view", "liked", "completed", "watch_fraction")
+RANKER_ARCHITECTURES = ("mmoe", "ple", "shared_bottom")
 
 
 def _fail_on(section: str, checks: dict[str, bool], values: object) -> None:
@@ -43,11 +44,17 @@ class TwoTowerConfig:
 
 @dataclass(frozen=True)
 class RankerConfig:
-    """MMoE ranker hyperparameters and serving score weights (config section ``ranker``); raises
+    """Multi-task ranker hyperparameters and serving score weights (config section ``ranker``); raises
     ``ConfigError`` if invalid."""
 
-    num_experts: int = 4
-    expert_units: tuple[int, ...] = (64,)
+    architecture: str = "mmoe"  # one of RANKER_ARCHITECTURES: the trunk `reels train` builds
+    num_experts: int = 4  # MMoE: experts shared by every task
+    expert_units: tuple[int, ...] = (64,)  # every expert MLP, MMoE and PLE alike
+    # PLE (Tang et al., RecSys 2020): per level, num_task_experts per task + num_shared_experts, one gate
+    # per task over its own and the shared experts; ple_levels=1 is a single CGC layer.
+    num_task_experts: int = 1
+    num_shared_experts: int = 2
+    ple_levels: int = 2
     tower_units: tuple[int, ...] = (32,)
     shared_bottom_units: tuple[int, ...] = (128, 64)  # the baseline: one shared MLP instead of experts
     feature_dim: int = 16
@@ -64,7 +71,9 @@ class RankerConfig:
 
     def __post_init__(self) -> None:
         _fail_on("ranker", {
-            "num_experts": self.num_experts > 0, "expert_units": all(u > 0 for u in self.expert_units),
+            "architecture": self.architecture in RANKER_ARCHITECTURES, "num_experts": self.num_experts > 0,
+            "num_task_experts": self.num_task_experts > 0, "num_shared_experts": self.num_shared_experts > 0,
+            "ple_levels": self.ple_levels in (1, 2), "expert_units": all(u > 0 for u in self.expert_units),
             "tower_units": all(u > 0 for u in self.tower_units), "epochs": self.epochs > 0,
             "batch_size": self.batch_size > 1, "learning_rate": self.learning_rate > 0,
             "loss_weights": set(self.loss_weights) == set(RANKER_TASKS),

@@ -9,10 +9,11 @@ table, list features mean-pooled over the whole fixed-length list, continuous fe
 Inputs the input block does not read (continuous columns without the ``continuous`` tag) are accepted
 and ignored, as the SavedModel does.
 
-``NumpyRanker`` reads it. The first layer of every expert, gate (MMoE) or of the shared bottom is linear
-in the concatenated input, so ``W·[u; v] + b = (W_u·u + b) + W_v·v``: ``score_candidates`` evaluates the
-user side (user features, history pooling, request context) once per request and broadcasts it over the
-candidates. ``load_ranker`` picks the backend for serving.
+``NumpyRanker`` reads it. The first layer of every expert, gate (MMoE, PLE's first level) or of the
+shared bottom is linear in the concatenated input, so ``W·[u; v] + b = (W_u·u + b) + W_v·v``:
+``score_candidates`` evaluates the user side (user features, history pooling, request context) once per
+request and broadcasts it over the candidates; PLE's later levels run per candidate. ``load_ranker``
+picks the backend for serving.
 """
 
 from __future__ import annotations
@@ -106,6 +107,17 @@ def export_weights(
     if model.architecture == "mmoe":
         meta["experts"] = [_dense_layers(e, f"expert_{i}", arrays) for i, e in enumerate(model.experts)]
         meta["gates"] = {t: _dense_layers(g, f"gate_{t}", arrays) for t, g in model.gates.items()}
+    elif model.architecture == "ple":
+        from reels.models.ranker import ple_gate_experts  # the one definition of what each gate mixes
+
+        meta["ple"] = {
+            "levels": model.config.ple_levels,
+            "experts": {n: _dense_layers(e, n, arrays) for n, e in model.ple_experts.items()},
+            "gates": {n: _dense_layers(g, n, arrays) for n, g in model.ple_gates.items()},
+            "gate_experts": {
+                owner: ple_gate_experts(model.config, owner) for owner in (*model.towers, "shared")
+            },
+        }
     else:
         meta["bottom"] = _dense_layers(model.bottom, "shared_bottom", arrays)
     path = Path(folder) / WEIGHTS_FILE
@@ -135,6 +147,13 @@ def _activate(x: np.ndarray, activation: str) -> np.ndarray:
     if activation == "softmax":
         return _softmax(x)
     return x
+
+
+def _run(h: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray, str]]) -> np.ndarray:
+    """``h`` through Dense layers (kernel, bias, activation) in order."""
+    for kernel, bias, activation in layers:
+        h = _activate(h @ kernel + bias, activation)
+    return h
 
 
 class _Side:
@@ -198,7 +217,9 @@ class NumpyRanker:
             ]
 
         # The first layers of every branch fed by the input, stacked side by side: one matmul per side.
-        if self.architecture == "mmoe":
+        if self.architecture == "ple":
+            firsts = self._load_ple(meta["ple"], layers, file)
+        elif self.architecture == "mmoe":
             experts = [layers(f"expert_{i}", a) for i, a in enumerate(meta["experts"])]
             gates = [layers(f"gate_{t}", meta["gates"][t]) for t in self.tasks]
             if any(len(g) != 1 or g[0][2] != "softmax" for g in gates):
@@ -240,6 +261,55 @@ class NumpyRanker:
 
         self._user, self._item = side(True), side(False)
 
+    def _load_ple(self, ple: dict, layers, file: Path) -> list[tuple[np.ndarray, np.ndarray, str]]:
+        """Keep PLE's experts and gates by level; return the first-level branches' first layers (every
+        expert's and gate's at level 0: they all read the input), in the order ``_forward`` splits them."""
+        levels = int(ple["levels"])
+        self._ple_gate_experts: dict[str, list[str]] = ple["gate_experts"]
+        self._ple_experts: list[dict[str, list]] = [{} for _ in range(levels)]
+        self._ple_gates: list[dict[str, tuple]] = [{} for _ in range(levels)]
+        for name, activations in ple["experts"].items():
+            _, level, local = name.split("_", 2)  # expert_<level>_<owner>_<i>
+            self._ple_experts[int(level)][local] = layers(name, activations)
+        for name, activations in ple["gates"].items():
+            _, level, owner = name.split("_", 2)  # gate_<level>_<owner>
+            gate = layers(name, activations)
+            if len(gate) != 1 or gate[0][2] != "softmax":
+                raise ConfigError(f"{file}: each gate must be one softmax Dense layer")
+            self._ple_gates[int(level)][owner] = gate[0]
+        firsts = [e[0] for e in self._ple_experts[0].values()] + list(self._ple_gates[0].values())
+        self._ple_first_widths = [kernel.shape[1] for kernel, _, _ in firsts]
+        return firsts
+
+    def _ple_trunk(self, z: np.ndarray, rows: int) -> np.ndarray:
+        """PLE's per-task trunk outputs (tasks, rows, d) from level 0's stacked first-layer outputs ``z``."""
+        bounds = np.cumsum([0, *self._ple_first_widths])
+        experts0, gates0 = self._ple_experts[0], self._ple_gates[0]
+        outputs, weights = {}, {}
+        for i, (local, expert) in enumerate(experts0.items()):
+            h = _activate(z[:, bounds[i] : bounds[i + 1]], expert[0][2])
+            outputs[local] = _run(h, expert[1:])
+        for j, owner in enumerate(gates0, start=len(experts0)):
+            weights[owner] = _softmax(z[:, bounds[j] : bounds[j + 1]])
+        inputs: dict[str, np.ndarray] = {}
+        for level in range(len(self._ple_experts)):
+            if level:  # later levels read each owner's previous output
+                outputs = {
+                    local: _run(inputs[local.rsplit("_", 1)[0]], expert)
+                    for local, expert in self._ple_experts[level].items()
+                }
+                weights = {
+                    owner: _softmax(inputs[owner] @ kernel + bias)
+                    for owner, (kernel, bias, _) in self._ple_gates[level].items()
+                }
+            inputs = {
+                owner: np.einsum(
+                    "re,red->rd", w, np.stack([outputs[e] for e in self._ple_gate_experts[owner]], axis=1)
+                )
+                for owner, w in weights.items()
+            }
+        return np.stack([inputs[t] for t in self.tasks])
+
     # ---- checks ---------------------------------------------------------------------------------------
     def _checked(self, features: dict[str, np.ndarray], names, rows: int | None) -> tuple[dict, int]:
         missing = [n for n in names if n not in features]
@@ -276,7 +346,9 @@ class NumpyRanker:
         bias included) and the candidates' inputs."""
         z = self._item.project(items, rows)
         z += user
-        if self.architecture == "mmoe":
+        if self.architecture == "ple":
+            h = self._ple_trunk(z, rows)
+        elif self.architecture == "mmoe":
             n_experts, width = len(self._expert_rest), self._expert_width
             split = n_experts * width
             experts = _activate(z[:, :split], self._expert_activation).reshape(rows, n_experts, width)

@@ -126,8 +126,9 @@ def _train_into(
     save_index(index, staging / "items.faiss")
     say(f"index {index_report.kind}: recall@{index_report.k} vs exact = {index_report.recall_at_k:.3f}")
 
-    say(f"MMoE ranker: {len(train_rows):,} impressions x {ranker_config.epochs} epochs")
-    ranker = Ranker(schema, ranker_config, "mmoe")
+    architecture, epochs = ranker_config.architecture, ranker_config.epochs
+    say(f"{architecture} ranker: {len(train_rows):,} impressions x {epochs} epochs")
+    ranker = Ranker(schema, ranker_config)
     rk_report = ranker.fit(train_rows)
     ranker.export(staging / "ranker")
 

@@ -4,7 +4,8 @@ together, so a heavy user cannot look like many independent samples).
 Retrieval: each model's per-user metric vector is resampled with the same user draws for every model, so
 a ratio between two models (two-tower / ALS) is computed on paired resamples. Ranking: a resample gives
 each impression its user's multiplicity as a sample weight (``roc_auc_score(..., sample_weight=)``), the
-same weights for both models. Intervals are the 2.5th and 97.5th percentiles (95 %)."""
+same weights for every model (MMoE, PLE, shared-bottom). Intervals are the 2.5th and 97.5th percentiles
+(95 %)."""
 
 from __future__ import annotations
 

@@ -14,17 +14,19 @@ Protocol (the same for every method):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 
 from reels.models import baselines, metrics
-from reels.models.config import RANKER_TASKS, EvaluationConfig, RankerConfig
+from reels.models.config import RANKER_ARCHITECTURES, RANKER_TASKS, EvaluationConfig, RankerConfig
 from reels.models.evaluation import bootstrap
+from reels.models.inputs import feature_schema
 from reels.models.ranker import BINARY_TASKS, Ranker
 from reels.models.train import TrainedModels
-from reels.workflows.errors import InvalidInput
+from reels.workflows.errors import ConfigError, InvalidInput
 from reels.workflows.manifest import FeatureArtifacts
 
 Progress = Callable[[str], None]
@@ -231,6 +233,80 @@ def evaluate_retrieval(
     return results
 
 
+def ranking_metrics(ranker: Ranker, frame: pd.DataFrame) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """AUC and log loss per binary task and RMSE of watch fraction of ``ranker`` on every impression of
+    ``frame`` (served path: no position bias), and its predictions per binary task."""
+    predictions = ranker.predict(frame)
+    row: dict[str, float] = {}
+    for task in BINARY_TASKS:
+        m = metrics.binary_metrics(frame[task].to_numpy(), predictions[task])
+        row[f"auc_{task}"], row[f"logloss_{task}"] = m["auc"], m["logloss"]
+    row["rmse_watch_fraction"] = metrics.rmse(
+        frame["watch_fraction"].to_numpy(), predictions["watch_fraction"]
+    )
+    return row, {task: predictions[task] for task in BINARY_TASKS}
+
+
+def gate_diagnostics(ranker: Ranker, frame: pd.DataFrame, sample: int = 5000, seed: int = 0) -> dict:
+    """Expert utilisation of an MMoE or PLE ranker on up to ``sample`` rows of ``frame`` (a validation
+    window), per gate (``gate_<task>`` for MMoE, ``gate_<level>_<task|shared>`` for PLE): the experts it
+    mixes, their mean gate weight, the mean per-row entropy of the gate (nats; ``max_entropy`` = log of
+    the number of experts, a uniform gate), and the entropy of the mean weights (low: the same few experts
+    for every row, a collapsed gate). A per-row entropy near the maximum means the gate barely routes:
+    the experts are averaged alike for every row. Empty for shared-bottom."""
+    rows = frame.sample(min(sample, len(frame)), random_state=seed) if len(frame) else frame
+    experts = ranker.gate_experts()
+    out = {}
+    for gate, weights in ranker.gate_weights(rows).items():
+        weights = weights.astype(np.float64)
+        mean = weights.mean(axis=0)
+        out[gate] = {
+            "experts": experts[gate],
+            "mean_weight": [round(float(v), 4) for v in mean],
+            "mean_entropy": float(scipy.stats.entropy(weights, axis=1).mean()),
+            "entropy_of_mean": float(scipy.stats.entropy(mean)),
+            "max_entropy": float(np.log(weights.shape[1])),
+            "rows": len(rows),
+        }
+    return out
+
+
+def compare_rankers(
+    features: FeatureArtifacts,
+    base: RankerConfig,
+    candidates: dict[str, dict],
+    progress: Progress | None = None,
+) -> dict:
+    """Train one ranker per candidate (``RankerConfig`` overrides of ``base``, e.g. ``{"architecture":
+    "ple", "epochs": 6}``) on the training window and score it on the validation window only (the test
+    window is never read): ``{name: {"overrides", "valid": ranking_metrics, "mean_auc" (over binary
+    tasks), "train_s", "gates": gate_diagnostics}}``. Raises ``ConfigError`` on an unknown setting or a
+    bad value before anything is trained."""
+    say = progress or (lambda _m: None)
+    unknown = {name: sorted(set(o) - set(asdict(base))) for name, o in candidates.items()}
+    if any(unknown.values()):
+        raise ConfigError(f"unknown ranker settings: { {n: u for n, u in unknown.items() if u} }")
+    configs = {name: replace(base, **o) for name, o in candidates.items()}  # bad values fail before training
+    schema = feature_schema(features)
+    train, valid = features.read_split("train"), features.read_split("valid")
+    if not len(valid):
+        raise InvalidInput("the validation window is empty: nothing to compare rankers on")
+    out = {}
+    for name, config in configs.items():
+        say(f"ranker candidate {name}: {candidates[name]}")
+        ranker = Ranker(schema, config)
+        report = ranker.fit(train)
+        row, _ = ranking_metrics(ranker, valid)
+        out[name] = {
+            "overrides": candidates[name],
+            "valid": row,
+            "mean_auc": float(np.mean([row[f"auc_{t}"] for t in BINARY_TASKS])),
+            "train_s": round(report.seconds, 1),
+            "gates": gate_diagnostics(ranker, valid),
+        }
+    return out
+
+
 def evaluate_ranking(
     features: FeatureArtifacts,
     trained: TrainedModels,
@@ -238,36 +314,37 @@ def evaluate_ranking(
     progress: Progress | None = None,
 ) -> dict:
     """AUC / logloss per binary task and RMSE of watch fraction on every test impression, for the trained
-    MMoE and a shared-bottom model trained here with the same features and budget."""
+    ranker (``ranker_config.architecture``) and the other architectures trained here with the same
+    features, config and budget; bootstrap intervals per model and of each model's AUC minus
+    shared-bottom's (``_differences["<model>-shared_bottom"]``); each gated model's expert utilisation on
+    the validation window (``_gates``)."""
     say = progress or (lambda _m: None)
     test = features.read_split("test")
     train = features.read_split("train")
-    say("training the shared-bottom baseline")
-    shared = Ranker(trained.ranker.schema, ranker_config, "shared_bottom")
-    shared_report = shared.fit(train)
+    valid = features.read_split("valid")
+    served = trained.ranker.model.architecture
+    rankers = {served: trained.ranker}
+    speed = {served: trained.manifest["metrics"]["ranker"]["examples_per_s"]}
+    for architecture in (a for a in RANKER_ARCHITECTURES if a != served):
+        say(f"training the {architecture} ranker beside the served {served}")
+        rankers[architecture] = Ranker(trained.ranker.schema, ranker_config, architecture)
+        speed[architecture] = round(rankers[architecture].fit(train).examples_per_s, 1)
     out, scored = {}, {}
-    for name, ranker in (("mmoe", trained.ranker), ("shared_bottom", shared)):
-        predictions = ranker.predict(test)
-        scored[name] = {task: predictions[task] for task in BINARY_TASKS}
-        row: dict[str, float] = {}
-        for task in BINARY_TASKS:
-            m = metrics.binary_metrics(test[task].to_numpy(), predictions[task])
-            row[f"auc_{task}"], row[f"logloss_{task}"] = m["auc"], m["logloss"]
-        row["rmse_watch_fraction"] = metrics.rmse(
-            test["watch_fraction"].to_numpy(), predictions["watch_fraction"]
-        )
-        out[name] = row
-    out["mmoe"]["train_examples_per_s"] = trained.manifest["metrics"]["ranker"]["examples_per_s"]
-    out["shared_bottom"]["train_examples_per_s"] = round(shared_report.examples_per_s, 1)
+    for name in RANKER_ARCHITECTURES:
+        out[name], scored[name] = ranking_metrics(rankers[name], test)
+        out[name]["train_examples_per_s"] = speed[name]
     say("bootstrap intervals over test users")
     labels = {task: test[task].to_numpy() for task in BINARY_TASKS}
     intervals = bootstrap.ranking_intervals(test["raw_user_id"].to_numpy(), labels, scored, "shared_bottom")
     for name, bounds in intervals["models"].items():
         out[name]["ci95"] = bounds
     out["_differences"] = intervals["differences"]
+    if len(valid):
+        out["_gates"] = {name: gate_diagnostics(rankers[name], valid) for name in ("mmoe", "ple")}
     out["_protocol"] = {
         "test_impressions": len(test), "test_users": int(test["raw_user_id"].nunique()),
         "tasks": list(RANKER_TASKS), "bootstrap_resamples": bootstrap.RANKING_RESAMPLES,
+        "served_architecture": served,
     }  # fmt: skip
     return out
 

@@ -13,15 +13,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 from reels.models.evaluation.bootstrap import MIN_TEST_USERS  # noqa: E402
 
 RETRIEVAL_METHODS = ("two_tower", "als", "popularity", "random", "oracle")
-RANKING_METHODS = ("mmoe", "shared_bottom")
+RANKING_METHODS = ("mmoe", "ple", "shared_bottom")
 
 
 def targets(retrieval: dict, ranking: dict) -> dict:
     """The project's targets checked on one dataset's numbers: two-tower recall@20 ratios over ALS (>= 1.2x)
-    and popularity (>= 2x), and MMoE AUC >= shared-bottom on every task. A target is ``met`` only when
-    the lower bound of its bootstrap interval clears it (ratios: lower bound >= target; AUC: lower bound
-    of MMoE minus shared-bottom >= 0). With fewer than ``MIN_TEST_USERS`` test users nothing is judged:
-    ``{"not_judged": reason}``."""
+    and popularity (>= 2x), and the served multi-task ranker's AUC >= shared-bottom's on every task
+    (``<served>_auc_ge_shared_bottom``; the served architecture is ``_protocol.served_architecture``, MMoE
+    when absent). A target is ``met`` only when the lower bound of its bootstrap interval clears it (ratios:
+    lower bound >= target; AUC: lower bound of the served model minus shared-bottom >= 0). With fewer than
+    ``MIN_TEST_USERS`` test users nothing is judged: ``{"not_judged": reason}``."""
     users = retrieval["_protocol"]["test_users"]
     if users < MIN_TEST_USERS:
         return {"not_judged": f"only {users} test users (fewer than {MIN_TEST_USERS}): the intervals are too "
@@ -33,16 +34,44 @@ def targets(retrieval: dict, ranking: dict) -> dict:
         out[f"two_tower_recall@20_vs_{other}"] = {
             "ratio": ratio["ratio"], "ci95": ratio["ci"], "target": target, "met": lo is not None and lo >= target,
         }  # fmt: skip
-    mmoe, shared = ranking["mmoe"], ranking["shared_bottom"]
-    differences = ranking["_differences"]["mmoe-shared_bottom"]
-    aucs = [k for k in mmoe if k.startswith("auc_")]
-    out["mmoe_auc_ge_shared_bottom"] = {
+    served = ranking.get("_protocol", {}).get("served_architecture", "mmoe")
+    if served == "shared_bottom":
+        return out  # the baseline itself is served: there is no multi-task gain to judge
+    model, shared = ranking[served], ranking["shared_bottom"]
+    differences = ranking["_differences"][f"{served}-shared_bottom"]
+    aucs = [k for k in model if k.startswith("auc_")]
+    out[f"{served}_auc_ge_shared_bottom"] = {
         "per_task": {
-            k: {"mmoe": mmoe[k], "shared_bottom": shared[k], "difference_ci95": differences[k]} for k in aucs
+            k: {served: model[k], "shared_bottom": shared[k], "difference_ci95": differences[k]} for k in aucs
         },
         "met": all(differences[k][0] >= 0 for k in aucs),
     }
     return out
+
+
+def _gate_lines(gates: dict) -> list[str]:
+    """The expert-utilisation table of the gated rankers (validation window): per gate, the mean weight
+    of each expert it mixes, the mean per-row entropy against its maximum, and the entropy of the mean."""
+    if not gates:
+        return []
+    rows = next((g["rows"] for by_gate in gates.values() for g in by_gate.values()), 0)
+    lines = [
+        "",
+        f"Expert utilisation on {rows:,} validation impressions: mean gate weight per expert, mean per-row",
+        "gate entropy H (nats; Hmax = a uniform gate that does not route) and entropy of the mean weights",
+        "(low: every row sent to the same few experts).",
+        "",
+        "| model | gate | mean weight per expert | H | Hmax | H(mean) |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for model, by_gate in gates.items():
+        for gate, g in by_gate.items():
+            weights = ", ".join(f"{e} {w:.2f}" for e, w in zip(g["experts"], g["mean_weight"], strict=True))
+            lines.append(
+                f"| {model} | {gate} | {weights} | {g['mean_entropy']:.3f} | {g['max_entropy']:.3f} "
+                f"| {g['entropy_of_mean']:.3f} |"
+            )
+    return lines
 
 
 def _fmt(v) -> str:
@@ -117,11 +146,18 @@ def markdown(results: dict) -> str:
                 f"ALS picked on validation: factors={als['factors']}, regularization={als['regularization']}.",
             ]
         ranking = data["ranking"]
-        cols = [c for c in ranking["mmoe"] if c.startswith(("auc_", "logloss_", "rmse_"))]
-        lines += ["", f"Ranking on {ranking['_protocol']['test_impressions']:,} test impressions:", ""]
+        methods = [m for m in RANKING_METHODS if m in ranking]
+        served = ranking["_protocol"].get("served_architecture", "mmoe")
+        cols = [c for c in ranking[methods[0]] if c.startswith(("auc_", "logloss_", "rmse_"))]
+        lines += [
+            "",
+            f"Ranking on {ranking['_protocol']['test_impressions']:,} test impressions (served: {served}; the",
+            "others trained beside it with the same features, config and epochs):",
+            "",
+        ]
         lines.append("| model | " + " | ".join(cols) + " | train examples/s |")
         lines.append("|---|" + "---:|" * (len(cols) + 1))
-        for method in RANKING_METHODS:
+        for method in methods:
             row = ranking[method]
             lines.append(
                 f"| {method} | "
@@ -129,9 +165,13 @@ def markdown(results: dict) -> str:
                 + f" | {row['train_examples_per_s']:,.0f} |"
             )
         if "_differences" in ranking:
-            diff = ranking["_differences"]["mmoe-shared_bottom"]
-            lines += ["", f"MMoE minus shared-bottom AUC, 95 % bootstrap interval over {ranking['_protocol']['test_users']:,} "
-                      "test users: " + ", ".join(f"{k} [{lo:+.4f}, {hi:+.4f}]" for k, (lo, hi) in diff.items()) + "."]  # fmt: skip
+            lines += ["", f"AUC minus shared-bottom's, 95 % bootstrap intervals over {ranking['_protocol']['test_users']:,} "
+                      "test users (paired resamples):", ""]  # fmt: skip
+            for pair, diff in ranking["_differences"].items():
+                lines.append(
+                    f"- {pair}: " + ", ".join(f"{k} [{lo:+.4f}, {hi:+.4f}]" for k, (lo, hi) in diff.items())
+                )
+        lines += _gate_lines(ranking.get("_gates", {}))
         if "targets" in data:
             lines += ["", "Targets (met only when the 95 % interval's lower bound clears the target):", ""]
             for key, t in data["targets"].items():
@@ -177,13 +217,19 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
         1, len(results["datasets"]), figsize=(5 * len(results["datasets"]), 4), squeeze=False
     )
     for ax, (name, data) in zip(axes[0], results["datasets"].items(), strict=True):
-        tasks = [c for c in data["ranking"]["mmoe"] if c.startswith("auc_")]
-        x = range(len(tasks))
-        for i, method in enumerate(RANKING_METHODS):
+        methods = [m for m in RANKING_METHODS if m in data["ranking"]]
+        tasks = [c for c in data["ranking"][methods[0]] if c.startswith("auc_")]
+        x, width = range(len(tasks)), 0.8 / len(methods)
+        for i, method in enumerate(methods):
             ax.bar(
-                [v + 0.4 * i for v in x], [data["ranking"][method][t] for t in tasks], width=0.4, label=method
+                [v + width * i for v in x],
+                [data["ranking"][method][t] for t in tasks],
+                width=width,
+                label=method,
             )
-        ax.set_xticks([v + 0.2 for v in x], [t.removeprefix("auc_") for t in tasks])
+        ax.set_xticks(
+            [v + width * (len(methods) - 1) / 2 for v in x], [t.removeprefix("auc_") for t in tasks]
+        )
         ax.set_ylim(0.5, 1.0)
         ax.set_ylabel("AUC (test)")
         ax.set_title(name)

@@ -1,5 +1,6 @@
-"""The ranker's numpy forward (``ranker.npz`` written by ``Ranker.export``) against its SavedModel: both
-architectures, every output, 10k real feature rows; the user-side-once call; bad input; the backend switch."""
+"""The ranker's numpy forward (``ranker.npz`` written by ``Ranker.export``) against its SavedModel: every
+architecture (MMoE, shared-bottom, PLE with one and two levels), every output, 10k real feature rows; the
+user-side-once call; bad input; the backend switch."""
 
 from __future__ import annotations
 
@@ -26,16 +27,27 @@ TOLERANCE = 2e-6
 ROWS = 10_000
 
 
+# Trunks exported besides the session's MMoE, each trained one epoch here: name -> config overrides.
+TRAINED_HERE = {
+    "shared_bottom": {"architecture": "shared_bottom"},
+    "ple": {"architecture": "ple", "ple_levels": 2, "num_task_experts": 1, "num_shared_experts": 2},
+    "cgc": {"architecture": "ple", "ple_levels": 1, "num_task_experts": 2, "num_shared_experts": 1},
+}
+ARCHITECTURES = ["mmoe", *TRAINED_HERE]
+
+
 @pytest.fixture(scope="module")
 def exports(tiny_features, tiny_models, tmp_path_factory):
-    """Both architectures exported (SavedModel + npz): the session's trained MMoE, and a shared-bottom
-    model trained one epoch here on the same tiny features."""
+    """Every architecture exported (SavedModel + npz): the session's trained MMoE, and shared-bottom, PLE
+    (two levels) and CGC (PLE with one level) trained one epoch here on the same tiny features."""
     schema, train = feature_schema(tiny_features), tiny_features.read_split("train")
-    ranker = Ranker(schema, replace(TINY_RANKER, epochs=1), "shared_bottom")
-    ranker.fit(train)
-    folder = tmp_path_factory.mktemp("shared_bottom") / "ranker"
-    ranker.export(folder)
-    return {"mmoe": tiny_models.directory / "ranker", "shared_bottom": folder}
+    out = {"mmoe": tiny_models.directory / "ranker"}
+    for name, overrides in TRAINED_HERE.items():
+        ranker = Ranker(schema, replace(TINY_RANKER, epochs=1, **overrides))
+        ranker.fit(train)
+        out[name] = tmp_path_factory.mktemp(name) / "ranker"
+        ranker.export(out[name])
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +63,10 @@ def rows(tiny_features):
     return query_inputs(frame.sample(ROWS, random_state=0), RANKER_FEATURES)
 
 
-@pytest.mark.parametrize("architecture", ["mmoe", "shared_bottom"])
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_numpy_forward_matches_the_savedmodel_on_10k_rows(exports, saved, rows, architecture):
     forward = NumpyRanker(exports[architecture])
-    assert forward.architecture == architecture
+    assert forward.architecture == TRAINED_HERE.get(architecture, {}).get("architecture", architecture)
     expected, got = saved[architecture](rows), forward(rows)
     assert set(got) == set(expected) == {*RANKER_TASKS, "score"}
     for name in expected:
@@ -63,7 +75,7 @@ def test_numpy_forward_matches_the_savedmodel_on_10k_rows(exports, saved, rows, 
         assert diff <= TOLERANCE, (architecture, name, diff)
 
 
-@pytest.mark.parametrize("architecture", ["mmoe", "shared_bottom"])
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_user_side_once_equals_the_repeated_rows(exports, saved, rows, architecture):
     saved, forward = saved[architecture], NumpyRanker(exports[architecture])
     user = {name: rows[name][7:8] for name in QUERY_FEATURES}
