@@ -128,6 +128,7 @@ def evaluate(
     ``fresh`` or where missing): the results document of docs/RESULTS.json, less machine and command."""
     from reels.models.evaluation.offline import evaluate as evaluate_version
     from reels.models.evaluation.report import targets
+    from reels.models.evaluation.tradeoff import evaluate_tradeoff
 
     say = _say(progress)
     datasets, provenance = {}, {}
@@ -138,6 +139,10 @@ def evaluate(
         features, trained = train(config, source, say)
         say(f"{source}: evaluating version {trained.directory.name}")
         result = evaluate_version(features, trained, config.evaluation, config.ranker, say)
+        say(f"{source}: re-rank settings, recall vs coverage (validation choice, test report)")
+        result["tradeoff"] = evaluate_tradeoff(
+            features, trained, config.evaluation, config.ranker, say, serving=config.serving
+        )
         if source == "movielens":  # the targets are stated for MovieLens-100k only
             result["targets"] = targets(result["retrieval"], result["ranking"])
         manifest = features.manifest()

@@ -185,6 +185,10 @@ def markdown(results: dict) -> str:
                     )
                 else:
                     lines.append(f"- {key}: {'met' if t['met'] else 'NOT met'}")
+        if "tradeoff" in data:
+            from reels.models.evaluation.tradeoff import markdown as tradeoff_markdown
+
+            lines += ["", tradeoff_markdown(data["tradeoff"], name, Path("plots") / f"tradeoff_{name}.png")]
         lines += ["", f"![recall@K]({Path('plots') / f'recall_{name}.png'})", ""]
     lines += ["## Reproduce", "", "```bash", results["command"], "```", ""]
     lines += ["Seeds, data fingerprints and library versions are in `docs/RESULTS.json`.", ""]
@@ -213,6 +217,11 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+        if "tradeoff" in data:
+            from reels.models.evaluation.tradeoff import plot as tradeoff_plot
+
+            title = f"Diversity trade-off on {name}"
+            written.append(tradeoff_plot(data["tradeoff"], out_dir / f"tradeoff_{name}.png", title))
     fig, axes = plt.subplots(
         1, len(results["datasets"]), figsize=(5 * len(results["datasets"]), 4), squeeze=False
     )
