@@ -7,7 +7,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from reels.feature_store.settings import PASSWORD_ENV, PASSWORD_FILE_ENV, URL_ENV, RedisSettings, url_password
+from reels.feature_store.settings import (
+    PASSWORD_ENV,
+    PASSWORD_FILE_ENV,
+    URL_ENV,
+    RedisSettings,
+    StreamSettings,
+    url_password,
+)
 from reels.models.config import EvaluationConfig, IndexConfig, RankerConfig, RetrainConfig, TwoTowerConfig
 from reels.models.serving.config import ServingConfig
 from reels.models.serving.experiment import Experiment
@@ -56,8 +63,9 @@ class ServerConfig:
 
     redis_host: str = "127.0.0.1"
     redis_port: int = 6379
-    # redis://[user@]host:port/db, or rediss:// for TLS; replaces redis_host/redis_port when set, and
-    # $REELS_REDIS_URL replaces it. No password here: a URL in the config must not carry one.
+    # redis://[user@]host:port/db, or rediss:// for TLS; redis+cluster://host:port for a Redis Cluster;
+    # redis+sentinel://host:port[,host:port]/service_name[/db] for Sentinel; replaces redis_host/redis_port
+    # when set, and $REELS_REDIS_URL replaces it. No password here: a URL in the config must not carry one.
     redis_url: str = ""
     redis_ca_file: str = ""  # TLS (rediss://): the CA that signed the server's certificate
     redis_cert_file: str = ""  # TLS: a client certificate, for servers that ask for one
@@ -122,6 +130,7 @@ class Config:
     serving: ServingConfig = ServingConfig()
     experiment: Experiment = Experiment()
     server: ServerConfig = ServerConfig()
+    stream: StreamSettings = StreamSettings()  # the event stream's shards
     retrain: RetrainConfig = RetrainConfig()
 
     def split_days(self, source: str) -> tuple[int, int]:

@@ -247,10 +247,12 @@ def consume_events(
     to_offline: bool = True,
     claim_idle_ms: int = 10_000,
     metrics: IngestReporter | None = None,
+    owned_shards: list[int] | None = None,
 ) -> IngestStats:
     """Run one ingest worker of the consumer group on the configured Redis (`reels ingest`) for
     ``seconds`` (None: forever), or until the stream is drained; applied events also go to the source's
-    offline store unless ``to_offline`` is off. ``metrics``: where the worker reports (``IngestMetrics``)."""
+    offline store unless ``to_offline`` is off. ``metrics``: where the worker reports (``IngestMetrics``).
+    ``owned_shards``: which of the ``stream.shards`` shards it reads (None: all)."""
     from reels.feature_store.encoding import Vocabulary
     from reels.feature_store.ingest import IngestWorker
 
@@ -262,6 +264,7 @@ def consume_events(
             # No redis-py retries: the worker's own loop backs off and re-reads its pending messages.
             config.server.redis.store(timeout_s=2.0, retries=False), Vocabulary(features.workflow_dir, "video_id"),
             history_length, consumer=consumer, claim_idle_ms=claim_idle_ms, offline=offline, metrics=metrics,
+            shards=config.stream.shards, owned_shards=owned_shards,
         )  # fmt: skip
         return worker.run(seconds=seconds, idle_exit=drain)
 
@@ -280,7 +283,7 @@ def send_events(config: Config, source: str, count: int) -> int:
     recent["timestamp"] = now.tz_localize(None).floor("s")
     settings = config.server.redis
     with redis_errors("sending events"):
-        producer = EventProducer(settings.client(timeout_s=2.0), settings.prefix)
+        producer = EventProducer(settings.client(timeout_s=2.0), settings.prefix, shards=config.stream.shards)
         return len(producer.send(recent.to_dict("records")))
 
 

@@ -1,19 +1,28 @@
-"""Interaction events in real time: clients append to a Redis Stream; ``IngestWorker``s in one consumer
-group validate them, dead-letter the malformed ones, and apply the rest to the online features.
+"""Interaction events in real time: clients append to a Redis Stream (or to one of its shards);
+``IngestWorker``s in one consumer group per shard validate them, dead-letter the malformed ones, and apply
+the rest to the online features.
 
 Keys (``<p>`` = prefix, ``<ns>`` = the active namespace at apply time; braces are Redis Cluster hash tags,
 see ``reels.feature_store.layout``)::
 
     <p>:events                          STREAM  one entry per event, field ``event`` = the event as JSON
     <p>:events:dead                     STREAM  malformed events: ``event``, ``reason``, ``source_id``
+    <p>:events:{s<i>}                   STREAM  with ``stream.shards`` N > 1: shard i (users with
+    <p>:events:dead:{s<i>}              STREAM  ``user_id % N == i``) and its dead letters
+    <p>:events:shards                   STRING  N, as the workers read it
     <p>:applied:{u:<user>}:<event>      STRING  dedupe markers (TTL ``dedupe_ttl_s``), one per part of
     <p>:applied:{v:<video>}:<event>             an event, each in the slot of the keys its part updates
     <p>:applied:{trending}:<event>
     <p>:<ns>:counters:{v:<video>}       HASH    events / views / likes / completions / hides since the load
     <p>:trending:{trending}             ZSET    views per raw video id (streamed trending scores)
 
+Shards: each shard is a stream with its own consumer group ``ingest``; a worker owns a list of shards
+(all by default) and reads, claims, acknowledges, dead-letters and trims each on its own (a command's
+keys must share a hash slot on Redis Cluster, and each shard has a slot of its own). A user's events all
+go to one shard, so they are applied in the order they were sent; everything below holds per shard.
+
 Delivery is at-least-once (a message is acknowledged only after it was applied; a worker that dies
-leaves its messages pending, and ``claim_idle_ms`` later another worker claims them). Updates are
+leaves its messages pending, and ``claim_idle_ms`` later another worker of its shard claims them). Updates are
 idempotent: an event is applied in parts (its user's seen list and history; its video's counters; a
 view's trending score), each part by a Lua script call that sets the part's dedupe marker and applies
 its updates atomically, so a re-delivered event skips the parts already applied and no part is ever
@@ -39,7 +48,7 @@ are re-read once Redis is back.
 Metrics: a worker reports to an ``IngestReporter`` (a no-op unless given one); ``IngestMetrics`` is the
 Prometheus one that ``reels ingest --metrics-port`` serves (``reels_ingest_*``: messages by outcome,
 offline batches, Redis outages and reconnects, and the stream's length, lag and pending entries, read
-with ``XINFO GROUPS`` at most every ``stream_every_s``).
+with ``XINFO GROUPS`` at most every ``stream_every_s``: summed over the worker's shards, and per shard).
 
 Per event: the raw video id is appended to the user's seen list (so it — and a "not interested" hide —
 is excluded from the very next request), a viewed video's encoded id is pushed to the front of the
@@ -49,11 +58,13 @@ incremented.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,9 +76,10 @@ from redis.exceptions import NoScriptError, TryAgainError
 
 from reels.feature_store.encoding import Vocabulary
 from reels.feature_store.layout import user_record
+from reels.feature_store.settings import StreamSettings
 from reels.feature_store.store import UNAVAILABLE, OnlineStore
-from reels.feature_store.streams import GROUP, HIDE_CREATOR
-from reels.workflows.errors import InvalidInput
+from reels.feature_store.streams import GROUP, HIDE_CREATOR, hide_id
+from reels.workflows.errors import ConfigError, InvalidInput
 from reels.workflows.offline_store import OfflineStore, fault_point
 from reels.workflows.schema import EVENTS, HIDES, TABLES
 from reels.workflows.spec import HISTORY, MAX_RAW_ID
@@ -83,7 +95,8 @@ log = logging.getLogger(__name__)
 # marker, counters, tagged ``{v:<video>}``) bumps the video's counters; a view's trending part
 # (``TRENDING_PART``: marker, the trending ZSET, tagged ``{trending}``) bumps its trending score. On one
 # redis-server the three go together as one ``EVENT_PART`` (keys: the user part's marker, seen list, user
-# record, counters, trending ZSET): one marker per event, the whole event atomic. One script call applies a
+# record, counters; the trending ZSET is the call's last key, once for all): one marker per event, the
+# whole event atomic. One script call applies a
 # list of parts whose keys are all in KEYS, part after part; ARGV = ttl, history offset, history bytes,
 # seen-list bytes and the packed parts (PART_RECORD each). Per part: set its dedupe marker or skip it; a
 # part whose updates fail is unmarked and reported by its error message (the rest go on). Ids must stay
@@ -118,7 +131,7 @@ end
 local function apply_event(k, base, viewed, liked, completed, hidden)
   apply_user(KEYS[k + 1], KEYS[k + 2], base, viewed)
   apply_video(KEYS[k + 3], viewed, liked, completed, hidden)
-  if viewed == 1 then apply_trending(KEYS[k + 4], base) end
+  if viewed == 1 then apply_trending(KEYS[#KEYS], base) end
 end
 local k = 1
 for i = 0, #blob / 21 - 1 do
@@ -144,7 +157,7 @@ for i = 0, #blob / 21 - 1 do
   else
     out[i + 1] = 0
   end
-  k = k + (part == 0 and 5 or part == 1 and 3 or 2)
+  k = k + (part == 0 and 4 or part == 1 and 3 or 2)
 end
 return out
 """
@@ -187,7 +200,12 @@ class IngestReporter:
         """Redis answered again after failed tries."""
 
     def stream_state(self, length: int, dead_letters: int, groups: list[dict]) -> None:
-        """The event stream's length, the dead-letter stream's, and ``XINFO GROUPS`` of the stream."""
+        """The event stream's length, the dead-letter stream's, and ``XINFO GROUPS`` of the stream (summed
+        over the worker's shards: per group, ``pending`` and ``lag`` added up, ``lag`` None when a shard
+        cannot tell)."""
+
+    def shard_state(self, shard: int, length: int, dead_letters: int, groups: list[dict]) -> None:
+        """The same for one shard of the event stream."""
 
 
 class IngestMetrics(IngestReporter):
@@ -250,6 +268,22 @@ class IngestMetrics(IngestReporter):
             "reels_ingest_stream_pending", "Entries delivered to the group's consumers and not yet "
             "acknowledged", ["group"], registry=registry,
         )  # fmt: skip
+        self.shard_length = Gauge(
+            "reels_ingest_shard_length", "Entries in one shard of the event stream", ["shard"],
+            registry=registry,
+        )  # fmt: skip
+        self.shard_dead_letters = Gauge(
+            "reels_ingest_shard_dead_letter_length", "Entries in one shard's dead-letter stream", ["shard"],
+            registry=registry,
+        )  # fmt: skip
+        self.shard_lag = Gauge(
+            "reels_ingest_shard_lag", "Entries of one shard not yet delivered to its consumer group (NaN "
+            "when Redis cannot tell)", ["shard", "group"], registry=registry,
+        )  # fmt: skip
+        self.shard_pending = Gauge(
+            "reels_ingest_shard_pending", "Entries of one shard delivered to the group's consumers and not "
+            "yet acknowledged", ["shard", "group"], registry=registry,
+        )  # fmt: skip
         self.server = None
 
     def serve(self, port: int, address: str = "127.0.0.1") -> int:
@@ -296,18 +330,42 @@ class IngestMetrics(IngestReporter):
         self.length.set(length)
         self.dead_letters.set(dead_letters)
         for group in groups:
-            name = group["name"].decode() if isinstance(group["name"], bytes) else str(group["name"])
+            name = _text(group["name"])
             lag = group.get("lag")
             self.lag.labels(name).set(math.nan if lag is None else int(lag))
             self.pending.labels(name).set(int(group["pending"]))
+
+    def shard_state(self, shard: int, length: int, dead_letters: int, groups: list[dict]) -> None:
+        """Set one shard's gauges."""
+        label = str(shard)
+        self.shard_length.labels(label).set(length)
+        self.shard_dead_letters.labels(label).set(dead_letters)
+        for group in groups:
+            lag = group.get("lag")
+            self.shard_lag.labels(label, _text(group["name"])).set(math.nan if lag is None else int(lag))
+            self.shard_pending.labels(label, _text(group["name"])).set(int(group["pending"]))
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class StreamShard:
+    """One shard of the event stream, as a worker reads it: its number, its stream, its dead letters."""
+
+    index: int
+    stream: str
+    dead: str
 
 
 NO_REPORTS = IngestReporter()
 
 
 class IngestWorker:
-    """One consumer of group ``ingest`` on the event stream: validates, dead-letters, applies events to the
-    active namespace with the ``APPLY`` script and optionally appends them to the offline store."""
+    """One consumer of group ``ingest`` on the event stream's shards it owns: validates, dead-letters,
+    applies events to the active namespace with the ``APPLY`` script and optionally appends them to the
+    offline store."""
 
     trim_every_s = 5.0  # how often ``run`` trims acknowledged entries
     keep_s = 86_400.0  # acknowledged entries younger than this stay (live A/B reports read them)
@@ -329,10 +387,14 @@ class IngestWorker:
         max_deliveries: int = 3,
         offline: OfflineStore | None = None,
         metrics: IngestReporter | None = None,
+        shards: int = 1,
+        owned_shards: Sequence[int] | None = None,
     ):
         """``offline``: also append applied events to this offline store (one part per batch), so the
         next retraining sees them; acknowledged only once both are written. ``metrics``: where to report
-        (default: nowhere)."""
+        (default: nowhere). ``shards``: the event stream's shard count (``stream.shards``);
+        ``owned_shards``: the shards this worker reads (default: all). ``ConfigError`` when a shard does
+        not exist, or when the streams still hold events written with another shard count."""
         self.metrics = metrics or NO_REPORTS
         self.store = store
         self.offline = offline
@@ -348,60 +410,164 @@ class IngestWorker:
         self.max_deliveries = max_deliveries
         self._set_history_layout(history_length)  # until a namespace's own meta says otherwise
         self.keys = store.keys
-        self.stream, self.dead = store.keys.events, store.keys.dead_letters
         self.prefix = store.keys.prefix
+        self.shard_count = StreamSettings(shards).shards  # checks the range
+        owned = sorted(set(range(shards) if owned_shards is None else (int(i) for i in owned_shards)))
+        if not owned or not all(0 <= i < shards for i in owned):
+            raise ConfigError(
+                f"a worker owns shards among 0 to {shards - 1} (stream.shards {shards}), got {owned}"
+            )
+        self.shards = [
+            StreamShard(i, self.keys.event_stream(i, shards), self.keys.dead_letter_stream(i, shards))
+            for i in owned
+        ]
+        self._shard = {shard.index: shard for shard in self.shards}
+        self._turn = 0  # on Redis Cluster, the shard whose read waits next (``_read_new``)
         self._apply = self.client.register_script(APPLY)
         self._reread_own = False  # after a lost connection: re-read this consumer's own pending first
+        self._record_shard_count()
         self._create_group()
 
+    @property
+    def stream(self) -> str:
+        """The stream of this worker's first shard (the only one with ``stream.shards`` 1)."""
+        return self.shards[0].stream
+
+    @property
+    def dead(self) -> str:
+        """The dead letters of this worker's first shard."""
+        return self.shards[0].dead
+
+    def _record_shard_count(self) -> None:
+        """Record the shard count for producers and other workers (``Keys.event_shards``). Another count
+        recorded before is replaced only once the streams written with it are drained (every entry
+        delivered and acknowledged): changing it earlier would strand their events."""
+        key = self.keys.event_shards
+        if self.client.set(key, self.shard_count, nx=True):
+            return
+        recorded = int(self.client.get(key) or self.shard_count)
+        if recorded == self.shard_count:
+            return
+        waiting = [
+            stream
+            for stream in (self.keys.event_stream(i, recorded) for i in range(recorded))
+            if not self._drained(stream)
+        ]
+        if waiting:
+            raise ConfigError(
+                f"stream.shards is {self.shard_count} but the event stream was written with {recorded} "
+                f"shard(s) and {len(waiting)} of them still hold events not applied (e.g. {waiting[0]}): "
+                f"drain them with workers at stream.shards={recorded} (reels ingest --drain), then switch"
+            )
+        log.warning("event stream: %d shard(s) from now on (was %d, drained)", self.shard_count, recorded)
+        self.client.set(key, self.shard_count)
+
+    def _drained(self, stream: str) -> bool:
+        """Whether every entry of ``stream`` was delivered to and acknowledged by each of its groups (a
+        stream without groups: whether it is empty; no stream: drained)."""
+        if not self.client.exists(stream):
+            return True
+        groups = self.client.xinfo_groups(stream)
+        if not groups:
+            return int(self.client.xlen(stream)) == 0
+        last = _stream_id(self.client.xinfo_stream(stream)["last-generated-id"])
+        return all(
+            not group["pending"] and _stream_id(group["last-delivered-id"]) >= last for group in groups
+        )
+
     def _create_group(self) -> None:
-        """Create the consumer group (and the stream) unless it exists."""
-        try:
-            self.client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        """Create the consumer group (and the stream) of each owned shard unless it exists."""
+        for shard in self.shards:
+            try:
+                self.client.xgroup_create(shard.stream, GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     def step(self, block_ms: int = 200) -> IngestStats:
-        """Claim messages a dead consumer left pending, then read new ones; apply and acknowledge."""
+        """On each owned shard, claim messages a dead consumer left pending and read new ones (at most
+        ``batch`` each); apply and acknowledge them shard by shard."""
         stats = IngestStats()
-        own = []
+        taken: dict[int, list] = {shard.index: [] for shard in self.shards}
         if self._reread_own:  # what this worker read before the connection dropped: no wait for a claim
-            replies = self.client.xreadgroup(GROUP, self.consumer, {self.stream: "0"}, count=self.batch)
-            own = [(i, f) for _, entries in replies or [] for i, f in entries if f is not None]
-            self._reread_own = len(own) == self.batch
-        _, claimed, _ = self.client.xautoclaim(
-            self.stream,
-            GROUP,
-            self.consumer,
-            min_idle_time=self.claim_idle_ms,
-            start_id="0-0",
-            count=self.batch,
-        )
-        stats.claimed = len(claimed)
-        fresh = self.client.xreadgroup(
-            GROUP, self.consumer, {self.stream: ">"}, count=self.batch, block=block_ms
-        )
-        messages = {}  # by message id: a message both re-read and claimed is handled once
-        for message_id, fields in [*own, *claimed, *(e for _, entries in fresh or [] for e in entries)]:
-            messages.setdefault(message_id, fields)
-        self.process(list(messages.items()), stats)
+            full = False
+            for shard in self.shards:
+                replies = self.client.xreadgroup(GROUP, self.consumer, {shard.stream: "0"}, count=self.batch)
+                own = [(i, f) for _, entries in replies or [] for i, f in entries if f is not None]
+                taken[shard.index].extend(own)
+                full = full or len(own) == self.batch
+            self._reread_own = full
+        for shard in self.shards:
+            _, claimed, _ = self.client.xautoclaim(
+                shard.stream, GROUP, self.consumer, min_idle_time=self.claim_idle_ms, start_id="0-0",
+                count=self.batch,
+            )  # fmt: skip
+            taken[shard.index].extend(claimed)
+            stats.claimed += len(claimed)
+        for index, entries in self._read_new(block_ms).items():
+            taken[index].extend(entries)
+        for index, entries in taken.items():
+            messages = {}  # by message id: a message both re-read and claimed is handled once
+            for message_id, fields in entries:
+                messages.setdefault(message_id, fields)
+            if messages:
+                self.process(list(messages.items()), stats, index)
         return stats
 
-    def read_only(self, count: int) -> list:
-        """Read without processing — what a consumer that dies mid-batch leaves behind (tests use it)."""
-        fresh = self.client.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=count)
+    def _read_new(self, block_ms: int) -> dict[int, list]:
+        """New messages per owned shard. One redis-server: one XREADGROUP over every shard, waiting up to
+        ``block_ms`` for the first. Redis Cluster (a command's keys must share a slot): one read per
+        shard without waiting and, when none had anything, a wait of ``block_ms`` split by the shard
+        count on the next shard in turn (so a worker of several shards sees each new message within
+        about ``block_ms``; a worker per shard sees it at once)."""
+        by_stream = {shard.stream: shard.index for shard in self.shards}
+        if len(self.shards) == 1 or not self.store.cluster:
+            replies = self.client.xreadgroup(
+                GROUP, self.consumer, dict.fromkeys(by_stream, ">"), count=self.batch, block=block_ms
+            )
+        else:
+            replies = []
+            for shard in self.shards:
+                replies += (
+                    self.client.xreadgroup(GROUP, self.consumer, {shard.stream: ">"}, count=self.batch) or []
+                )
+            if block_ms and not any(entries for _, entries in replies):
+                shard = self.shards[self._turn % len(self.shards)]
+                self._turn += 1
+                wait_ms = max(1, block_ms // len(self.shards))
+                replies = self.client.xreadgroup(
+                    GROUP, self.consumer, {shard.stream: ">"}, count=self.batch, block=wait_ms
+                ) or []  # fmt: skip
+        fresh: dict[int, list] = {shard.index: [] for shard in self.shards}
+        for stream, entries in replies or []:
+            fresh[by_stream[_text(stream)]].extend(entries)
+        return fresh
+
+    def read_only(self, count: int, shard: int | None = None) -> list:
+        """Read without processing from ``shard`` (default: the first owned) — what a consumer that dies
+        mid-batch leaves behind (tests use it)."""
+        stream = self._owned(shard).stream
+        fresh = self.client.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=count)
         return [entry for _, entries in fresh or [] for entry in entries]
 
-    def process(self, messages: list, stats: IngestStats) -> None:
-        """Handle ``(message_id, fields)`` stream entries: hide-creator messages, then events (validated,
-        applied, appended offline), acknowledging each once handled; counts go into ``stats``."""
+    def _owned(self, shard: int | None) -> StreamShard:
+        if shard is None:
+            return self.shards[0]
+        if shard not in self._shard:
+            raise ValueError(f"this worker does not own shard {shard} (it owns {sorted(self._shard)})")
+        return self._shard[shard]
+
+    def process(self, messages: list, stats: IngestStats, shard: int | None = None) -> None:
+        """Handle ``(message_id, fields)`` entries of ``shard``'s stream (default: the first owned):
+        hide-creator messages, then events (validated, applied, appended offline), acknowledging each
+        once handled; counts go into ``stats``."""
+        owner = self._owned(shard)
         stats.read += len(messages)
         hides = [(i, f) for i, f in messages if HIDE_CREATOR.encode() in f]
         if hides:
-            self._hide_creators(hides, stats)
+            self._hide_creators(owner, hides, stats)
             messages = [(i, f) for i, f in messages if HIDE_CREATOR.encode() not in f]
-        good, good_ids = self.validated(messages, stats)
+        good, good_ids = self.validated(owner, messages, stats)
         if len(good):
             applied, failed = self._apply_isolating_failures(good, good_ids)
             fault_point("ingest:after_apply")
@@ -416,9 +582,10 @@ class IngestWorker:
             # Acknowledged only once Redis (and the offline store) have them.
             if done.any():
                 fault_point("ingest:before_ack")
-                self.client.xack(self.stream, GROUP, *[i for i, ok in zip(good_ids, done, strict=True) if ok])
+                acked = [i for i, ok in zip(good_ids, done, strict=True) if ok]
+                self.client.xack(owner.stream, GROUP, *acked)
             if failed:
-                self._retry_or_dead_letter(messages, failed, stats)
+                self._retry_or_dead_letter(owner, messages, failed, stats)
 
     def _apply_isolating_failures(self, events: pd.DataFrame, ids: list) -> tuple[np.ndarray, dict]:
         """Apply the batch in one script call. Returns (applied flags in ``ids`` order, failed message id
@@ -433,18 +600,21 @@ class IngestWorker:
         failed = {i: r[:300] for i, r in zip(ids, results, strict=True) if isinstance(r, str)}
         return np.array([r == 1 for r in results], dtype=bool), failed
 
-    def _retry_or_dead_letter(self, messages: list, failed: dict, stats: IngestStats) -> None:
+    def _retry_or_dead_letter(
+        self, shard: StreamShard, messages: list, failed: dict, stats: IngestStats
+    ) -> None:
         """Leave a message whose apply failed pending (claimed and retried after ``claim_idle_ms``) until
         it was delivered ``max_deliveries`` times, then dead-letter it: a message that always fails must
         not be handed back forever."""
         for message_id, reason in failed.items():
-            entry = self.client.xpending_range(self.stream, GROUP, min=message_id, max=message_id, count=1)
+            entry = self.client.xpending_range(shard.stream, GROUP, min=message_id, max=message_id, count=1)
             delivered = int(entry[0]["times_delivered"]) if entry else self.max_deliveries
             stats.failed_applies += 1
             if delivered < self.max_deliveries:
                 continue
             try:
                 self._dead(
+                    shard,
                     message_id,
                     fields_of(messages, message_id)[:4096],
                     f"apply failed {delivered} times: {reason}",
@@ -453,7 +623,7 @@ class IngestWorker:
             except redis.ResponseError as exc:  # e.g. out of memory: it stays pending, retried later
                 stats.reasons.append(f"could not dead-letter {message_id!r}: {exc}")
 
-    def _hide_creators(self, messages: list, stats: IngestStats) -> None:
+    def _hide_creators(self, shard: StreamShard, messages: list, stats: IngestStats) -> None:
         """Add each hidden creator to the user's set (read by the next request's feature transform) and,
         with an offline store, append the choice to its ``hides`` table (written once, like events)."""
         pipe = self.client.pipeline(transaction=False)
@@ -466,12 +636,13 @@ class IngestWorker:
                 if not (0 <= user <= MAX_RAW_ID and 0 <= creator <= MAX_RAW_ID):
                     raise ValueError("user_id and creator_id must be non-negative and below 2^53")
             except (ValueError, KeyError, TypeError, RecursionError) as exc:
-                self._dead(message_id, raw, f"bad hide_creator message: {exc}", stats)
+                self._dead(shard, message_id, raw, f"bad hide_creator message: {exc}", stats)
                 continue
             pipe.sadd(self.store.keys.hidden_creators(user), creator)
             done.append(message_id)
-            entry = message_id.decode() if isinstance(message_id, bytes) else str(message_id)
-            rows.append((entry, user, creator, pd.Timestamp(int(entry.partition("-")[0]), unit="ms")))
+            entry = _text(message_id)
+            when = pd.Timestamp(int(entry.partition("-")[0]), unit="ms")
+            rows.append((hide_id(entry, shard.index, self.shard_count), user, creator, when))
         if done:
             pipe.execute()
             fault_point("ingest:after_apply")
@@ -480,7 +651,7 @@ class IngestWorker:
                 markers = [self.keys.offline_marker(f"hide:{entry}") for entry in hides["hide_id"]]
                 self._append_offline(HIDES.name, hides, markers)
             fault_point("ingest:before_ack")
-            self.client.xack(self.stream, GROUP, *done)
+            self.client.xack(shard.stream, GROUP, *done)
             stats.applied += len(done)
 
     def _append_offline(self, table: str, rows: pd.DataFrame, markers: list[str]) -> None:
@@ -510,8 +681,9 @@ class IngestWorker:
         self.metrics.offline_batch(table, len(todo_rows))
         fault_point("ingest:after_offline")
 
-    def validated(self, messages: list, stats: IngestStats) -> tuple[pd.DataFrame, list]:
-        """Valid events and their message ids; invalid ones are dead-lettered (with the reason) and acked.
+    def validated(self, shard: StreamShard, messages: list, stats: IngestStats) -> tuple[pd.DataFrame, list]:
+        """Valid events of ``shard`` and their message ids; invalid ones are dead-lettered (with the
+        reason) and acked.
 
         The whole batch is validated at once (one frame); only when that fails is each event checked on
         its own to find the bad ones, so the common case costs one vectorised validation."""
@@ -525,7 +697,7 @@ class IngestWorker:
                 parsed.append(event)
                 ids.append(message_id)
             except (ValueError, RecursionError) as exc:  # RecursionError: a deeply nested poison pill
-                self._dead(message_id, raw[:4096], f"not a JSON event: {str(exc)[:200]}", stats)
+                self._dead(shard, message_id, raw[:4096], f"not a JSON event: {str(exc)[:200]}", stats)
         if not parsed:
             return pd.DataFrame(columns=EVENTS.names), []
         try:
@@ -539,7 +711,7 @@ class IngestWorker:
                 good_ids.append(message_id)
             except Exception as exc:  # noqa: BLE001 - any bad message is dead-lettered, never kills the worker
                 raw = fields_of(messages, message_id)
-                self._dead(message_id, raw[:4096], f"{type(exc).__name__}: {str(exc)[:500]}", stats)
+                self._dead(shard, message_id, raw[:4096], f"{type(exc).__name__}: {str(exc)[:500]}", stats)
         frame = pd.concat(good, ignore_index=True) if good else pd.DataFrame(columns=EVENTS.names)
         return frame, good_ids
 
@@ -551,12 +723,12 @@ class IngestWorker:
             frame["timestamp"] = pd.to_datetime(frame["timestamp"])
         return frame
 
-    def _dead(self, message_id, raw: bytes, reason: str, stats: IngestStats) -> None:
+    def _dead(self, shard: StreamShard, message_id, raw: bytes, reason: str, stats: IngestStats) -> None:
         self.client.xadd(
-            self.dead, {"event": raw, "reason": reason, "source_id": message_id},
+            shard.dead, {"event": raw, "reason": reason, "source_id": message_id},
             maxlen=self.dead_letter_limit, approximate=True,
         )  # fmt: skip
-        self.client.xack(self.stream, GROUP, message_id)
+        self.client.xack(shard.stream, GROUP, message_id)
         stats.dead_lettered += 1
         stats.reasons.append(reason)
 
@@ -574,9 +746,9 @@ class IngestWorker:
                 out[event] = 1
         return out
 
-    def parts(self, events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+    def parts(self, events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[tuple[bytes, ...]]]:
         """The parts of ``events`` (``PART_RECORD``s), the row of the event each belongs to, and each
-        part's KEYS (its dedupe marker first)."""
+        part's KEYS (its dedupe marker first; an ``EVENT_PART``'s trending key is added once per call)."""
         ns = self.store.namespace()
         n = len(events)
         event_ids, users, videos = (
@@ -603,29 +775,25 @@ class IngestWorker:
 
     def _part_keys(
         self, ns: str, event_ids: np.ndarray, users: np.ndarray, videos: np.ndarray, viewed: np.ndarray
-    ) -> list[list[str]]:
-        """The KEYS of each part, in the order of ``parts``' parts (the marker first)."""
-        keys, trending = self.keys, self.keys.trending
-        events = list(zip(event_ids.tolist(), users.tolist(), videos.tolist(), strict=True))
+    ) -> list[tuple[bytes, ...]]:
+        """The KEYS of each part, in the order of ``parts``' parts (the marker first), built a key kind
+        at a time (``Keys.applied_keys`` and co.: a 2,000-event batch needs 8,000 to 14,000 keys)."""
+        keys = self.keys
+        ids = event_ids.tolist()
+        user_tags, video_tags = keys.user_tags(users.tolist()), keys.video_tags(videos.tolist())
+        seen, records = keys.seen_keys(ns, user_tags), keys.user_keys(ns, user_tags)
+        counters = keys.counters_keys(ns, video_tags)
         if not self.store.cluster:
-            return [
-                [
-                    keys.applied(e, keys.user_tag(u)),
-                    keys.seen(ns, u),
-                    keys.user(ns, u),
-                    keys.counters(ns, v),
-                    trending,
-                ]
-                for e, u, v in events
-            ]
-        user_parts = [
-            [keys.applied(e, keys.user_tag(u)), keys.seen(ns, u), keys.user(ns, u)] for e, u, _ in events
+            return list(zip(keys.applied_keys(ids, user_tags), seen, records, counters, strict=True))
+        views = event_ids[viewed].tolist()
+        trending_tags = [keys.TRENDING_TAG.encode()] * len(views)
+        return [
+            *zip(keys.applied_keys(ids, user_tags), seen, records, strict=True),
+            *zip(keys.applied_keys(ids, video_tags), counters, strict=True),
+            *zip(keys.applied_keys(views, trending_tags), [keys.trending.encode()] * len(views), strict=True),
         ]
-        video_parts = [[keys.applied(e, keys.video_tag(v)), keys.counters(ns, v)] for e, _, v in events]
-        trending_parts = [[keys.applied(e, keys.TRENDING_TAG), trending] for e in event_ids[viewed].tolist()]
-        return user_parts + video_parts + trending_parts
 
-    def _run_parts(self, parts: np.ndarray, keys: list[list[str]]) -> list[int | str]:
+    def _run_parts(self, parts: np.ndarray, keys: list[tuple[bytes, ...]]) -> list[int | str]:
         """Run the ``APPLY`` script over ``parts``: one call on a single server (atomic, as one batch
         always was); on Redis Cluster one call per hash slot, sent per node (one round trip per node,
         ``_run_per_node``). Returns each part's result in input order."""
@@ -635,17 +803,19 @@ class IngestWorker:
         else:
             by_slot: dict[int, list[int]] = {}
             for i, part_keys in enumerate(keys):
-                by_slot.setdefault(key_slot(part_keys[0].encode()), []).append(i)
+                by_slot.setdefault(key_slot(part_keys[0]), []).append(i)
             groups = [np.array(members) for members in by_slot.values()]
         if len(groups) == 1:
-            flat = [key for part_keys in keys for key in part_keys]
+            flat = [*itertools.chain.from_iterable(keys)]
+            if not self.store.cluster:
+                flat.append(self.keys.trending.encode())  # every EVENT_PART's trending ZSET
             replies = [self._apply(keys=flat, args=[*head, parts.tobytes()])]
         else:
             commands, routing = [], []
             for group in groups:
                 flat = [key for i in group.tolist() for key in keys[i]]
                 commands.append(("EVALSHA", self._apply.sha, len(flat), *flat, *head, parts[group].tobytes()))
-                routing.append(flat[0])
+                routing.append(flat[0].decode())
             replies = self._run_per_node(commands, routing, reloaded=False)
         results: list[int | str] = [0] * len(parts)
         for group, reply in zip(groups, replies, strict=True):
@@ -762,38 +932,58 @@ class IngestWorker:
         return total
 
     def observe_stream(self) -> None:
-        """Report the event stream's length, the dead-letter stream's and every group's lag and pending
-        entries (one round trip)."""
+        """Report each owned shard's length, its dead letters' and every group's lag and pending entries,
+        and their sums over the shards (one pipeline)."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.xlen(self.stream)
-        pipe.xlen(self.dead)
-        pipe.xinfo_groups(self.stream)
+        for shard in self.shards:
+            pipe.xlen(shard.stream)
+            pipe.xlen(shard.dead)
+            pipe.xinfo_groups(shard.stream)
         try:
-            length, dead_letters, groups = pipe.execute()
+            replies = pipe.execute()
         except redis.ResponseError as exc:  # e.g. the stream is gone (Redis restarted empty): next time
             log.debug("ingest %s: no stream state (%s)", self.consumer, exc)
             return
-        self.metrics.stream_state(int(length), int(dead_letters), list(groups))
+        total_length = total_dead = 0
+        totals: dict[str, dict] = {}  # per group: pending and lag summed over the shards
+        for i, shard in enumerate(self.shards):
+            length, dead_letters, groups = replies[3 * i : 3 * i + 3]
+            self.metrics.shard_state(shard.index, int(length), int(dead_letters), list(groups))
+            total_length += int(length)
+            total_dead += int(dead_letters)
+            for group in groups:
+                total = totals.setdefault(
+                    _text(group["name"]), {"name": _text(group["name"]), "pending": 0, "lag": 0}
+                )
+                total["pending"] += int(group["pending"])
+                lag = group.get("lag")
+                total["lag"] = None if lag is None or total["lag"] is None else total["lag"] + int(lag)
+        self.metrics.stream_state(total_length, total_dead, list(totals.values()))
 
     def _recreate_group(self) -> None:
-        """The group is gone (Redis came back without its data): create it again, if Redis answers."""
+        """The group is gone (Redis came back without its data): record the shard count and create the
+        groups again, if Redis answers."""
         try:
+            self._record_shard_count()
             self._create_group()
         except UNAVAILABLE:
             pass  # still down: the next try of the loop tells
 
     def trim_acknowledged(self) -> int:
-        """Drop stream entries that every consumer group has acknowledged and that are older than
-        ``keep_s`` (``XTRIM MINID``): the stream stays bounded, an event not applied yet is never dropped,
-        and a day of events stays readable for live A/B reports. Returns how many entries went."""
+        """Drop entries of each owned shard that every consumer group has acknowledged and that are older
+        than ``keep_s`` (``XTRIM MINID``): the streams stay bounded, an event not applied yet is never
+        dropped, and a day of events stays readable for live A/B reports. Returns how many entries went."""
+        return sum(self._trim(shard.stream) for shard in self.shards)
+
+    def _trim(self, stream: str) -> int:
         floor = _stream_id(f"{int((time.time() - self.keep_s) * 1000)}-0")
-        for group in self.client.xinfo_groups(self.stream):
-            pending = self.client.xpending(self.stream, group["name"])
+        for group in self.client.xinfo_groups(stream):
+            pending = self.client.xpending(stream, group["name"])
             oldest = pending["min"] if pending["pending"] else group["last-delivered-id"]
             floor = min(floor, _stream_id(oldest))
         if floor == (0, 0):
             return 0
-        return int(self.client.xtrim(self.stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))
+        return int(self.client.xtrim(stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))
 
 
 def _checked_ids(events: pd.DataFrame) -> pd.DataFrame:

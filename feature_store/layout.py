@@ -20,7 +20,13 @@ braces is literal: a Redis Cluster hash tag, so every key with the same tag live
                                                load's, and the next activation removes it
     <prefix>:events                    STREAM  interaction events (field ``event``) and hide-creator
                                                messages (field ``hide_creator``), consumer group ``ingest``
+                                               (one shard, ``stream.shards: 1``, the default)
+    <prefix>:events:{s<i>[.<k>]}       STREAM  shard ``i`` of the events when ``stream.shards`` is N > 1:
+                                               a user's events go to shard ``user_id % N``
+                                               (``shard_tag``)
     <prefix>:events:dead               STREAM  dead-lettered messages: ``event``, ``reason``, ``source_id``
+    <prefix>:events:dead:{s<i>[.<k>]}          (per shard when N > 1)
+    <prefix>:events:shards             STRING  the shard count the ingest workers read (N)
     <prefix>:applied:{u:<user>}:<event>   STRING  dedupe marker of an event's user part (TTL)
     <prefix>:applied:{v:<video>}:<event>  STRING  dedupe marker of an event's video part (TTL)
     <prefix>:applied:{trending}:<event>   STRING  dedupe marker of a view's trending part (TTL)
@@ -30,11 +36,13 @@ braces is literal: a Redis Cluster hash tag, so every key with the same tag live
     <prefix>:trending:{trending}       ZSET    views per raw video id (streamed trending scores)
     <prefix>:exposures                 STREAM  one entry per served feed (field ``exposure``, JSON)
 
-Hash tags exist for the ingest script only (a Lua script's keys must share one slot on Redis Cluster): the
+Hash tags exist for the ingest script (a Lua script's keys must share one slot on Redis Cluster): the
 user part of an event touches its marker, seen list and user record (tag ``{u:<user>}``), the video part
 its marker and the video's counters (``{v:<video>}``), the trending part its marker and the trending ZSET
-(``{trending}``). On one redis-server the tags are ordinary characters. Every other key is read or
-written on its own (or by commands redis-py splits per slot), so it needs no tag.
+(``{trending}``). The event stream's shards carry a tag each (``shard_tag``) that puts shard i of N in
+the i-th of N equal ranges of the 16,384 slots, so they spread over the primaries of a cluster whose
+slots were split evenly (as ``redis-cli --cluster create`` does). On one redis-server the tags are ordinary characters. Every other key is
+read or written on its own (or by commands redis-py splits per slot), so it needs no tag.
 
 Records are fixed-layout little-endian numpy structured records (``dtype.tobytes()``), so one ``MGET``
 of a user and 500 videos decodes with a single ``np.frombuffer`` per kind: no per-field parsing. Field
@@ -43,6 +51,10 @@ names and order come from the feature spec (``reels.workflows.spec``) and the va
 """
 
 from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -76,6 +88,22 @@ VIDEO_RECORD = np.dtype(
 SEEN_DTYPE = np.dtype("<i8")
 
 
+@functools.cache
+def shard_tag(shard: int, shards: int) -> str:
+    """The hash tag of event stream shard ``shard`` of ``shards``: ``{s<shard>}``, or ``{s<shard>.<k>}``
+    with the smallest k that puts it in the shard-th of ``shards`` equal ranges of the cluster's slots
+    (plain ``{s0}`` and ``{s1}`` hash to the same third of the slots: one primary of three for both)."""
+    from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot  # here: `reels config` must not import redis
+
+    low = shard * REDIS_CLUSTER_HASH_SLOTS // shards
+    high = (shard + 1) * REDIS_CLUSTER_HASH_SLOTS // shards
+    for k in itertools.count():
+        tag = f"s{shard}" if k == 0 else f"s{shard}.{k}"
+        if low <= key_slot(tag.encode()) < high:
+            return f"{{{tag}}}"
+    raise AssertionError("unreachable: itertools.count() never ends")
+
+
 class Keys:
     """Every Redis key of reels, built in one place (the table in the module docstring)."""
 
@@ -95,6 +123,35 @@ class Keys:
         return f"{{v:{raw_video_id}}}"
 
     TRENDING_TAG = "{trending}"
+
+    # Vectorised forms of the ingest keys (the names of ``applied``, ``seen``, ``user`` and ``counters``,
+    # as bytes): one C-level map per key kind instead of one f-string per key, for a batch of thousands.
+    @staticmethod
+    def user_tags(raw_user_ids: Iterable[int]) -> list[bytes]:
+        """``user_tag`` of each id."""
+        return list(map(b"{u:%d}".__mod__, raw_user_ids))
+
+    @staticmethod
+    def video_tags(raw_video_ids: Iterable[int]) -> list[bytes]:
+        """``video_tag`` of each id."""
+        return list(map(b"{v:%d}".__mod__, raw_video_ids))
+
+    def applied_keys(self, event_ids: Iterable[int], tags: Iterable[bytes]) -> list[bytes]:
+        """``applied`` of each (event id, tag) pair."""
+        template = self.prefix.encode().replace(b"%", b"%%") + b":applied:%b:%d"
+        return list(map(template.__mod__, zip(tags, event_ids, strict=True)))
+
+    def seen_keys(self, ns: str, user_tags: Iterable[bytes]) -> list[bytes]:
+        """``seen`` of each user, from ``user_tags``."""
+        return list(map(f"{self.prefix}:{ns}:seen:".encode().__add__, user_tags))
+
+    def user_keys(self, ns: str, user_tags: Iterable[bytes]) -> list[bytes]:
+        """``user`` of each user, from ``user_tags``."""
+        return list(map(f"{self.prefix}:{ns}:user:".encode().__add__, user_tags))
+
+    def counters_keys(self, ns: str, video_tags: Iterable[bytes]) -> list[bytes]:
+        """``counters`` of each video, from ``video_tags``."""
+        return list(map(f"{self.prefix}:{ns}:counters:".encode().__add__, video_tags))
 
     @property
     def active(self) -> str:
@@ -151,13 +208,28 @@ class Keys:
 
     @property
     def events(self) -> str:
-        """The event stream clients write to."""
+        """The event stream clients write to when it has one shard (``event_stream(0, 1)``)."""
         return f"{self.prefix}:events"
 
     @property
     def dead_letters(self) -> str:
-        """Messages the ingest workers could not apply."""
+        """Messages the ingest workers could not apply, with one shard (``dead_letter_stream(0, 1)``)."""
         return f"{self.prefix}:events:dead"
+
+    def event_stream(self, shard: int, shards: int) -> str:
+        """Shard ``shard`` of ``shards`` event streams: the single stream's name with one shard (so a
+        deployment that never sharded keeps its stream), else ``<prefix>:events:<shard_tag>``."""
+        return self.events if shards == 1 else f"{self.prefix}:events:{shard_tag(shard, shards)}"
+
+    def dead_letter_stream(self, shard: int, shards: int) -> str:
+        """The dead letters of shard ``shard`` of ``shards`` (in the slot of its stream)."""
+        return self.dead_letters if shards == 1 else f"{self.prefix}:events:dead:{shard_tag(shard, shards)}"
+
+    @property
+    def event_shards(self) -> str:
+        """The shard count the ingest workers read: producers and workers configured otherwise refuse to
+        start rather than write to, or read from, streams nobody else uses."""
+        return f"{self.prefix}:events:shards"
 
     def applied(self, event_id: int, tag: str) -> str:
         """Dedupe marker of one part of an applied event, in the slot of ``tag`` (``user_tag``,

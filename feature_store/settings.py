@@ -1,6 +1,7 @@
 """How to reach the online store (``RedisSettings``): a host and port, or a ``redis://`` / ``rediss://``
 (TLS) URL, with an optional ACL username; ``redis+cluster://`` / ``rediss+cluster://`` (or ``cluster=True``)
-name any node of a Redis Cluster. Secrets (the password) come from the environment or a file and
+name any node of a Redis Cluster; ``redis+sentinel://`` / ``rediss+sentinel://`` name Redis Sentinels and
+the service whose primary they track. The event stream's layout (``StreamSettings``). Secrets (the password) come from the environment or a file and
 never reach release specs, logs or ``repr``. Cheap to import: redis-py is imported on use."""
 
 from __future__ import annotations
@@ -25,10 +26,47 @@ USERNAME_ENV = "REELS_REDIS_USERNAME"
 CA_FILE_ENV = "REELS_REDIS_CA_FILE"
 CERT_FILE_ENV = "REELS_REDIS_CERT_FILE"
 KEY_FILE_ENV = "REELS_REDIS_KEY_FILE"
-SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
+SENTINEL_PASSWORD_ENV = "REELS_REDIS_SENTINEL_PASSWORD"  # noqa: S105 - the Sentinels' own, if they have one
+SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel")
 CLUSTER_SUFFIX = "+cluster"
+SENTINEL_SUFFIX = "+sentinel"
 MASK = "***"
 DEFAULT_PORT = 6379
+DEFAULT_SENTINEL_PORT = 26379
+
+
+def _sentinel_address(url: str) -> tuple[tuple[tuple[str, int], ...], str, int]:
+    """The Sentinels (host, port), the service name and the db of a ``redis+sentinel://`` URL:
+    ``redis+sentinel://[user@]host[:port][,host[:port]...]/service_name[/db]``."""
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    sentinels = []
+    for item in hosts.split(","):
+        address = urlsplit(f"//{item.strip()}")  # also parses [::1]:26379
+        try:
+            port = address.port or DEFAULT_SENTINEL_PORT
+        except ValueError:
+            raise ValueError(f"bad Sentinel port {item!r} in the Redis URL {redacted(url)}") from None
+        if not address.hostname:
+            raise ValueError(f"the Redis URL {redacted(url)} names an empty Sentinel address")
+        sentinels.append((address.hostname, port))
+    service, _, db = parts.path.strip("/").partition("/")
+    if not service:
+        raise ValueError(
+            f"the Redis URL {redacted(url)} names no service: redis+sentinel://host:port[,host:port]/service_name"
+        )
+    try:
+        return tuple(sentinels), unquote(service), int(db or 0)
+    except ValueError:
+        raise ValueError(f"bad db in the Redis URL {redacted(url)}") from None
+
+
+def _address(url: str) -> tuple[str | None, int]:
+    """The (host, port) a URL names first: its server, or its first Sentinel."""
+    if urlsplit(url).scheme.endswith(SENTINEL_SUFFIX):
+        return _sentinel_address(url)[0][0]
+    parts = urlsplit(url)
+    return parts.hostname, parts.port or DEFAULT_PORT
 
 
 def url_password(url: str) -> str | None:
@@ -60,6 +98,50 @@ def redacted(url: str) -> str:
     return _safe_url(url, MASK)
 
 
+MAX_STREAM_SHARDS = 256  # far more than primaries; each shard costs a consumer group and a read per step
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """The event stream's layout (config section ``stream``). ``shards``: how many streams the events are
+    spread over; 1 (the default) is the single ``<prefix>:events`` stream. With N > 1 a user's events go to
+    shard ``user_id % N`` (so they stay in order), each shard is a stream of its own
+    (``<prefix>:events:{s<i>}``, hash-tagged so that the shards spread over a Redis Cluster's primaries) with
+    its own consumer group and dead letters, and each ingest worker reads the shards it owns. N is fixed
+    for a deployment: the workers refuse another N until the streams written with the old one are
+    drained."""
+
+    shards: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.shards <= MAX_STREAM_SHARDS:
+            raise ValueError(f"stream.shards must be between 1 and {MAX_STREAM_SHARDS}, got {self.shards}")
+
+    def shard_of(self, user_id: int) -> int:
+        """The shard of a user's events."""
+        return int(user_id) % self.shards
+
+    def owned(self, spec: str | None) -> list[int]:
+        """The shards named by ``spec`` (``"0,2"``, ``"0-3"``, ``"1,4-5"``; None or ``""``: all), sorted;
+        ``ValueError`` for a malformed list or a shard that does not exist."""
+        if not spec:
+            return list(range(self.shards))
+        owned: set[int] = set()
+        for item in spec.split(","):
+            first, dash, last = item.strip().partition("-")
+            try:
+                low, high = int(first), int(last if dash else first)
+            except ValueError:
+                raise ValueError(f"shards are numbers or ranges such as 0,2 or 0-3 (got {spec!r})") from None
+            if not 0 <= low <= high < self.shards:
+                raise ValueError(
+                    f"shard {item.strip()!r} does not exist: stream.shards is {self.shards} "
+                    f"(shards 0 to {self.shards - 1})"
+                )
+            owned.update(range(low, high + 1))
+        return sorted(owned)
+
+
 @dataclass(frozen=True)
 class RedisSettings:
     """Where the online store lives and how to authenticate.
@@ -74,7 +156,14 @@ class RedisSettings:
     ``$REELS_REDIS_PASSWORD_FILE``, else ``$REELS_REDIS_URL`` when that names the same host and port. The
     ACL username: ``username``, else the URL's, else ``$REELS_REDIS_USERNAME``. TLS files (``rediss://``
     only): the fields, else ``$REELS_REDIS_CA_FILE`` / ``_CERT_FILE`` / ``_KEY_FILE``. ``as_spec()`` (what
-    release specs store) and ``repr`` leave the password out."""
+    release specs store) and ``repr`` leave the password out.
+
+    Sentinel: ``redis+sentinel://[user@]host:port[,host:port...]/service_name[/db]`` (``rediss+sentinel://``:
+    TLS to the Sentinels and the primary) names the Sentinels (port 26379 unless given) that track the
+    primary of ``service_name``; ``host``/``port`` are then the first Sentinel's. The client asks them for
+    the current primary and asks again after a failover (``Sentinel.master_for``). The username and
+    password above are the primary's; Sentinels that require a password of their own find it in
+    ``$REELS_REDIS_SENTINEL_PASSWORD``."""
 
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
@@ -87,21 +176,33 @@ class RedisSettings:
     cert_file: str | None = None  # client certificate, for servers that require one
     key_file: str | None = None  # its private key (a path, not the key)
     cluster: bool = False  # a Redis Cluster node (set by a ``+cluster`` URL scheme)
+    # Set from a ``+sentinel`` URL: the Sentinels' addresses and the service whose primary they track.
+    sentinels: tuple[tuple[str, int], ...] = field(default=(), init=False)
+    service_name: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if self.url:
             parts = urlsplit(self.url)
             if parts.scheme not in SCHEMES:
                 raise ValueError(
-                    "a Redis URL starts with redis:// or rediss:// (TLS), or redis+cluster:// or "
-                    f"rediss+cluster:// for a Redis Cluster (got {parts.scheme or '?'}://)"
+                    "a Redis URL starts with redis:// or rediss:// (TLS), redis+cluster:// or "
+                    "rediss+cluster:// for a Redis Cluster, or redis+sentinel:// or rediss+sentinel:// for "
+                    f"Redis Sentinel (got {parts.scheme or '?'}://)"
                 )
-            if not parts.hostname:
-                raise ValueError(f"the Redis URL {redacted(self.url)} names no host")
             if any("password" in key.lower() for key, _ in parse_qsl(parts.query)):
                 raise ValueError(
                     f"pass secrets through ${PASSWORD_ENV} or ${PASSWORD_FILE_ENV}, not URL options"
                 )
+            if parts.scheme.endswith(SENTINEL_SUFFIX):
+                if self.cluster:
+                    raise ValueError("a Redis URL names Sentinels or a Redis Cluster, not both")
+                sentinels, service, db = _sentinel_address(self.url)
+                for name, value in (("sentinels", sentinels), ("service_name", service), ("db", db),
+                                    ("host", sentinels[0][0]), ("port", sentinels[0][1])):  # fmt: skip
+                    object.__setattr__(self, name, value)
+                return
+            if not parts.hostname:
+                raise ValueError(f"the Redis URL {redacted(self.url)} names no host")
             try:
                 port = parts.port or DEFAULT_PORT
                 db = int(parts.path.strip("/") or 0)
@@ -154,8 +255,11 @@ class RedisSettings:
         # holds the URL with its password: use it only for the server that URL names.
         env_url = os.environ.get(URL_ENV)
         if env_url and url_password(env_url):
-            parts = urlsplit(env_url)
-            if (parts.hostname, parts.port or DEFAULT_PORT) == (self.host, self.port):
+            try:
+                same = _address(env_url) == (self.host, self.port)
+            except ValueError:  # a malformed URL names no server of ours
+                return None
+            if same:
                 return url_password(env_url)
         return None
 
@@ -185,7 +289,11 @@ class RedisSettings:
             # redis-py's own URL parser (query options such as ?ssl_cert_reqs= included); the credentials,
             # files and timeouts below take precedence over what the URL says.
             scheme, _, rest = self.url.partition("://")
-            options = parse_url(f"{scheme.removesuffix(CLUSTER_SUFFIX)}://{rest}")
+            if self.sentinels:  # one address and the db, as redis-py's parser expects them
+                rest = f"{self.host}:{self.port}/{self.db}?{urlsplit(self.url).query}"
+            options = parse_url(
+                f"{scheme.removesuffix(CLUSTER_SUFFIX).removesuffix(SENTINEL_SUFFIX)}://{rest}"
+            )
             options.pop("password", None)
             options.pop("username", None)
             if options.pop("connection_class", None) is SSLConnection:
@@ -198,6 +306,8 @@ class RedisSettings:
         )  # fmt: skip
         if not retries:
             kwargs["retry"] = Retry(NoBackoff(), 0)
+        if self.sentinels:
+            return self._sentinel_client(kwargs, timeout_s)
         if self.cluster:
             from redis.cluster import RedisCluster
 
@@ -205,6 +315,20 @@ class RedisSettings:
             kwargs.pop("health_check_interval", None)
             return RedisCluster(**kwargs)
         return redis.Redis(**kwargs)
+
+    def _sentinel_client(self, kwargs: dict, timeout_s: float) -> redis.Redis:
+        """A client of the primary the Sentinels name for ``service_name`` (``kwargs``: the primary's
+        connection settings); it asks them again when a connection to the old primary fails."""
+        from redis.sentinel import Sentinel
+
+        kwargs = {key: value for key, value in kwargs.items() if key not in ("host", "port")}
+        sentinel_kwargs: dict = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+        if os.environ.get(SENTINEL_PASSWORD_ENV):
+            sentinel_kwargs["password"] = os.environ[SENTINEL_PASSWORD_ENV]
+        if kwargs.get("ssl"):
+            sentinel_kwargs.update(ssl=True, **self.tls_files())
+        sentinel = Sentinel(list(self.sentinels), sentinel_kwargs=sentinel_kwargs, **kwargs)
+        return sentinel.master_for(self.service_name)
 
     def store(self, timeout_s: float = 0.5, retries: bool = True, **kwargs) -> OnlineStore:
         """An ``OnlineStore`` over a new client (``kwargs`` go to ``OnlineStore``)."""

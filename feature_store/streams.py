@@ -17,14 +17,25 @@ import pandas as pd
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import SentinelConnectionPool
 
 from reels.feature_store.breaker import CircuitBreaker
 from reels.feature_store.layout import DEFAULT_PREFIX, Keys
+from reels.feature_store.settings import StreamSettings
+from reels.workflows.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 GROUP = "ingest"
 HIDE_CREATOR = "hide_creator"  # stream field of a hide-creator message (interaction events use "event")
+
+
+def hide_id(entry_id: bytes | str, shard: int, shards: int) -> str:
+    """The key of a hide-creator message in the offline store's ``hides`` table: its stream entry id
+    (``1767225600000-0``), prefixed with its shard when there are several (``3:1767225600000-0``: entry ids
+    are unique within one stream only)."""
+    entry = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    return entry if shards == 1 else f"{shard}:{entry}"
 
 
 def _event_json(event: dict) -> str:
@@ -34,33 +45,82 @@ def _event_json(event: dict) -> str:
 
 
 class EventProducer:
-    """What a client (or the simulator) uses to send interaction events."""
+    """What a client (or the simulator) uses to send interaction events.
 
-    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, maxlen: int | None = None):
+    With ``shards`` > 1 (``stream.shards``) each event goes to the stream of its user's shard
+    (``user_id % shards``), so one user's events stay in order on one stream; an event without a usable
+    ``user_id`` goes to shard 0, where the ingest workers dead-letter it as they do any malformed event.
+    The first send checks the shard count the ingest workers recorded (``Keys.event_shards``) and raises
+    ``ConfigError`` when it differs: events sent there would wait on streams no worker reads."""
+
+    def __init__(
+        self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, maxlen: int | None = None, shards: int = 1
+    ):
         """``maxlen``: trim the stream on every send (None, the default: the ingest workers trim only
         what every group acknowledged, so an event not applied yet is never dropped)."""
         self.client = client
-        self.stream = Keys(prefix).events
+        self.keys = Keys(prefix)
+        self.layout = StreamSettings(shards)
+        self.streams = [self.keys.event_stream(i, shards) for i in range(shards)]
         self.maxlen = maxlen
+        self._checked = False
+
+    @property
+    def stream(self) -> str:
+        """The event stream, when there is one shard (else ``stream_of``)."""
+        if len(self.streams) > 1:
+            raise ValueError(
+                f"the events are spread over {len(self.streams)} streams: use stream_of(user_id)"
+            )
+        return self.streams[0]
+
+    def stream_of(self, user_id: int) -> str:
+        """The stream a user's events and hide-creator messages go to."""
+        return self.streams[self.layout.shard_of(user_id)]
 
     def send(self, events: list[dict]) -> list[bytes]:
         """XADD each raw event (``schema.EVENTS`` fields; timestamps sent as strings) as JSON in field
-        ``event``, in one pipeline; returns the stream entry ids in input order."""
+        ``event`` to its user's shard, in one pipeline; returns the stream entry ids in input order (ids
+        are ordered within a shard, not across shards)."""
+        self._check_shards()
         pipe = self.client.pipeline(transaction=False)
         for event in events:
             pipe.xadd(
-                self.stream, {"event": _event_json(event)}, maxlen=self.maxlen, approximate=bool(self.maxlen)
-            )
+                self._stream_of_event(event), {"event": _event_json(event)}, maxlen=self.maxlen,
+                approximate=bool(self.maxlen),
+            )  # fmt: skip
         return pipe.execute()
 
     def hide_creator(self, user_id: int, creator_id: int) -> bytes:
         """ "Don't show me this creator": not an impression, so not an event; a message of its own on the
-        same stream, applied as a SADD (idempotent, so re-delivery is harmless) and, by a worker with an
-        offline store, appended once to its ``hides`` table keyed by the returned stream entry id."""
+        user's stream, applied as a SADD (idempotent, so re-delivery is harmless) and, by a worker with an
+        offline store, appended once to its ``hides`` table keyed by ``hide_id`` of the returned stream
+        entry id (the entry id itself with one shard)."""
+        self._check_shards()
         body = json.dumps({"user_id": int(user_id), "creator_id": int(creator_id), "timestamp": time.time()})
         return self.client.xadd(
-            self.stream, {HIDE_CREATOR: body}, maxlen=self.maxlen, approximate=bool(self.maxlen)
+            self.stream_of(user_id), {HIDE_CREATOR: body}, maxlen=self.maxlen, approximate=bool(self.maxlen)
         )
+
+    def _stream_of_event(self, event: dict) -> str:
+        if len(self.streams) == 1:
+            return self.streams[0]
+        try:
+            return self.stream_of(int(event["user_id"]))
+        except (KeyError, TypeError, ValueError, OverflowError):
+            return self.streams[0]  # malformed: the worker of shard 0 dead-letters it with the reason
+
+    def _check_shards(self) -> None:
+        """Once per producer: refuse to send when the workers read another number of shards."""
+        if self._checked:
+            return
+        recorded = self.client.get(self.keys.event_shards)
+        if recorded is not None and int(recorded) != len(self.streams):
+            raise ConfigError(
+                f"this producer spreads events over {len(self.streams)} stream shard(s) but the ingest "
+                f"workers read {int(recorded)}: set stream.shards to {int(recorded)}"
+            )
+        self._checked = True
 
 
 @dataclass
@@ -120,11 +180,14 @@ class ExposureLog:
 
 
 def _without_retries(client: redis.Redis) -> redis.Redis:
-    """A client to the same server whose commands fail at once instead of retrying with backoff (a
-    Redis Cluster client is used as it is: serving builds it without retries, ``RedisSettings.client``)."""
+    """A client to the same server (or the same Sentinel-tracked primary) whose commands fail at once
+    instead of retrying with backoff (a Redis Cluster client is used as it is: serving builds it without
+    retries, ``RedisSettings.client``)."""
     if isinstance(client, redis.RedisCluster):
         return client
     pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):  # the same primary, found through the same Sentinels
+        return pool.sentinel_manager.master_for(pool.service_name, retry=Retry(NoBackoff(), 0))
     kwargs = dict(pool.connection_kwargs, retry=Retry(NoBackoff(), 0))
     return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
 
@@ -135,8 +198,26 @@ def read_exposures(client: redis.Redis, prefix: str = DEFAULT_PREFIX, chunk: int
     return explode_exposures(read_stream_json(client, Keys(prefix).exposures, "exposure", chunk))
 
 
+def recorded_shards(client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> int:
+    """The event stream's shard count as the ingest workers recorded it (1 when none did)."""
+    recorded = client.get(Keys(prefix).event_shards)
+    return int(recorded) if recorded is not None else 1
+
+
+def read_event_streams(client: redis.Redis, prefix: str = DEFAULT_PREFIX, chunk: int = 5_000) -> list[dict]:
+    """Every interaction event still on the event stream, every shard of it (as many as the workers
+    recorded), each shard oldest first, shard after shard; hide-creator messages left out."""
+    keys = Keys(prefix)
+    shards = recorded_shards(client, prefix)
+    rows: list[dict] = []
+    for shard in range(shards):
+        rows.extend(read_stream_json(client, keys.event_stream(shard, shards), "event", chunk))
+    return rows
+
+
 def read_stream_json(client: redis.Redis, stream: str, field: str, chunk: int = 5_000) -> list[dict]:
-    """Every entry of ``stream`` (oldest first), its JSON ``field`` decoded, read ``chunk`` at a time."""
+    """Every entry of ``stream`` (oldest first) that has ``field``, that field's JSON decoded, read
+    ``chunk`` at a time (entries without it, e.g. hide-creator messages on the event stream, are skipped)."""
     last, rows = "-", []
     while True:
         entries = client.xrange(stream, min=last, max="+", count=chunk)
@@ -144,7 +225,9 @@ def read_stream_json(client: redis.Redis, stream: str, field: str, chunk: int = 
             entries = entries[1:]  # XRANGE's min is inclusive
         if not entries:
             return rows
-        rows.extend(json.loads(fields_[field.encode()]) for _, fields_ in entries)
+        rows.extend(
+            json.loads(fields_[field.encode()]) for _, fields_ in entries if field.encode() in fields_
+        )
         last = entries[-1][0].decode()
 
 

@@ -103,7 +103,12 @@ HIDES = Table(
     key="hide_id",
     partition_time="timestamp",
     columns=(
-        Column("hide_id", "string", "stream entry id of the hide message, e.g. 1767225600000-0"),
+        Column(
+            "hide_id",
+            "string",
+            "stream entry id of the hide message, e.g. 1767225600000-0 (with a "
+            "sharded event stream, prefixed with its shard: 3:1767225600000-0)",
+        ),
         Column("user_id", "int", "raw user id", min_value=0),
         Column("creator_id", "int", "raw creator id the user hid", min_value=0),
         Column("timestamp", "timestamp", "when the event stream accepted the message (UTC)"),

@@ -27,6 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--claim-idle-ms", type=int, default=10_000, help="claim messages a dead worker left pending"
     )
     p.add_argument(
+        "--own-shards",
+        default="",
+        metavar="LIST",
+        help="the event stream shards this worker reads, e.g. 0,2 or 0-3 (default: all of stream.shards)",
+    )
+    p.add_argument(
         "--metrics-port",
         type=int,
         default=None,
@@ -53,12 +59,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Run one ingest worker and print its counts (Redis unreachable at the start: exit 4; once running,
-    the worker waits out a Redis outage, retrying with backoff). With ``--metrics-port``, its metrics are
-    served over HTTP while it runs."""
+    the worker waits out a Redis outage, retrying with backoff; a bad ``--own-shards``, or a shard count the
+    streams were not written with: exit 2). With ``--metrics-port``, its metrics are served over HTTP while
+    it runs."""
     from reels.deploy import jobs
     from reels.feature_store.ingest import IngestMetrics
+    from reels.workflows.errors import InvalidInput
 
     config = load_config(args)
+    try:
+        owned = config.stream.owned(args.own_shards)
+    except ValueError as exc:
+        raise InvalidInput(f"--own-shards: {exc}") from None
     metrics = None
     if args.metrics_port is not None:
         metrics = IngestMetrics()
@@ -75,6 +87,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             to_offline=not args.no_offline,
             claim_idle_ms=args.claim_idle_ms,
             metrics=metrics,
+            owned_shards=owned,
         )
     finally:
         if metrics is not None:

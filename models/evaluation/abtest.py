@@ -28,9 +28,9 @@ import pandas as pd
 import redis
 from scipy import stats
 
-from reels.feature_store.layout import DEFAULT_PREFIX, Keys
+from reels.feature_store.layout import DEFAULT_PREFIX
 from reels.feature_store.store import OnlineStore
-from reels.feature_store.streams import EventProducer, read_exposures, read_stream_json
+from reels.feature_store.streams import EventProducer, read_event_streams, read_exposures
 from reels.models.serving.config import ServingConfig
 from reels.models.serving.experiment import Experiment
 from reels.models.serving.request import Request
@@ -126,8 +126,8 @@ def simulate(
 
 
 def read_events(client: redis.Redis, prefix: str = DEFAULT_PREFIX, chunk: int = 5_000) -> pd.DataFrame:
-    """The event stream (``{prefix}:events``, field ``event`` = JSON) as a frame."""
-    frame = pd.DataFrame(read_stream_json(client, Keys(prefix).events, "event", chunk))
+    """The event stream (``{prefix}:events``, or every shard of it; field ``event`` = JSON) as a frame."""
+    frame = pd.DataFrame(read_event_streams(client, prefix, chunk))
     if len(frame):
         frame["timestamp"] = pd.to_datetime(frame["timestamp"])
     return frame

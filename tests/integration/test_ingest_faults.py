@@ -20,14 +20,14 @@ from reels.deploy.redis_server import RedisServer, free_port
 from reels.feature_store.encoding import Vocabulary
 from reels.feature_store.ingest import IngestStats, IngestWorker
 from reels.feature_store.store import OnlineStore
-from reels.feature_store.streams import EventProducer
+from reels.feature_store.streams import EventProducer, hide_id
 from reels.workflows.errors import NotFound
 from reels.workflows.offline_store import OfflineStore
 
 HISTORY_LENGTH = 5  # TINY_FEATURES
 
 # One ingest worker over the real Redis and offline store: argv = port, workflow dir, offline root,
-# consumer name, seconds to run ("drain": until the stream is drained).
+# consumer name, seconds to run ("drain": until the stream is drained), the event stream's shard count.
 WORKER = """
 import sys
 import redis
@@ -36,7 +36,7 @@ from reels.feature_store.ingest import IngestStats, IngestWorker
 from reels.feature_store.store import OnlineStore
 from reels.workflows.offline_store import OfflineStore
 
-port, workflow, offline, consumer, seconds = sys.argv[1:]
+port, workflow, offline, consumer, seconds, shards = sys.argv[1:]
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 # No redis-py retries (as `reels ingest` runs it): an outage reaches the worker's own backoff at once
@@ -46,7 +46,7 @@ client = redis.Redis(
 )
 worker = IngestWorker(
     OnlineStore(client, namespace_ttl_s=0.0), Vocabulary(workflow, "video_id"), 5, consumer=consumer,
-    offline=OfflineStore(offline), claim_idle_ms=100,
+    offline=OfflineStore(offline), claim_idle_ms=100, shards=int(shards),
 )
 worker.reconnect_max_s = 1.0
 stats = worker.run(seconds=None if seconds == "drain" else float(seconds), idle_exit=seconds == "drain")
@@ -55,10 +55,17 @@ print(stats, flush=True)
 
 
 def _worker(
-    port: int, tiny_features, offline: OfflineStore, consumer: str, seconds: str, log, fault: str = ""
+    port: int,
+    tiny_features,
+    offline: OfflineStore,
+    consumer: str,
+    seconds: str,
+    log,
+    fault: str = "",
+    shards: int = 1,
 ):
     env = dict(os.environ, REELS_FAULT=fault)
-    argv = [str(port), str(tiny_features.workflow_dir), str(offline.root), consumer, seconds]
+    argv = [str(port), str(tiny_features.workflow_dir), str(offline.root), consumer, seconds, str(shards)]
     return subprocess.Popen(
         [sys.executable, "-c", WORKER, *argv], env=env, stdout=log, stderr=subprocess.STDOUT
     )
@@ -100,20 +107,42 @@ def _offline_hides(offline: OfflineStore) -> pd.DataFrame:
 def test_a_worker_killed_in_a_crash_window_is_resumed_exactly_once(
     loaded_store, redis_server, tiny_features, tiny_store, tmp_path, fault, kind
 ):
+    _killed_and_resumed(
+        loaded_store, redis_server, tiny_features, tiny_store, tmp_path, fault, kind, shards=1
+    )
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind"), [("ingest:after_apply", "events"), ("ingest:before_ack", "hides")]
+)
+def test_a_worker_of_two_shards_killed_in_a_crash_window_is_resumed_exactly_once(
+    loaded_store, redis_server, tiny_features, tiny_store, tmp_path, fault, kind
+):
+    """Killed while handling its first shard's batch, after reading both shards': the other shard's
+    messages are pending with the dead worker too, and are claimed and applied once."""
+    _killed_and_resumed(
+        loaded_store, redis_server, tiny_features, tiny_store, tmp_path, fault, kind, shards=2
+    )
+
+
+def _killed_and_resumed(loaded_store, redis_server, tiny_features, tiny_store, tmp_path, fault, kind, shards):
     offline = OfflineStore(tmp_path / "offline")
-    producer = EventProducer(loaded_store.client)
+    producer = EventProducer(loaded_store.client, shards=shards)
+    pending = lambda: sum(loaded_store.client.xpending(s, "ingest")["pending"] for s in producer.streams)  # noqa: E731
     batch = _events(tiny_store, 30, start_id=20 * 10**9)
-    users = [int(e["user_id"]) for e in batch[:5]]
+    other_parity = next(int(e["user_id"]) for e in batch if (e["user_id"] - batch[0]["user_id"]) % 2)
+    users = [int(e["user_id"]) for e in batch[:4]] + [other_parity]  # on both shards of two
     if kind == "events":
         sent = producer.send(batch)
     else:
         sent = [producer.hide_creator(user, 40 + i) for i, user in enumerate(users)]
+    assert all(loaded_store.client.xlen(stream) for stream in producer.streams)  # every shard has work
 
     with (tmp_path / "doomed.log").open("wb") as log:
-        doomed = _worker(redis_server.port, tiny_features, offline, "doomed", "drain", log, fault=fault)
+        doomed = _worker(redis_server.port, tiny_features, offline, "doomed", "drain", log, fault, shards)
         assert doomed.wait(timeout=180) == -signal.SIGKILL, (tmp_path / "doomed.log").read_text()[-3000:]
     # Killed before acknowledging anything: every message is still pending with the dead consumer.
-    assert loaded_store.client.xpending(producer.stream, "ingest")["pending"] == len(sent)
+    assert pending() == len(sent)
     committed = fault in ("ingest:after_offline", "ingest:before_ack")
     if kind == "events":
         assert _offline_events(offline) == (sorted(e["event_id"] for e in batch) if committed else [])
@@ -121,11 +150,12 @@ def test_a_worker_killed_in_a_crash_window_is_resumed_exactly_once(
     time.sleep(0.2)  # past the restarted worker's claim_idle_ms
     vocabulary = Vocabulary(tiny_features.workflow_dir, "video_id")
     survivor = IngestWorker(
-        loaded_store, vocabulary, HISTORY_LENGTH, consumer="survivor", claim_idle_ms=100, offline=offline
-    )
+        loaded_store, vocabulary, HISTORY_LENGTH, consumer="survivor", claim_idle_ms=100, offline=offline,
+        shards=shards,
+    )  # fmt: skip
     stats = survivor.run(idle_exit=True)
     assert stats.claimed == len(sent)
-    assert loaded_store.client.xpending(producer.stream, "ingest")["pending"] == 0
+    assert pending() == 0
     assert set(offline.files("events") + offline.files("hides")) == {
         *(offline.root / "events").rglob("part-*.parquet"),
         *(offline.root / "hides").rglob("part-*.parquet"),
@@ -138,7 +168,10 @@ def test_a_worker_killed_in_a_crash_window_is_resumed_exactly_once(
         for i, user in enumerate(users):
             assert 40 + i in set(loaded_store.hidden_creators(user))
         hides = _offline_hides(offline)
-        assert sorted(hides["hide_id"]) == sorted(entry.decode() for entry in sent)
+        shard_of = producer.layout.shard_of
+        assert sorted(hides["hide_id"]) == sorted(
+            hide_id(entry, shard_of(user), shards) for entry, user in zip(sent, users, strict=True)
+        )
         assert sorted(zip(hides["user_id"], hides["creator_id"], strict=True)) == sorted(
             (user, 40 + i) for i, user in enumerate(users)
         )

@@ -131,7 +131,7 @@ def test_events_apply_once_per_part_across_slots(online, tiny_features, tiny_sto
     user, video = int(late["user_id"]), int(late["video_id"])
     owner, parts, keys = worker.parts(worker._frame([late]))
     assert len(owner) == 3  # a view: user, video and trending parts
-    assert all(len({key_slot(k.encode()) for k in part_keys}) == 1 for part_keys in keys)  # one slot each
+    assert all(len({key_slot(k) for k in part_keys}) == 1 for part_keys in keys)  # one slot each
     seen_before = len(online.read_user(user)[1])
     views_before = int(online.client.hget(online.keys.counters(ns, video), "views") or 0)
     assert worker._run_parts(parts[:1], keys[:1]) == [1]  # the user part only
@@ -147,6 +147,37 @@ def test_events_apply_once_per_part_across_slots(online, tiny_features, tiny_sto
     assert not any(online.client.script_exists(worker._apply.sha))
     producer.send(_events(tiny_store, 30, start_id=5 * 10**9))
     assert worker.run(idle_exit=True).applied == 30
+
+
+def test_two_event_shards_on_two_primaries_apply_each_event_once(online, tiny_features, tiny_store, cluster):
+    batch = _events(tiny_store, 40, start_id=6 * 10**9)
+    producer = EventProducer(online.client, shards=2)
+    owners = {cluster.client().get_node_from_key(stream).name for stream in producer.streams}
+    assert len(owners) == 2  # the shards' tags put them on different primaries
+    vocabulary = Vocabulary(tiny_features.workflow_dir, "video_id")
+    workers = [
+        IngestWorker(
+            online, vocabulary, HISTORY_LENGTH, consumer=f"shard-{i}", batch=50, shards=2, owned_shards=[i]
+        )
+        for i in (0, 1)
+    ]
+    producer.send(batch + batch[:5])
+    stats = [worker.run(idle_exit=True) for worker in workers]
+    expected = [sum(e["user_id"] % 2 == i for e in batch + batch[:5]) for i in (0, 1)]
+    assert [s.read for s in stats] == expected and all(s.read for s in stats)
+    assert sum(s.applied for s in stats) == 40 and sum(s.duplicates for s in stats) == 5
+    ns = online.namespace()
+    counted = sum(
+        int(online.client.hget(online.keys.counters(ns, v), "events") or 0)
+        for v in {e["video_id"] for e in batch}
+    )
+    assert counted == 40
+    # One worker of both shards: one read per shard (no cross-slot XREADGROUP), waits in turn.
+    later = _events(tiny_store, 20, start_id=7 * 10**9)
+    producer.send(later)
+    both = IngestWorker(online, vocabulary, HISTORY_LENGTH, consumer="both", batch=50, shards=2)
+    assert both.run(idle_exit=True).applied == 20
+    assert all(online.client.xpending(stream, "ingest")["pending"] == 0 for stream in producer.streams)
 
 
 def test_a_killed_primary_is_replaced_and_reads_and_ingest_come_back(

@@ -1,6 +1,7 @@
 """Events -> Redis Stream -> online features, against a real redis-server: exactly-once effects under
 re-delivery, duplicates ignored, malformed events dead-lettered, hides effective on the next read."""
 
+import json
 import time
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from reels.feature_store.encoding import Vocabulary
 from reels.feature_store.ingest import IngestStats, IngestWorker
-from reels.feature_store.streams import EventProducer
+from reels.feature_store.streams import EventProducer, read_event_streams
 from reels.workflows.spec import HISTORY
 
 HISTORY_LENGTH = 5  # TINY_FEATURES
@@ -133,3 +134,87 @@ def test_hide_creator_messages_are_applied_and_bad_ones_dead_lettered(online, ti
     # Namespace-independent: a reload of the features keeps what the user hid.
     online.load(tiny_features)
     assert list(online.hidden_creators(user)) == [17]
+
+
+def _counted(online, batch) -> int:
+    ns = online.namespace()
+    return sum(
+        int(online.client.hget(online.keys.counters(ns, v), "events") or 0)
+        for v in {e["video_id"] for e in batch}
+    )
+
+
+def test_two_shards_keep_each_users_events_on_one_shard_and_apply_each_once(
+    online, tiny_features, tiny_store
+):
+    from reels.feature_store.ingest import IngestMetrics
+
+    batch = events(tiny_store, 60, start_id=7 * 10**9)
+    assert len({e["user_id"] % 2 for e in batch}) == 2  # both shards get events
+    vocabulary = Vocabulary(tiny_features.workflow_dir, "video_id")
+    first = IngestWorker(
+        online, vocabulary, HISTORY_LENGTH, consumer="s0", batch=50, shards=2, owned_shards=[0]
+    )
+    producer = EventProducer(online.client, shards=2)
+    producer.send(batch + batch[:6])
+    for shard, stream in enumerate(producer.streams):  # each user on one shard, in the order sent
+        sent = [json.loads(fields[b"event"])["event_id"] for _, fields in online.client.xrange(stream)]
+        assert sent == [e["event_id"] for e in batch + batch[:6] if e["user_id"] % 2 == shard]
+    producer.hide_creator(int(batch[1]["user_id"]), 17)
+    live = read_event_streams(online.client)  # what live A/B reports read: every shard, hides left out
+    assert sorted(e["event_id"] for e in live) == sorted(e["event_id"] for e in batch + batch[:6])
+    producer.client.xadd(producer.streams[1], {"event": b"not json"})
+
+    # A worker of shard 1 dies mid-batch after applying part of what it read.
+    doomed = IngestWorker(
+        online, vocabulary, HISTORY_LENGTH, consumer="s1-doomed", shards=2, owned_shards=[1]
+    )
+    taken = doomed.read_only(20, shard=1)
+    doomed.process(taken[:8], IngestStats(), shard=1)
+    time.sleep(0.05)
+    on_shard_0 = sum(e["user_id"] % 2 == 0 for e in [*batch, *batch[:6], batch[1]])  # events and the hide
+    assert first.run(idle_exit=True).read == on_shard_0
+    assert online.client.xpending(producer.streams[0], "ingest")["pending"] == 0
+    assert online.client.xpending(producer.streams[1], "ingest")["pending"] > 0  # not shard 0's to claim
+
+    metrics = IngestMetrics()
+    both = IngestWorker(
+        online,
+        vocabulary,
+        HISTORY_LENGTH,
+        consumer="both",
+        batch=50,
+        claim_idle_ms=10,
+        shards=2,
+        metrics=metrics,
+    )
+    total = both.run(idle_exit=True)
+    assert _counted(online, batch) == 60  # every event once, across both shards and the dead consumer
+    assert total.claimed == 12  # what the dead consumer read and never acknowledged
+    assert list(online.hidden_creators(int(batch[1]["user_id"]))) == [17]
+    assert total.dead_lettered == 1 and online.client.xlen(online.keys.dead_letter_stream(1, 2)) == 1
+    assert online.client.xlen(online.keys.dead_letter_stream(0, 2)) == 0
+    sample = metrics.registry.get_sample_value
+    lengths = [sample("reels_ingest_shard_length", {"shard": str(i)}) for i in (0, 1)]
+    assert sum(lengths) == sample("reels_ingest_stream_length") == 60 + 6 + 1 + 1
+    assert sample("reels_ingest_shard_pending", {"shard": "1", "group": "ingest"}) == 0
+    assert sample("reels_ingest_shard_dead_letter_length", {"shard": "1"}) == 1
+
+
+def test_the_shard_count_changes_only_once_the_old_streams_are_drained(online, tiny_features, tiny_store):
+    from reels.workflows.errors import ConfigError
+
+    vocabulary = Vocabulary(tiny_features.workflow_dir, "video_id")
+    single = IngestWorker(online, vocabulary, HISTORY_LENGTH, consumer="one")  # records 1 shard
+    EventProducer(online.client).send(events(tiny_store, 10, start_id=8 * 10**9))
+    with pytest.raises(ConfigError, match="stream.shards=1"):
+        IngestWorker(online, vocabulary, HISTORY_LENGTH, consumer="two", shards=2)
+    with pytest.raises(ConfigError, match="workers read 1"):
+        EventProducer(online.client, shards=2).send(events(tiny_store, 1, start_id=8 * 10**9 + 50))
+    assert single.run(idle_exit=True).applied == 10
+    IngestWorker(
+        online, vocabulary, HISTORY_LENGTH, consumer="two", shards=2
+    )  # drained: the switch is allowed
+    assert int(online.client.get(online.keys.event_shards)) == 2
+    with pytest.raises(ConfigError, match="set stream.shards to 2"):
+        EventProducer(online.client).send(events(tiny_store, 1, start_id=8 * 10**9 + 60))

@@ -53,3 +53,20 @@ def test_a_cluster_has_only_db_0():
         RedisSettings(url="redis+cluster://node:7000/2")
     with pytest.raises(ValueError, match="redis\\+cluster://"):
         RedisSettings(url="cluster://node:7000")
+
+
+def test_the_vectorised_ingest_keys_are_the_same_keys():
+    keys = Keys("my%app")  # a "%" in the prefix must not be taken for a format
+    users, videos, events = [0, 7, 2**53 - 1], [3, 3, 10**12], [11, 12, 13]
+    user_tags, video_tags = keys.user_tags(users), keys.video_tags(videos)
+    assert [t.decode() for t in user_tags] == [keys.user_tag(u) for u in users]
+    assert keys.applied_keys(events, user_tags) == [
+        keys.applied(e, keys.user_tag(u)).encode() for e, u in zip(events, users, strict=True)
+    ]
+    assert (
+        keys.applied_keys(events, [keys.TRENDING_TAG.encode()] * 3)[0]
+        == keys.applied(11, "{trending}").encode()
+    )
+    assert keys.seen_keys("v2", user_tags) == [keys.seen("v2", u).encode() for u in users]
+    assert keys.user_keys("v2", user_tags) == [keys.user("v2", u).encode() for u in users]
+    assert keys.counters_keys("v2", video_tags) == [keys.counters("v2", v).encode() for v in videos]
