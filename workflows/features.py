@@ -183,6 +183,13 @@ def _float32(col, _frame=None):
     return col.astype("float32")
 
 
+def _rates_as_continuous() -> ops.LambdaOp:
+    # The smoothed rates are already in [0, 1] and need no scaling, but without the CONTINUOUS tag (which
+    # Normalize adds for the other continuous columns) Merlin Models' input blocks skip them and the
+    # ranker's exported signature would type them as int64 ids.
+    return ops.LambdaOp(_float32, dtype=np.float32, tags=[Tags.CONTINUOUS])
+
+
 def _log_standardise(columns: tuple[str, ...]):
     return list(columns) >> ops.LogOp() >> ops.Normalize(out_dtype=np.float32)
 
@@ -212,7 +219,7 @@ def build_workflow(
                 _log_standardise(("user_event_count",))
                 + (
                     ["user_like_rate", "user_completion_rate", "user_watch_fraction"]
-                    >> ops.LambdaOp(_float32, dtype=np.float32)
+                    >> _rates_as_continuous()
                 )
             )
             >> ops.TagAsUserFeatures()
@@ -237,7 +244,7 @@ def build_workflow(
                 _log_standardise(("duration", "video_view_count"))
                 + (
                     ["video_like_rate", "video_completion_rate", "video_watch_fraction"]
-                    >> ops.LambdaOp(_float32, dtype=np.float32)
+                    >> _rates_as_continuous()
                 )
             )
             >> ops.TagAsItemFeatures()

@@ -13,6 +13,7 @@ from reels.models.config import IndexConfig
 from reels.models.evaluation.offline import build_queries
 from reels.models.index import build_and_measure, load_index
 from reels.models.ranker import ExportedRanker
+from reels.models.ranker_numpy import NumpyRanker
 from reels.models.registry import check_manifest
 from reels.models.two_tower import QueryTower, query_inputs
 from tests.conftest import TINY_RANKER, TINY_TWO_TOWER
@@ -82,6 +83,28 @@ def test_exported_ranker_reproduces_the_trained_one(trained, tiny_features):
         np.testing.assert_allclose(exported[key], in_memory[key], rtol=1e-5, atol=1e-6)
     expected = sum(w * in_memory[t] for t, w in RK.score_weights.items())
     np.testing.assert_allclose(exported["score"], expected, rtol=1e-5)
+
+
+def test_models_read_the_rate_features(trained, tiny_features):
+    # The smoothed like/completion/watch rates must reach both models as float32 inputs: changing them
+    # changes the ranker's predictions and the towers' embeddings.
+    rows = tiny_features.read_split("test").head(64)
+    user_rates = ["user_like_rate", "user_completion_rate", "user_watch_fraction"]
+    video_rates = ["video_like_rate", "video_completion_rate", "video_watch_fraction"]
+    flipped = rows.assign(**{c: (1.0 - rows[c]).astype(np.float32) for c in user_rates + video_rates})
+    before, after = trained.ranker.predict(rows), trained.ranker.predict(flipped)
+    for task in ("view", "liked", "completed", "watch_fraction"):
+        assert np.abs(before[task] - after[task]).max() > 1e-4, task
+    exported = ExportedRanker(trained.directory / "ranker")
+    assert {exported.inputs[c].dtype.name for c in user_rates + video_rates} == {"float32"}
+    served = NumpyRanker(trained.directory / "ranker")  # the serving default reads them too
+    served_before = served(query_inputs(rows, served.inputs))["score"]
+    served_after = served(query_inputs(flipped, served.inputs))["score"]
+    np.testing.assert_allclose(served_after, after["score"], rtol=1e-4, atol=1e-5)
+    assert np.abs(served_before - served_after).max() > 1e-4
+    tower = trained.two_tower
+    assert np.abs(tower.query_embeddings(rows) - tower.query_embeddings(flipped)).max() > 1e-4
+    assert np.abs(tower.item_embeddings(rows) - tower.item_embeddings(flipped)).max() > 1e-4
 
 
 def test_item_embeddings_and_index_cover_the_catalog(trained, tiny_features):

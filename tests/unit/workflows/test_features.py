@@ -4,13 +4,23 @@ import numpy as np
 import nvtabular as nvt
 import pandas as pd
 import pytest
+from merlin import dtypes as md
+from merlin.schema import Tags
 
 from reels.workflows.features import compute_aggregates, enrich_events, subgraph_columns
 from reels.workflows.history import previous_views
 from reels.workflows.manifest import SPLITS
-from reels.workflows.spec import HISTORY, PASSTHROUGH
+from reels.workflows.spec import HISTORY, PASSTHROUGH, USER_CONTINUOUS, VIDEO_CONTINUOUS
 
 OOV, NULL = 2, 1
+RATES = (
+    "user_like_rate",
+    "user_completion_rate",
+    "user_watch_fraction",
+    "video_like_rate",
+    "video_completion_rate",
+    "video_watch_fraction",
+)
 
 
 def test_output_names_follow_the_spec(tiny_features):
@@ -35,6 +45,25 @@ def test_continuous_features_are_float32(tiny_features):
     ):
         assert train[column].dtype == np.float32, column
     assert train["watch_fraction"].between(0, 1).all()
+
+
+def test_rates_are_tagged_continuous_float32(tiny_features):
+    # Merlin Models' input blocks read continuous inputs by the CONTINUOUS tag: an untagged float column
+    # is silently left out of the models (and exported as an int64 id).
+    from merlin.io import Dataset
+
+    files = sorted(str(p) for p in tiny_features.split_dir("train").glob("part-*.parquet"))
+    written = Dataset(files, engine="parquet").schema
+    fitted = tiny_features.load_workflow().output_schema
+    for schema in (fitted, written):
+        for column in RATES:
+            assert Tags.CONTINUOUS in schema[column].tags, column
+            assert schema[column].dtype == md.float32, column
+        for column in RATES[:3]:
+            assert Tags.USER in schema[column].tags, column
+        for column in RATES[3:]:
+            assert Tags.ITEM in schema[column].tags, column
+    assert set(written.select_by_tag(Tags.CONTINUOUS).column_names) >= set(USER_CONTINUOUS + VIDEO_CONTINUOUS)
 
 
 def test_save_load_transform_round_trip(tiny_features, tiny_store, tmp_path):
