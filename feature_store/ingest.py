@@ -77,7 +77,7 @@ from redis.exceptions import NoScriptError, TryAgainError
 from reels.feature_store.encoding import Vocabulary
 from reels.feature_store.layout import user_record
 from reels.feature_store.settings import StreamSettings
-from reels.feature_store.store import UNAVAILABLE, OnlineStore
+from reels.feature_store.store import UNAVAILABLE, FeatureStoreUnavailable, OnlineStore
 from reels.feature_store.streams import GROUP, HIDE_CREATOR, hide_id
 from reels.workflows.errors import ConfigError, InvalidInput
 from reels.workflows.offline_store import OfflineStore, fault_point
@@ -891,10 +891,11 @@ class IngestWorker:
                 if self.metrics.enabled and time.monotonic() >= next_observe:
                     self.observe_stream()
                     next_observe = time.monotonic() + self.stream_every_s
-            except (*UNAVAILABLE, redis.ResponseError) as exc:
-                # Away: unreachable, or (Redis Cluster) a slot without a primary during a failover.
+            except (*UNAVAILABLE, FeatureStoreUnavailable, redis.ResponseError) as exc:
+                # Away: unreachable, or (Redis Cluster) a slot without a primary during a failover; the
+                # store's own reads (the namespace) say so with FeatureStoreUnavailable (its breaker).
                 nogroup = isinstance(exc, redis.ResponseError) and "NOGROUP" in str(exc)
-                if not (nogroup or isinstance(exc, UNAVAILABLE)):
+                if not (nogroup or isinstance(exc, (*UNAVAILABLE, FeatureStoreUnavailable))):
                     raise
                 self.metrics.redis_unavailable()
                 wait = min(self.reconnect_max_s, self.reconnect_min_s * 2**failures)

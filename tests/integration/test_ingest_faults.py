@@ -19,7 +19,7 @@ import pytest
 from reels.deploy.redis_server import RedisServer, free_port
 from reels.feature_store.encoding import Vocabulary
 from reels.feature_store.ingest import IngestStats, IngestWorker
-from reels.feature_store.store import OnlineStore
+from reels.feature_store.store import FeatureStoreUnavailable, OnlineStore
 from reels.feature_store.streams import EventProducer, hide_id
 from reels.workflows.errors import NotFound
 from reels.workflows.offline_store import OfflineStore
@@ -239,3 +239,35 @@ def _wait(condition, worker: subprocess.Popen, log_path, timeout_s: float = 120.
         assert worker.poll() is None, log_path.read_text()[-3000:]
         assert time.monotonic() < deadline, log_path.read_text()[-3000:]
         time.sleep(0.2)
+
+
+class _NamespaceAwayFor(OnlineStore):
+    """The real store, whose namespace read reports Redis unavailable for its first ``away_s`` (what a
+    worker sees during a Redis Cluster failover when the namespace key's primary died but the stream's
+    did not): a fault injected at the store's seam, over a real redis-server."""
+
+    def __init__(self, client, away_s: float):
+        super().__init__(client, namespace_ttl_s=0.0)
+        self.back_at = time.monotonic() + away_s
+
+    def namespace(self) -> str:
+        if time.monotonic() < self.back_at:
+            raise FeatureStoreUnavailable("Redis unreachable: the namespace's primary is failing over")
+        return super().namespace()
+
+
+def test_the_worker_waits_while_the_online_store_reports_itself_unavailable(
+    loaded_store, redis_server, tiny_features, tiny_store
+):
+    """Reads of the stream work but the store's own read fails as unavailable: the worker backs off and
+    applies the batch once the store answers again, instead of dying (it did, in a cluster failover)."""
+    store = _NamespaceAwayFor(redis_server.client(timeout_s=5.0), away_s=1.0)
+    batch = _events(tiny_store, 10, start_id=40 * 10**9)
+    EventProducer(store.client).send(batch)
+    worker = IngestWorker(
+        store, Vocabulary(tiny_features.workflow_dir, "video_id"), 20, consumer="away", batch=50
+    )
+    worker.reconnect_min_s = worker.reconnect_max_s = 0.2
+    stats = worker.run(seconds=3.0)
+    assert stats.applied == 10
+    assert _counted(store, [e["video_id"] for e in batch]) == Counter(int(e["video_id"]) for e in batch)
