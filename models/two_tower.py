@@ -9,7 +9,7 @@ Training: in-batch negatives over viewed (watch fraction >= view threshold) trai
 correction (logits -= log p(item), p from training view counts) so popular videos are not over-penalised
 for being everybody's negative (Yi et al., RecSys 2019).
 
-Export: the query tower as a SavedModel (``serving_default`` signature over QUERY_FEATURES) and one
+Export: the query tower as a SavedModel (``serving_default`` signature over QUERY_TOWER_FEATURES) and one
 embedding per catalog video (raw id -> vector), computed by the item tower.
 """
 
@@ -29,7 +29,7 @@ from merlin.models.tf.transforms.bias import PopularityLogitsCorrection
 from merlin.schema import Schema, Tags
 
 from reels.models.config import TwoTowerConfig
-from reels.models.inputs import ITEM_FEATURES, QUERY_FEATURES, dataset
+from reels.models.inputs import ITEM_TOWER_FEATURES, QUERY_TOWER_FEATURES, dataset
 
 
 @dataclass
@@ -68,9 +68,9 @@ class TwoTower:
         """``item_view_counts[i]`` = training views of encoded video id i (length = video_id cardinality)."""
         tf.keras.utils.set_random_seed(config.seed)
         self.config = config
-        self.query_schema = schema.select_by_name(list(QUERY_FEATURES))
-        self.item_schema = schema.select_by_name(list(ITEM_FEATURES))
-        self.schema = schema.select_by_name(list(QUERY_FEATURES + ITEM_FEATURES))
+        self.query_schema = schema.select_by_name(list(QUERY_TOWER_FEATURES))
+        self.item_schema = schema.select_by_name(list(ITEM_TOWER_FEATURES))
+        self.schema = schema.select_by_name(list(QUERY_TOWER_FEATURES + ITEM_TOWER_FEATURES))
         post = None
         if config.logq_correction:
             # +1 smoothing: videos never viewed in training still get a finite correction.
@@ -95,7 +95,7 @@ class TwoTower:
 
     def fit(self, positives: pd.DataFrame) -> TrainReport:
         """Train on viewed events (one row per positive (query, video) pair)."""
-        data = dataset(positives, self.schema, QUERY_FEATURES + ITEM_FEATURES)
+        data = dataset(positives, self.schema, QUERY_TOWER_FEATURES + ITEM_TOWER_FEATURES)
         started = time.perf_counter()
         history = self.model.fit(
             data, batch_size=self.config.batch_size, epochs=self.config.epochs, shuffle=True, verbose=0
@@ -111,11 +111,11 @@ class TwoTower:
 
     def query_embeddings(self, queries: pd.DataFrame) -> np.ndarray:
         """One row per row of ``queries``, in order."""
-        return self._encode(self.model.query_encoder, queries, self.query_schema, QUERY_FEATURES)
+        return self._encode(self.model.query_encoder, queries, self.query_schema, QUERY_TOWER_FEATURES)
 
     def item_embeddings(self, videos: pd.DataFrame) -> np.ndarray:
         """One row per row of ``videos`` (the transformed catalog), in order."""
-        return self._encode(self.model.candidate_encoder, videos, self.item_schema, ITEM_FEATURES)
+        return self._encode(self.model.candidate_encoder, videos, self.item_schema, ITEM_TOWER_FEATURES)
 
     def save_query_tower(self, path: Path) -> None:
         """Save the query encoder as a SavedModel at ``path`` (loaded back by ``QueryTower``)."""
