@@ -83,6 +83,11 @@ def recall_against_exact(
     k = min(k, len(ids))
     _, truth = exact.search(np.ascontiguousarray(queries, dtype=np.float32), k)
     _, found = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    return overlap(truth, found)
+
+
+def overlap(truth: np.ndarray, found: np.ndarray) -> float:
+    """Share of the ids in ``truth`` (one row of top-k ids per query) that ``found`` also holds per row."""
     hits = sum(len(set(t) & set(f)) for t, f in zip(truth, found, strict=True))
     return hits / truth.size
 
@@ -167,7 +172,7 @@ def choose_index(
             break
         base.nprobe = nprobe
         _, found = ivf.search(sample, k)
-        recall = sum(len(set(t) & set(f)) for t, f in zip(truth, found, strict=True)) / truth.size
+        recall = overlap(truth, found)
         p50, p99 = search_latency_ms(ivf, sample, k)
         tried.append(
             {
