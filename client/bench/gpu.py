@@ -105,14 +105,21 @@ def _to_device(value, cupy):
     return value
 
 
-def _batch_inputs(request: dict, requests: int) -> tuple[dict, dict]:
-    """``requests`` copies of the request: the query side once per request, the candidates stacked."""
+def _sides(request: dict) -> tuple[dict, dict]:
+    """The captured request split into its query inputs (one row) and its candidates' inputs (n rows)."""
     query = {k.split("/", 1)[1]: v for k, v in request.items() if k.startswith("query/")}
     items = {k.split("/", 1)[1]: v for k, v in request.items() if k.startswith("item/")}
+    return query, items
+
+
+def _batch_rows(request: dict, requests: int) -> dict:
+    """``requests`` copies of the request as complete rows: the query side repeated per candidate, the
+    candidates stacked."""
+    query, items = _sides(request)
     n = len(next(iter(items.values())))
     rows = {name: np.repeat(value, n * requests, axis=0) for name, value in query.items()}
     rows.update({name: np.concatenate([value] * requests) for name, value in items.items()})
-    return query, rows
+    return rows
 
 
 def measure(artifacts: Path, repeats: int = 50) -> dict:
@@ -127,11 +134,10 @@ def measure(artifacts: Path, repeats: int = 50) -> dict:
     k = 500
     report: dict = {"items": int(len(items)), "dim": int(items.shape[1]), "k": k, "cpu": {}, "gpu": {}}
     ranker = NumpyRanker(artifacts / "ranker")
-    query, _ = _batch_inputs(request, 1)
-    candidates = {kk.split("/", 1)[1]: v for kk, v in request.items() if kk.startswith("item/")}
+    query, candidates = _sides(request)
     report["candidates"] = int(len(next(iter(candidates.values()))))
     for batch in BATCHES:
-        _, rows = _batch_inputs(request, batch)
+        rows = _batch_rows(request, batch)
         if batch == 1:  # as the serving step runs it: the user side once
             report["cpu"]["ranker_b1"] = _timed(
                 lambda: ranker.score_candidates(query, candidates), lambda: None, repeats
@@ -171,7 +177,7 @@ def measure(artifacts: Path, repeats: int = 50) -> dict:
             if batch == 1:
                 call = lambda: gpu_ranker.score_candidates(gpu_query, gpu_candidates)  # noqa: E731
             else:
-                rows = _to_device(_batch_inputs(request, batch)[1], cupy)
+                rows = _to_device(_batch_rows(request, batch), cupy)
                 call = lambda rows=rows: gpu_ranker(rows)  # noqa: E731
             report["gpu"][f"ranker_b{batch}"] = _timed(call, sync, repeats)
     finally:
