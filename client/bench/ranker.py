@@ -33,8 +33,10 @@ both in turn (identical feeds counted), and the reads alone: the user's record f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -210,23 +212,44 @@ def _per_request(latencies: dict[str, list[float]]) -> dict[str, dict]:
     return out
 
 
-def pipeline_run(
-    config: Config, source: str, folder: Path, n_requests: int, k: int = 20, warmup: int = 20
-) -> dict:
-    """The in-process pipeline per backend on the same requests (module doc): latency and identical feeds."""
+@contextlib.contextmanager
+def _workload(config: Config, source: str, n_requests: int, warmup: int) -> Iterator[tuple]:
+    """What both in-process runs share: the source's folder, serving settings without exploration or
+    exposure logging, ``warmup + n_requests`` users, one request time, and a temporary store holding the
+    source's features."""
     from reels.client.bench.serving import request_users
     from reels.deploy.stack import temporary_store
     from reels.models.inputs import artifacts_at
-    from reels.models.ranker_numpy import load_ranker
-    from reels.models.registry import serving_model_dir
-    from reels.models.serving.pipeline import InProcessPipeline
-    from reels.models.serving.request import Request
 
     source_dir = config.source_dir(source)
     serving = replace(config.serving, exploration_slots=0, log_exposures=False)
     users = request_users(source_dir / "features", n_requests + warmup)
-    when = int(time.time())
     with temporary_store(artifacts_at(source_dir / "features")) as store:
+        yield source_dir, serving, users, int(time.time()), store
+
+
+def _recommend_each(pipelines: dict, user, k: int, when: int, latencies: dict | None) -> dict:
+    """Each pipeline's feed for ``user``, timed into ``latencies[name]`` (ms) unless it is None (warm-up)."""
+    from reels.models.serving.request import Request
+
+    feeds = {}
+    for name, pipeline in pipelines.items():
+        t0 = time.perf_counter()
+        feeds[name] = pipeline.recommend(Request(int(user), k, request_time_s=when))
+        if latencies is not None:
+            latencies[name].append((time.perf_counter() - t0) * 1000)
+    return feeds
+
+
+def pipeline_run(
+    config: Config, source: str, folder: Path, n_requests: int, k: int = 20, warmup: int = 20
+) -> dict:
+    """The in-process pipeline per backend on the same requests (module doc): latency and identical feeds."""
+    from reels.models.ranker_numpy import load_ranker
+    from reels.models.registry import serving_model_dir
+    from reels.models.serving.pipeline import InProcessPipeline
+
+    with _workload(config, source, n_requests, warmup) as (source_dir, serving, users, when, store):
         pipelines = {}
         for backend in ("savedmodel", "numpy"):
             pipeline = InProcessPipeline(serving_model_dir(source_dir / "models"), store, serving)
@@ -235,12 +258,7 @@ def pipeline_run(
         latencies: dict[str, list[float]] = {b: [] for b in pipelines}
         identical = 0
         for i, user in enumerate(users):
-            feeds = {}
-            for backend, pipeline in pipelines.items():
-                t0 = time.perf_counter()
-                feeds[backend] = pipeline.recommend(Request(int(user), k, request_time_s=when))
-                if i >= warmup:
-                    latencies[backend].append((time.perf_counter() - t0) * 1000)
+            feeds = _recommend_each(pipelines, user, k, when, latencies if i >= warmup else None)
             if i >= warmup:
                 identical += np.array_equal(feeds["numpy"].video_ids, feeds["savedmodel"].video_ids)
     out = _per_request(latencies)
@@ -251,19 +269,11 @@ def video_features_run(
     config: Config, source: str, candidates: int, n_requests: int, k: int = 20, warmup: int = 20
 ) -> dict:
     """The in-process pipeline with video features from memory vs Redis, and the reads alone (module doc)."""
-    from reels.client.bench.serving import request_users
-    from reels.deploy.stack import temporary_store
-    from reels.models.inputs import artifacts_at
     from reels.models.registry import serving_model_dir
     from reels.models.serving.pipeline import InProcessPipeline
-    from reels.models.serving.request import Request
     from reels.models.serving.video_table import VideoTable
 
-    source_dir = config.source_dir(source)
-    serving = replace(config.serving, exploration_slots=0, log_exposures=False)
-    users = request_users(source_dir / "features", n_requests + warmup)
-    when = int(time.time())
-    with temporary_store(artifacts_at(source_dir / "features")) as store:
+    with _workload(config, source, n_requests, warmup) as (source_dir, serving, users, when, store):
         model_dir = serving_model_dir(source_dir / "models")
         pipelines = {
             where: InProcessPipeline(model_dir, store, replace(serving, video_features=where))
@@ -277,12 +287,7 @@ def video_features_run(
         }
         identical = 0
         for i, user in enumerate(users):
-            feeds = {}
-            for name, pipeline in pipelines.items():
-                t0 = time.perf_counter()
-                feeds[name] = pipeline.recommend(Request(int(user), k, request_time_s=when))
-                if i >= warmup:
-                    latencies[name].append((time.perf_counter() - t0) * 1000)
+            feeds = _recommend_each(pipelines, user, k, when, latencies if i >= warmup else None)
             ids = rng.choice(video_table.raw_video_ids, candidates, replace=False)
             for name, videos in (("read redis", store), ("read memory", video_table)):
                 t0 = time.perf_counter()
