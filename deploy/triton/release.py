@@ -228,6 +228,8 @@ class Release:
         serving = {k: v for k, v in spec.get("serving", {}).items() if k in known}
         # A release exported before the ranking step carried a video table reads its videos from Redis.
         serving.setdefault("video_features", "redis")
+        # ... and one exported before the feed score blended in the two-tower's ranks by the ranker alone.
+        serving.setdefault("retrieval_weight", 0.0)
         return cls(
             version=int(spec["version"]),
             model_dir=home,

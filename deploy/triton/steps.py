@@ -217,7 +217,7 @@ class RankingStep:
         # never imported by this step) or the SavedModel.
         backend = release.serving.ranker_backend
         ranker = load_ranker(release.model_dir / "ranker", backend)
-        self.ranking = Ranking(videos, ranker, release.encoder(), backend)
+        self.ranking = Ranking(videos, ranker, release.encoder(), backend, release.serving.retrieval_weight)
 
     def __call__(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         query = unpack(tensors)

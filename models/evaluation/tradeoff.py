@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +39,7 @@ from reels.models.evaluation.offline import build_queries  # noqa: E402
 from reels.models.serving.catalog import Catalog  # noqa: E402
 from reels.models.serving.config import ServingConfig  # noqa: E402
 from reels.models.serving.experiment import VARIANT_SETTINGS  # noqa: E402
+from reels.models.serving.ranking import blend  # noqa: E402
 from reels.models.serving.request import Fallback  # noqa: E402
 from reels.models.serving.rerank import DiversityRerank  # noqa: E402
 from reels.workflows.errors import ConfigError, InvalidInput  # noqa: E402
@@ -76,9 +77,27 @@ class Feeds:
     tasks: list[np.ndarray]
     histories: list[np.ndarray]
     relevant: list[set[int]]
+    # With the ranker: its own scores and the two-tower's, per candidate (``scores`` is their ``blend``).
+    ranker_scores: list[np.ndarray] = field(default_factory=list)
+    retrieval_scores: list[np.ndarray] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.user_ids)
+
+    def blended(self, retrieval_weight: float) -> Feeds:
+        """These feeds scored by ``blend`` at ``retrieval_weight`` (``InvalidInput`` without the ranker's
+        own scores)."""
+        if len(self.ranker_scores) != len(self):
+            raise InvalidInput("these feeds were not ranked: there are no ranker scores to blend")
+        scores = [
+            blend(r, t, retrieval_weight)
+            for r, t in zip(self.ranker_scores, self.retrieval_scores, strict=True)
+        ]
+        return replace(self, scores=scores)
+
+
+# The feed score's retrieval weights compared on validation (``blend_sweep``); 0 is the ranker alone.
+BLEND_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 def no_rerank(base: ServingConfig, k: int = K) -> ServingConfig:
@@ -131,6 +150,22 @@ def feed_metrics(served: Sequence[np.ndarray], feeds: Feeds, catalog: Catalog, k
         "creator_gini": gini(exposure),
         "per_user_recall": per_user,
     }
+
+
+def blend_sweep(
+    feeds: Feeds, catalog: Catalog, base: ServingConfig, weights: Sequence[float] = BLEND_WEIGHTS, k: int = K
+) -> list[dict]:
+    """recall@k and coverage@k of the ranked order (no re-rank) at each feed-score ``weights`` (the serving
+    setting ``retrieval_weight``), and of the two-tower's order alone (``weight`` None)."""
+    plain = DiversityRerank(catalog, no_rerank(base, k))
+    rows = []
+    for weight in (*weights, None):
+        scored = replace(feeds, scores=feeds.retrieval_scores) if weight is None else feeds.blended(weight)
+        m = feed_metrics(_served(plain, scored, k), scored, catalog, k)
+        rows.append(
+            {"retrieval_weight": weight, f"recall@{k}": m[f"recall@{k}"], f"coverage@{k}": m[f"coverage@{k}"]}
+        )
+    return rows
 
 
 def candidate_coverage(feeds: Feeds, catalog: Catalog) -> float:
@@ -220,9 +255,9 @@ def window_feeds(
     use_ranker: bool = True,
 ) -> tuple[Feeds, Catalog]:
     """The ``Feeds`` of ``window`` (``valid``: history = train; ``test``: history = train + valid) through
-    the serving steps of the version in ``model_dir``, and the version's ``Catalog``. ``use_ranker``
-    False keeps the retrieval order and scores (task predictions NaN). ``InvalidInput`` for another
-    window."""
+    the serving steps of the version in ``model_dir``, and the version's ``Catalog``; scored as ``base``'s
+    ``retrieval_weight`` blends them, with both scores kept (``Feeds.blended``). ``use_ranker`` False keeps
+    the retrieval order and scores (task predictions NaN). ``InvalidInput`` for another window."""
     if window not in ("valid", "test"):
         raise InvalidInput(f"the trade-off runs on the valid or test window, got {window!r}")
     from reels.feature_store.encoding import RequestEncoder
@@ -230,7 +265,7 @@ def window_feeds(
     from reels.models.inputs import QUERY_FEATURES
     from reels.models.ranker_numpy import load_ranker
     from reels.models.serving.catalog import video_metadata
-    from reels.models.serving.ranking import Ranking
+    from reels.models.serving.ranking import Ranking, aligned
     from reels.models.serving.request import QUERY_USER_FIELDS, QueryFeatures
     from reels.models.serving.retrieval import Retrieval
     from reels.models.serving.video_table import VideoTable
@@ -270,7 +305,14 @@ def window_feeds(
         )
         candidates, scores = retrieval(query, query.seen)
         if ranking is not None:
-            candidates, scores, tasks, _ = ranking(query, candidates, scores)
+            # The ranker alone (weight 0), so that any blend can be computed from the two scores kept.
+            ranked, ranker_scores, tasks, _ = ranking(query, candidates, scores)
+            feeds.ranker_scores.append(ranker_scores)
+            feeds.retrieval_scores.append(aligned(candidates, scores, ranked))
+            candidates, scores = (
+                ranked,
+                blend(ranker_scores, feeds.retrieval_scores[-1], base.retrieval_weight),
+            )
         else:
             tasks = np.full((len(candidates), len(RANKER_TASKS)), np.nan, dtype=np.float32)
         feeds.candidates.append(candidates)
@@ -341,12 +383,16 @@ def tradeoff_of_version(
     grid = DEFAULT_GRID if grid is None else grid
     say("trade-off: retrieval and ranking of the validation window")
     valid_feeds, catalog = window_feeds(features, model_dir, "valid", base, use_ranker)
+    blends = blend_sweep(valid_feeds, catalog, base) if use_ranker else None
     frame = sweep(valid_feeds, catalog, base, grid, K, say)
     say("trade-off: the test window")
     test_feeds, catalog = window_feeds(features, model_dir, "test", base, use_ranker)
     result = assemble(frame, choose(frame), settings(base, grid, K), test_feeds, catalog, base, seed)
     result["_protocol"]["scores"] = "ranker" if use_ranker else "retrieval"
     result["_protocol"]["valid_candidate_coverage"] = candidate_coverage(valid_feeds, catalog)
+    result["_protocol"]["retrieval_weight"] = base.retrieval_weight
+    if blends is not None:
+        result["feed_score"] = blends
     return result
 
 
@@ -387,6 +433,8 @@ def markdown(result: dict, name: str = "", plot_path: Path | str | None = None) 
             "no re-rank setting can cover more.",
             "",
         ]
+    if result.get("feed_score"):
+        lines += feed_score_markdown(result["feed_score"], proto.get("retrieval_weight"), k)
     if choice["met"]:
         row = choice["chosen"]
         lines.append(f"Chosen: **{describe(row)}** (validation: recall loss {row['recall_loss']:.1%}, "
@@ -437,6 +485,29 @@ def markdown(result: dict, name: str = "", plot_path: Path | str | None = None) 
         )
     lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
+
+
+def feed_score_markdown(rows: Sequence[Mapping], serving_weight: float | None, k: int = K) -> list[str]:
+    """The feed-score table of ``blend_sweep`` (validation window, ranked order without re-rank)."""
+    lines = [
+        f"Feed score on the validation window, ranked order without re-rank: the ranker's score blended "
+        f"with the two-tower's (serving setting `retrieval_weight`; this version's sweep used "
+        f"{serving_weight if serving_weight is not None else 'n/a'}).",
+        "",
+        f"| feed score | recall@{k} | coverage@{k} |",
+        "|---|---:|---:|",
+    ]
+    for row in rows:
+        weight = row["retrieval_weight"]
+        label = (
+            "two-tower alone"
+            if weight is None
+            else "ranker alone"
+            if weight == 0
+            else f"retrieval_weight {weight:g}"
+        )
+        lines.append(f"| {label} | {row[f'recall@{k}']:.4f} | {row[f'coverage@{k}']:.1%} |")
+    return [*lines, ""]
 
 
 def describe(row: Mapping, k: int = K) -> str:

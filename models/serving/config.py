@@ -33,6 +33,12 @@ class ServingConfig:
     # memory: candidate video records from the release's in-memory table (built from the same feature
     # build as the namespace it reads); redis: read from the online store on every request
     video_features: str = "memory"
+    # The feed's score: z(ranker score) + retrieval_weight * z(two-tower score), both standardised over the
+    # request's candidates; 0 keeps the ranker's score alone. The ranker predicts engagement *given* an
+    # impression; alone it ranks the candidates' recall@20 at about half the two-tower order's, and the
+    # blend recovers it (chosen on the validation window: the "Feed score" table of each trade-off section in
+    # docs/RESULTS.md).
+    retrieval_weight: float = 4.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -47,6 +53,7 @@ class ServingConfig:
             "fresh_hours": self.fresh_hours >= 0,
             "ranker_backend": self.ranker_backend in RANKER_BACKENDS,
             "video_features": self.video_features in VIDEO_FEATURE_SOURCES,
+            "retrieval_weight": self.retrieval_weight >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

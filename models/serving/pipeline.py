@@ -49,7 +49,9 @@ class InProcessPipeline:
         backend = self.config.ranker_backend
         # video_features: memory (default) builds the release's video table from the same feature build
         videos = VideoTable.from_features(features) if self.config.video_features == "memory" else store
-        self.ranking = Ranking(videos, load_ranker(model_dir / "ranker", backend), encoder, backend)
+        self.ranking = Ranking(
+            videos, load_ranker(model_dir / "ranker", backend), encoder, backend, self.config.retrieval_weight
+        )
         exposures = ExposureLog(store.client, store.keys.prefix) if self.config.log_exposures else None
         self.rerank = DiversityRerank(catalog, self.config, experiment, exposures)
 

@@ -6,7 +6,11 @@ The candidates' video records come from the release's in-memory ``VideoTable`` (
 
 The ranker runs as its numpy forward (``reels.models.ranker_numpy``: the user side once per request,
 broadcast over the candidates) when its export holds ``ranker.npz``, else as the SavedModel; the serving
-setting ``ranker_backend: savedmodel`` keeps the SavedModel."""
+setting ``ranker_backend: savedmodel`` keeps the SavedModel.
+
+The score a candidate is ranked by blends the ranker's weighted task predictions with the two-tower's
+score (``blend``, serving setting ``retrieval_weight``): the ranker estimates engagement once a video is
+shown, the two-tower how likely this user is to watch it at all, and the feed needs both."""
 
 from __future__ import annotations
 
@@ -27,6 +31,30 @@ from reels.models.serving.video_table import VideoReader
 from reels.workflows.spec import REQUEST_CONTEXT
 
 
+def standardised(values: np.ndarray) -> np.ndarray:
+    """``values`` minus their mean, over their standard deviation (zeros where they are all equal)."""
+    values = values.astype(np.float64)
+    spread = values.std()
+    return (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)
+
+
+def blend(ranker_scores: np.ndarray, retrieval_scores: np.ndarray, retrieval_weight: float) -> np.ndarray:
+    """One request's feed scores: the ranker's scores where ``retrieval_weight`` is 0, else
+    z(ranker) + ``retrieval_weight`` * z(retrieval), each standardised over the request's candidates (the
+    two scores live on different scales: probabilities and dot products)."""
+    if retrieval_weight == 0:
+        return ranker_scores.astype(np.float32)
+    mixed = standardised(ranker_scores) + retrieval_weight * standardised(retrieval_scores)
+    return mixed.astype(np.float32)
+
+
+def aligned(candidates: np.ndarray, scores: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """``scores`` (one per ``candidates``) of the ids ``found``: a subsequence of ``candidates``, as a
+    video read returns them (known videos, request order)."""
+    order = np.argsort(candidates, kind="stable")
+    return scores[order[np.searchsorted(candidates[order], found)]]
+
+
 class Ranking:
     """Step 3: scores the retrieved candidates with the exported MMoE over their video features."""
 
@@ -36,11 +64,14 @@ class Ranking:
         ranker: ExportedRanker | NumpyRanker,
         encoder: RequestEncoder,
         backend: str = "numpy",
+        retrieval_weight: float = 0.0,
     ):
         """``videos``: where candidate video records are read (a ``VideoTable`` or the ``OnlineStore``);
         ``ranker``: the exported ranker; ``backend`` (``numpy`` | ``savedmodel``) picks how it runs: a
-        SavedModel whose folder holds ``ranker.npz`` runs as ``NumpyRanker`` unless it is ``savedmodel``."""
+        SavedModel whose folder holds ``ranker.npz`` runs as ``NumpyRanker`` unless it is ``savedmodel``;
+        ``retrieval_weight``: the two-tower score's weight in the feed score (``blend``)."""
         self.videos = videos
+        self.retrieval_weight = retrieval_weight
         self.ranker = with_backend(ranker, backend)
         self.encoder = encoder
 
@@ -52,7 +83,7 @@ class Ranking:
     def __call__(
         self, query: QueryFeatures, candidates: np.ndarray, retrieval_scores: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Fallback]:
-        """The candidates with video features (raw video ids, input order), their float32 combined scores,
+        """The candidates with video features (raw video ids, input order), their float32 feed scores,
         per-task predictions (n, len(RANKER_TASKS)) and the fallback in force; without video features, the
         input candidates with their retrieval scores and NaN predictions."""
         fallback = query.fallback
@@ -72,4 +103,9 @@ class Ranking:
         )
         out = self.ranker.score_candidates(user, items)  # the user side once, not once per candidate
         tasks = np.stack([out[t] for t in RANKER_TASKS], axis=1).astype(np.float32)
-        return rows.video_ids, out["score"].astype(np.float32), tasks, fallback
+        if self.retrieval_weight:
+            retrieval = aligned(np.asarray(candidates), np.asarray(retrieval_scores), rows.video_ids)
+            scores = blend(out["score"], retrieval, self.retrieval_weight)
+        else:
+            scores = out["score"].astype(np.float32)
+        return rows.video_ids, scores, tasks, fallback

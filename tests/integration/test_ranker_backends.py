@@ -11,8 +11,11 @@ from reels.models.serving.config import ServingConfig
 from reels.models.serving.pipeline import InProcessPipeline
 from reels.models.serving.request import Request
 
-# No exploration (random slots) and no exposure log: the feed depends on the scores only.
-CONFIG = ServingConfig(candidates=200, max_k=20, exploration_slots=0, log_exposures=False)
+# No exploration (random slots) and no exposure log: the feed depends on the scores only; and the ranker's
+# own scores (retrieval_weight 0), whose ulps standardising would magnify.
+CONFIG = ServingConfig(
+    candidates=200, max_k=20, exploration_slots=0, log_exposures=False, retrieval_weight=0.0
+)
 REQUESTS = 200
 
 

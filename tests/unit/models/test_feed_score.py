@@ -1,0 +1,59 @@
+"""The feed score: the ranker's score blended with the two-tower's (serving setting ``retrieval_weight``),
+on hand-made scores and through the real serving steps of the tiny trained version."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from reels.models.evaluation.tradeoff import _served, blend_sweep, feed_metrics, no_rerank, window_feeds
+from reels.models.serving.config import ServingConfig
+from reels.models.serving.ranking import aligned, blend
+from reels.models.serving.rerank import DiversityRerank
+from reels.workflows.errors import ConfigError
+
+
+def test_weight_zero_is_the_ranker_alone_and_a_large_weight_the_two_tower_order():
+    ranker = np.array([0.9, 0.1, 0.5, 0.3], dtype=np.float32)
+    retrieval = np.array([1.0, 4.0, 2.0, 3.0], dtype=np.float32)
+    np.testing.assert_array_equal(blend(ranker, retrieval, 0.0), ranker)
+    assert list(np.argsort(-blend(ranker, retrieval, 1000.0))) == list(np.argsort(-retrieval))
+    # Equal weight: standardised sums, whatever the two scales are.
+    mixed = blend(ranker, retrieval * 100 + 7, 1.0)
+    expected = (ranker - ranker.mean()) / ranker.std() + (retrieval - retrieval.mean()) / retrieval.std()
+    np.testing.assert_allclose(mixed, expected, rtol=1e-5)
+    # One candidate, or all scores equal: finite, no division by zero.
+    assert np.isfinite(blend(np.array([0.4]), np.array([2.0]), 4.0)).all()
+    assert np.isfinite(blend(np.full(3, 0.5), np.full(3, 1.0), 4.0)).all()
+
+
+def test_scores_follow_their_ids_when_a_video_read_drops_some():
+    candidates = np.array([40, 10, 30, 20], dtype=np.int64)
+    scores = np.array([4.0, 1.0, 3.0, 2.0], dtype=np.float32)
+    np.testing.assert_array_equal(aligned(candidates, scores, np.array([10, 20])), [1.0, 2.0])
+    np.testing.assert_array_equal(aligned(candidates, scores, candidates), scores)
+
+
+def test_a_negative_weight_is_refused():
+    with pytest.raises(ConfigError, match="retrieval_weight"):
+        ServingConfig(retrieval_weight=-1.0)
+
+
+def test_served_feeds_are_scored_by_the_blend_and_the_sweep_reaches_both_ends(tiny_features, tiny_models):
+    base = replace(ServingConfig(), retrieval_weight=2.0)
+    feeds, catalog = window_feeds(tiny_features, tiny_models.directory, "valid", base)
+    assert len(feeds) > 0
+    for u in range(len(feeds)):
+        np.testing.assert_array_equal(
+            feeds.scores[u], blend(feeds.ranker_scores[u], feeds.retrieval_scores[u], 2.0)
+        )
+    retrieval_only, _ = window_feeds(tiny_features, tiny_models.directory, "valid", base, use_ranker=False)
+    rows = {row["retrieval_weight"]: row for row in blend_sweep(feeds, catalog, base, weights=(0.0, 1e9))}
+    # An overwhelming weight ranks as the two-tower does; the two-tower row is the retrieval order itself.
+    assert rows[1e9]["recall@20"] == pytest.approx(rows[None]["recall@20"])
+    plain = DiversityRerank(catalog, no_rerank(base))
+    two_tower = feed_metrics(_served(plain, retrieval_only, 20), retrieval_only, catalog)
+    assert two_tower["recall@20"] == pytest.approx(rows[None]["recall@20"])
+    assert 0.0 <= rows[0.0]["recall@20"] <= 1.0
