@@ -11,6 +11,8 @@ from reels.workflows.errors import ConfigError
 
 RANKER_TASKS = ("view", "liked", "completed", "watch_fraction")
 RANKER_ARCHITECTURES = ("mmoe", "ple", "shared_bottom")
+HISTORY_POOLINGS = ("mean", "attention")  # two-tower: how the query tower pools the history list
+NEGATIVES = ("in-batch", "mixed")  # two-tower: in-batch negatives, or those plus uniformly sampled videos
 
 
 def _fail_on(section: str, checks: dict[str, bool], values: object) -> None:
@@ -31,6 +33,16 @@ class TwoTowerConfig:
     learning_rate: float = 0.003
     temperature: float = 0.5
     logq_correction: bool = True  # subtract log(item popularity) from in-batch logits (Yi et al. 2019)
+    # How the query tower pools the recent-history list: "mean" of its embeddings (padding included), or
+    # "attention": self-attention with learned positions over the non-padding videos, then attention pooling.
+    history_pooling: str = "mean"
+    attention_heads: int = 2
+    attention_layers: int = 1  # self-attention blocks before the pooling
+    share_history_embeddings: bool = True  # attention: look history up in the item tower's video_id table
+    # "in-batch": the other positives of the batch; "mixed": those plus sampled_negatives videos drawn
+    # uniformly from the training videos (Yang et al. 2020), the logQ correction then using the mixture.
+    negatives: str = "in-batch"
+    sampled_negatives: int = 512
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -39,6 +51,9 @@ class TwoTowerConfig:
             "hidden_units": all(u > 0 for u in self.hidden_units), "epochs": self.epochs > 0,
             "batch_size": self.batch_size > 1, "learning_rate": self.learning_rate > 0,
             "temperature": self.temperature > 0,
+            "history_pooling": self.history_pooling in HISTORY_POOLINGS,
+            "attention_heads": self.attention_heads > 0, "attention_layers": self.attention_layers >= 0,
+            "negatives": self.negatives in NEGATIVES, "sampled_negatives": self.sampled_negatives > 0,
         }, self)  # fmt: skip
 
 

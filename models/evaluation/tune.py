@@ -1,7 +1,8 @@
 """Light tuning of the two-tower on the validation window only (the test window is never looked at).
 
-Each candidate is a set of TwoTowerConfig overrides; each is trained on the training window and scored by
-Recall@20 on validation queries (same protocol as ``models/evaluation/offline.py``), next to popularity.
+Each candidate is a set of TwoTowerConfig overrides; each is trained on the training window (once per seed)
+and scored by Recall@20 on validation queries (same protocol as ``models/evaluation/offline.py``), next to
+popularity.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 
 from reels.models import baselines, metrics
@@ -28,6 +30,15 @@ DEFAULT_GRID = (
     {"epochs": 10, "temperature": 0.5, "learning_rate": 0.003},
     {"epochs": 20, "temperature": 0.5, "learning_rate": 0.001},
 )
+# History pooling and negatives, on top of the configured learning settings (docs/TUNING.md).
+POOLING_NEGATIVES_GRID = (
+    {},
+    {"history_pooling": "attention"},
+    {"history_pooling": "attention", "share_history_embeddings": False},
+    {"negatives": "mixed"},
+    {"history_pooling": "attention", "negatives": "mixed"},
+)
+GRIDS = {"default": DEFAULT_GRID, "pooling_negatives": POOLING_NEGATIVES_GRID}
 
 
 def tune_two_tower(
@@ -36,10 +47,14 @@ def tune_two_tower(
     grid: tuple[dict, ...] = DEFAULT_GRID,
     k: int = 20,
     progress: Callable[[str], None] | None = None,
+    seeds: tuple[int, ...] = (),
 ) -> dict:
-    """Train one two-tower per ``grid`` entry (overrides of ``base``) and score each by validation
-    recall@``k``; returns ``valid_users``, one row per candidate (popularity first) and the ``best`` overrides."""
+    """Train one two-tower per ``grid`` entry (overrides of ``base``) and ``seeds`` entry (default: the
+    base seed only) and score each by validation recall@``k``; returns ``valid_users``, one row per
+    candidate (popularity first; a candidate's recall is its mean over seeds, ``recall_by_seed`` holds
+    each) and the ``best`` overrides."""
     say = progress or (lambda _m: None)
+    seeds = tuple(seeds) or (base.seed,)
     schema = feature_schema(features)
     train = features.read_split("train")
     valid = features.read_split("valid")
@@ -58,18 +73,25 @@ def tune_two_tower(
         }
     ]
     for overrides in grid:
-        config = replace(base, **overrides)
-        say(f"two-tower {overrides}")
-        model = TwoTower(schema, config, counts)
-        report = model.fit(positives)
-        scorer = baselines.embedding_scorer(
-            model.query_embeddings(queries.frame), model.item_embeddings(catalog)
-        )
-        top = baselines.top_k(scorer, len(queries.frame), queries.seen, k)
-        recall = metrics.retrieval_metrics(top, queries.relevant, [k])[f"recall@{k}"]
-        rows.append(
-            {"candidate": overrides, f"valid_recall@{k}": recall, "train_s": round(report.seconds, 1)}
-        )
+        by_seed, seconds = {}, []
+        for seed in seeds:
+            config = replace(base, **{"seed": seed, **overrides})
+            say(f"two-tower {overrides} seed {config.seed}")
+            model = TwoTower(schema, config, counts)
+            seconds.append(model.fit(positives).seconds)
+            scorer = baselines.embedding_scorer(
+                model.query_embeddings(queries.frame), model.item_embeddings(catalog)
+            )
+            top = baselines.top_k(scorer, len(queries.frame), queries.seen, k)
+            by_seed[config.seed] = metrics.retrieval_metrics(top, queries.relevant, [k])[f"recall@{k}"]
+        row = {
+            "candidate": overrides,
+            f"valid_recall@{k}": float(np.mean(list(by_seed.values()))),
+            "train_s": round(float(np.mean(seconds)), 1),
+        }
+        if len(seeds) > 1:
+            row["recall_by_seed"] = by_seed
+        rows.append(row)
     best = max(rows[1:], key=lambda r: r[f"valid_recall@{k}"])
     return {"valid_users": len(queries.frame), "rows": rows, "best": best["candidate"]}
 
@@ -77,8 +99,18 @@ def tune_two_tower(
 def markdown(result: dict, header: str) -> str:
     """A markdown section under ``header``: the best candidate and a table of validation recall per candidate."""
     key = next(k for k in result["rows"][0] if k.startswith("valid_recall"))
+    seeds = next((list(r["recall_by_seed"]) for r in result["rows"] if "recall_by_seed" in r), [])
     lines = [header, "", f"{result['valid_users']} validation users; best: `{result['best']}`.", ""]
-    lines += [f"| candidate | {key} | train s |", "|---|---:|---:|"]
+    if seeds:  # several seeds: the mean, then each seed's recall
+        lines += [
+            f"| candidate | {key} (mean) | {' | '.join(f'seed {s}' for s in seeds)} | train s (mean) |",
+            "|---|---:|" + "---:|" * len(seeds) + "---:|",
+        ]
+    else:
+        lines += [f"| candidate | {key} | train s |", "|---|---:|---:|"]
     for row in result["rows"]:
-        lines.append(f"| `{row['candidate']}` | {row[key]:.4f} | {row.get('train_s', '')} |")
+        per_seed = row.get("recall_by_seed", {})
+        cells = [f"{per_seed[s]:.4f}" if s in per_seed else "" for s in seeds]
+        middle = "".join(f" {c} |" for c in cells)
+        lines.append(f"| `{row['candidate']}` | {row[key]:.4f} |{middle} {row.get('train_s', '')} |")
     return "\n".join(lines) + "\n"
