@@ -122,26 +122,65 @@ def train(
 
 
 def evaluate(
-    config: Config, sources: Sequence[str], fresh: bool = False, progress: Progress | None = None
+    config: Config,
+    sources: Sequence[str],
+    fresh: bool = False,
+    progress: Progress | None = None,
+    search: bool | None = None,
 ) -> dict:
     """Train and evaluate against the baselines on each source (data and features rebuilt first with
-    ``fresh`` or where missing): the results document of docs/RESULTS.json, less machine and command."""
+    ``fresh`` or where missing): the results document of docs/RESULTS.json, less machine and command.
+    With ``search`` (default: ``config.evaluation.searches``) every learned model's settings are first
+    picked on the source's validation window within ``evaluation.search_budget_s`` (the record is each
+    result's ``search``) and the models reported are trained with them; without, the configured settings.
+    Each result's ``settings`` says which settings every model used and whether they were picked there."""
+    from dataclasses import replace
+
     from reels.models.evaluation.offline import evaluate as evaluate_version
     from reels.models.evaluation.report import targets
+    from reels.models.evaluation.search import TWO_TOWER, settings
+    from reels.models.evaluation.search import search as validation_search
     from reels.models.evaluation.tradeoff import evaluate_tradeoff
+    from reels.workflows.errors import ConfigError
 
     say = _say(progress)
+    searching = config.evaluation.searches if search is None else search
+    if searching and config.evaluation.search_budget_s <= 0:
+        raise ConfigError("the validation search needs evaluation.search_budget_s above 0 seconds")
     datasets, provenance = {}, {}
     for source in sources:
         if fresh or not features_of(config, source).exists():
             import_source(config, source, overwrite=True, progress=say)
             build_features(config, source, say)
-        features, trained = train(config, source, say)
+        chosen, configs, fitted, record = config, None, {}, None
+        if searching:
+            say(f"{source}: validation search ({config.evaluation.search_budget_s:.0f} s budget)")
+            found = validation_search(
+                ensure_features(config, source, say), config.two_tower, config.ranker, config.evaluation, say
+            )
+            configs = found.ranker_configs(config.ranker)
+            chosen = replace(
+                config,
+                two_tower=found.two_tower_config(config.two_tower),
+                ranker=configs[found.served_architecture],
+            )
+            fitted, record = found.rankers, found.record
+        features, trained = train(chosen, source, say)
         say(f"{source}: evaluating version {trained.directory.name}")
-        result = evaluate_version(features, trained, config.evaluation, config.ranker, say)
+        result = evaluate_version(
+            features, trained, config.evaluation, chosen.ranker, say,
+            ranker_configs=configs, fitted_rankers=fitted,
+        )  # fmt: skip
+        result["settings"] = {
+            "picked_on_validation": searching,
+            TWO_TOWER: settings(chosen.two_tower, TWO_TOWER, record["chosen"][TWO_TOWER] if record else ()),
+            "served_ranker": chosen.ranker.architecture,
+        }
+        if record:
+            result["search"] = record
         say(f"{source}: re-rank settings, recall vs coverage (validation choice, test report)")
         result["tradeoff"] = evaluate_tradeoff(
-            features, trained, config.evaluation, config.ranker, say, serving=config.serving
+            features, trained, config.evaluation, chosen.ranker, say, serving=config.serving
         )
         if source == "movielens":  # the targets are stated for MovieLens-100k only
             result["targets"] = targets(result["retrieval"], result["ranking"])

@@ -122,21 +122,34 @@ class IndexConfig:
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    """Offline evaluation cut-offs and the ALS baseline's grid (config section ``evaluation``); raises
-    ``ConfigError`` if invalid."""
+    """Offline evaluation cut-offs, the ALS baseline's grid and the validation search's budget (config
+    section ``evaluation``); raises ``ConfigError`` if invalid."""
 
     ks: tuple[int, ...] = (10, 20, 50, 100)
     als_factors: tuple[int, ...] = (32, 64, 128)  # grid searched on the validation window only
     als_regularization: tuple[float, ...] = (0.01, 0.1)
     als_iterations: int = 15
+    # `reels evaluate` picks every learned model's settings on the validation window (a small grid per
+    # model, models/evaluation/search.py) within this many wall seconds per data set; false or 0: off.
+    search: bool = True
+    search_budget_s: float = 1200.0
     seed: int = 42
 
     def __post_init__(self) -> None:
         _fail_on(
             "evaluation",
-            {"ks": bool(self.ks) and min(self.ks) > 0, "als_iterations": self.als_iterations > 0},
+            {
+                "ks": bool(self.ks) and min(self.ks) > 0,
+                "als_iterations": self.als_iterations > 0,
+                "search_budget_s": self.search_budget_s >= 0,
+            },
             self,
         )
+
+    @property
+    def searches(self) -> bool:
+        """Whether `reels evaluate` runs the validation search (on, with a budget above 0)."""
+        return self.search and self.search_budget_s > 0
 
 
 @dataclass(frozen=True)

@@ -55,16 +55,32 @@ class GroundTruth:
     video_category: np.ndarray  # (n_videos_total,) category index
     video_creator: np.ndarray  # (n_videos_total,) creator index
     category_trend: np.ndarray  # (n_categories, n_days) multiplier
+    # How feeds are filled (what the generator samples impressions from); None in files written before
+    # these were saved, which then support only the taste-based part of the world.
+    video_popularity: np.ndarray | None = None  # (n_videos_total,) base exposure weight
+    video_upload_day: np.ndarray | None = None  # (n_videos_total,) upload time, days since the start
+    category_popularity: np.ndarray | None = None  # (n_categories,) the trending/popular feed's mix
+    personalised_share: float | None = None  # feed slots drawn from the user's tastes
+    favourite_creator_share: float | None = None  # feed slots drawn from a favourite creator
+    position_bias: float | None = None  # logit penalty per feed position
+    mean_session_length: float | None = None  # feed videos per session
 
     def save(self, path: Path) -> None:
         """Write every field as one array of a compressed ``.npz`` at ``path`` (read back by ``load``)."""
-        np.savez_compressed(path, **{k: getattr(self, k) for k in self.__dataclass_fields__})
+        values = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        np.savez_compressed(path, **{k: v for k, v in values.items() if v is not None})
 
     @classmethod
     def load(cls, path: Path) -> GroundTruth:
-        """Read a ground truth written by ``save``."""
+        """Read a ground truth written by ``save`` (fields an older file lacks stay None)."""
         with np.load(path) as data:
-            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+            values = {k: data[k] for k in cls.__dataclass_fields__ if k in data.files}
+        return cls(**{k: v.item() if v.ndim == 0 else v for k, v in values.items()})
+
+    @property
+    def has_feed_model(self) -> bool:
+        """Whether the file holds how feeds were filled (popularity, uploads, shares), not only tastes."""
+        return self.video_popularity is not None and self.mean_session_length is not None
 
     def taste_on_day(self, user_index: np.ndarray, day: int, n_days: int) -> np.ndarray:
         """The (len(user_index), n_categories) tastes on 0-based ``day``, linearly between ``taste_start``
@@ -211,6 +227,13 @@ class SyntheticReels:
             video_category=self.video_category,
             video_creator=self.video_creator,
             category_trend=trend,
+            video_popularity=self.video_popularity,
+            video_upload_day=self.video_upload_s / 86400,
+            category_popularity=self.category_popularity,
+            personalised_share=cfg.personalised_share,
+            favourite_creator_share=cfg.favourite_creator_share,
+            position_bias=cfg.position_bias,
+            mean_session_length=cfg.mean_session_length,
         )
         # Per-day event budget with a weekly rhythm (weekends +15%).
         weekday = (self.start + pd.to_timedelta(days, unit="D")).dayofweek.to_numpy()

@@ -33,6 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fresh", action="store_true", help="rebuild the data and features first")
     p.add_argument("--docs", default="docs", help="where RESULTS.md/.json and plots/ go ('' to skip writing)")
     p.add_argument(
+        "--search", action=argparse.BooleanOptionalAction, default=None,
+        help="pick every learned model's settings on each source's validation window first, within "
+        "evaluation.search_budget_s seconds per source (default: evaluation.search in the config)",
+    )  # fmt: skip
+    p.add_argument(
         "--tradeoff-only", action="store_true",
         help="only sweep the re-rank settings on each source's serving version (no training): prints the "
         "diversity trade-off, writes <docs>/img/tradeoff_<source>.png",
@@ -81,13 +86,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.tradeoff_only:
         return _tradeoff_only(config, args, console)
     with spinner(console, "evaluating", log=True) as say:
-        run = jobs.evaluate(config, args.sources, args.fresh, say)
+        run = jobs.evaluate(config, args.sources, args.fresh, say, search=args.search)
     for name, dataset in run["datasets"].items():
         retrieval, ranking = dataset["retrieval"], dataset["ranking"]
+        served = dataset["settings"]["served_ranker"]
+        how = "picked on validation" if dataset["settings"]["picked_on_validation"] else "configured"
         console.print(
-            f"{name}: two_tower recall@20 {retrieval['two_tower']['recall@20']:.4f}, "
+            f"{name} (settings {how}): two_tower recall@20 {retrieval['two_tower']['recall@20']:.4f}, "
             f"als {retrieval['als']['recall@20']:.4f}, popularity {retrieval['popularity']['recall@20']:.4f}; "
-            f"MMoE AUC view {ranking['mmoe']['auc_view']:.4f} vs shared-bottom {ranking['shared_bottom']['auc_view']:.4f}"
+            f"{served} AUC view {ranking[served]['auc_view']:.4f} vs shared-bottom {ranking['shared_bottom']['auc_view']:.4f}"
         )
     # The date stays first: the other keys of the run follow the machine and the command.
     results = {"date": run["date"], "machine": machine(), "command": args.command_line, **run}

@@ -13,11 +13,12 @@ Protocol (the same for every method):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
+import scipy.special
 import scipy.stats
 
 from reels.models import baselines, metrics
@@ -127,33 +128,169 @@ def tune_als(train_matrix, queries: Queries, n_items: int, config: EvaluationCon
     return best
 
 
-def oracle_scorer(
-    features: FeatureArtifacts, queries: Queries, catalog_ids: np.ndarray
-) -> baselines.Scorer | None:
-    """On synthetic data, the generator's own preferences: each query user's expected affinity for every
-    catalog video on the day of their query (taste for its category, favourite creator, quality; the
-    response model without its noise and position). None when the store has no ``ground_truth.npz``."""
-    from reels.workflows.offline_store import OfflineStore
-    from reels.workflows.synthetic import CATEGORIES, USER_ID_BASE, VIDEO_ID_BASE, GroundTruth
+# The generator's response noise: affinity ~ N(0, 0.6) inside a logit scaled by 1.6, plus N(0, 0.8).
+_RESPONSE_NOISE_SD = float(np.hypot(1.6 * 0.6, 0.8))
 
-    store = OfflineStore(features.manifest().store)
+
+def _view_curve(truth, view_threshold: float) -> Callable[[np.ndarray], np.ndarray]:
+    """P(watch fraction >= ``view_threshold``) of one impression as a function of the noiseless affinity,
+    averaged over the feed position it is shown at (session lengths 1 + Poisson(mean - 1), so position p
+    is reached with P(length > p)). Thresholds near 1 ignore replays (watch fraction above 1)."""
+    mean_length = max(float(truth.mean_session_length) - 1.0, 1e-9)
+    positions = np.arange(int(6 * mean_length) + 30)
+    reach = np.where(positions == 0, 1.0, scipy.stats.poisson.sf(positions - 1, mean_length))
+    reach /= reach.sum()
+    threshold = scipy.special.logit(min(view_threshold, 1.0 - 1e-6))
+    grid = np.linspace(-15.0, 15.0, 3001)
+    engagement = grid[:, None] - float(truth.position_bias) * positions[None, :]
+    curve = scipy.stats.norm.cdf((1.6 * engagement - 0.6 - threshold) / _RESPONSE_NOISE_SD) @ reach
+    return lambda affinity: np.interp(affinity, grid, curve)
+
+
+def _feed_day(truth, day: int) -> dict[str, np.ndarray]:
+    """What the generator's feeds draw from on ``day``: each video's weight (popularity x freshness, 0
+    before its upload), the weight per category and the number of videos out per creator."""
+    from reels.workflows.synthetic import CATEGORIES
+
+    available = truth.video_upload_day < day
+    age = np.maximum(day - truth.video_upload_day, 0.0)
+    weight = np.where(available, truth.video_popularity * (1.0 + 3.0 * np.exp(-age / 5.0)), 0.0)
+    n_creators = int(max(truth.favourite_creators.max(), truth.video_creator.max())) + 1
+    return {
+        "available": available,
+        "weight": weight,
+        "category_weight": np.bincount(truth.video_category, weights=weight, minlength=len(CATEGORIES)),
+        "creator_videos": np.bincount(truth.video_creator[available], minlength=n_creators),
+    }
+
+
+def synthetic_exposure_probability(truth, users: np.ndarray, day: int, videos: np.ndarray) -> np.ndarray:
+    """The synthetic generator's probability that one feed slot of user index ``users[i]`` on 0-based
+    ``day`` shows video index ``videos[j]``: a (len(users), len(videos)) array; over every video of the
+    world, each row sums to 1. A slot is personalised (category by drifting taste x trend), trending/popular
+    (category by popularity x trend) or a favourite creator's video; within a category, videos are drawn by
+    popularity x freshness among those uploaded before the day. ``truth`` must hold the feed model
+    (``GroundTruth.has_feed_model``)."""
+    n_days = truth.category_trend.shape[1]
+    day = int(np.clip(day, 0, n_days - 1))
+    feed = _feed_day(truth, day)
+    weight, category_weight = feed["weight"], feed["category_weight"]
+    empty = category_weight <= 0  # the generator then draws from every available video
+    trend = truth.category_trend[:, day]
+    personal = truth.taste_on_day(users, day, n_days) * trend[None, :]
+    personal /= personal.sum(axis=1, keepdims=True)
+    popular = truth.category_popularity * trend
+    popular /= popular.sum()
+    favourites = truth.favourite_creators[users]  # (users, 3): one drawn uniformly per favourite slot
+    counts = feed["creator_videos"][favourites]  # their videos out by this day
+    share_p, share_f = float(truth.personalised_share), float(truth.favourite_creator_share)
+    # A favourite slot keeps its trending draw when the creator has no video out yet.
+    share_popular = 1.0 - share_p - share_f + share_f * (counts == 0).mean(axis=1)
+    category_mass = share_p * personal + share_popular[:, None] * popular[None, :]
+    spill = category_mass[:, empty].sum(axis=1)
+    category = truth.video_category[videos]
+    within = np.where(empty[category], 0.0, weight[videos] / np.where(empty, 1.0, category_weight)[category])
+    shown = category_mass[:, category] * within[None, :] + np.outer(spill, weight[videos] / weight.sum())
+    creator = truth.video_creator[videos]
+    out_yet = feed["available"][videos]
+    for slot in range(favourites.shape[1]):
+        per_video = np.where(
+            counts[:, slot] > 0, share_f / favourites.shape[1] / np.maximum(counts[:, slot], 1), 0
+        )
+        shown += (favourites[:, slot][:, None] == creator[None, :]) * out_yet[None, :] * per_video[:, None]
+    return shown
+
+
+def synthetic_view_probability(
+    truth, users: np.ndarray, day: int, videos: np.ndarray, view_threshold: float = 0.5
+) -> np.ndarray:
+    """The synthetic generator's probability that one impression of user index ``users[i]`` on 0-based
+    ``day`` is a view (watch fraction >= ``view_threshold``) of video index ``videos[j]``: the
+    exposure probability (``synthetic_exposure_probability``) times the response model's chance of a view
+    once shown (taste, favourite creator, quality; averaged over feed positions)."""
+    from reels.workflows.synthetic import CATEGORIES
+
+    n_days = truth.category_trend.shape[1]
+    day = int(np.clip(day, 0, n_days - 1))
+    taste = truth.taste_on_day(users, day, n_days)
+    category, creator = truth.video_category[videos], truth.video_creator[videos]
+    favourite = (truth.favourite_creators[users][:, :, None] == creator[None, None, :]).any(axis=1)
+    affinity = (
+        2.0 * np.sqrt(taste[:, category] * len(CATEGORIES))
+        - 2.0
+        + 1.2 * favourite
+        + 0.5 * truth.video_quality[videos][None, :]
+    )
+    view = _view_curve(truth, view_threshold)(affinity)
+    return synthetic_exposure_probability(truth, users, day, videos) * view
+
+
+def _event_days(times: pd.Series) -> pd.Series:
+    """UTC midnight of each event time (epoch seconds or timestamps), timezone-naive."""
+    if pd.api.types.is_numeric_dtype(times):
+        stamps = pd.to_datetime(times, unit="s", utc=True)
+    else:
+        stamps = pd.to_datetime(times, utc=True)
+    return stamps.dt.tz_localize(None).dt.normalize()
+
+
+def oracle_scorer(
+    features: FeatureArtifacts, queries: Queries, catalog_ids: np.ndarray, window: pd.DataFrame | None = None
+) -> baselines.Scorer | None:
+    """On synthetic data, the generator's own chance that each query user views each catalog video during
+    ``window`` (the events of the evaluated window; only the query's own day without it): the sum over
+    the window's days from the user's query day on of the day's impressions x
+    ``synthetic_view_probability`` — the formula the generator samples from, popularity and trending
+    included, so no model that learns from the logs can rank better in expectation. None when the store
+    has no ``ground_truth.npz``. A ground truth saved before the feed model was kept gives the older
+    taste-only affinity (taste, favourite creator, quality), which ignores what users were shown."""
+    from reels.workflows.offline_store import OfflineStore
+    from reels.workflows.synthetic import USER_ID_BASE, VIDEO_ID_BASE, GroundTruth
+
+    manifest = features.manifest()
+    store = OfflineStore(manifest.store)
     path = store.root / "ground_truth.npz"
     if not path.exists():
         return None
     truth = GroundTruth.load(path)
-    days = [pd.Timestamp(d).normalize() for d in store.days()]
+    first_day = pd.Timestamp(store.days()[0]).normalize()
     users = queries.frame["raw_user_id"].to_numpy() - USER_ID_BASE
-    query_days = pd.to_datetime(queries.frame["event_time"], utc=True).dt.tz_localize(None).dt.normalize()
-    day_index = np.array([days.index(d) if d in days else len(days) - 1 for d in query_days])
+    query_day = (_event_days(queries.frame["event_time"]) - first_day).dt.days.to_numpy()
     videos = catalog_ids - VIDEO_ID_BASE
-    category, creator, quality = (
-        truth.video_category[videos],
-        truth.video_creator[videos],
-        truth.video_quality[videos],
-    )
+    if not truth.has_feed_model:
+        return _taste_only_scorer(truth, users, query_day, videos)
+    if window is not None and len(window):
+        per_day = (_event_days(window["event_time"]) - first_day).dt.days.value_counts().sort_index()
+    else:
+        per_day = pd.Series(1, index=np.unique(query_day))
+    view_threshold = manifest.feature_config.view_threshold
 
     def score(rows: np.ndarray) -> np.ndarray:
-        w = (day_index[rows] / max(len(days) - 1, 1))[:, None]
+        out = np.zeros((len(rows), len(videos)))
+        for day, impressions in per_day.items():
+            active = np.flatnonzero(query_day[rows] <= day)  # the window from each user's query on
+            if len(active):
+                probability = synthetic_view_probability(
+                    truth, users[rows[active]], int(day), videos, view_threshold
+                )
+                out[active] += impressions * probability
+        return out
+
+    return score
+
+
+def _taste_only_scorer(
+    truth, users: np.ndarray, query_day: np.ndarray, videos: np.ndarray
+) -> baselines.Scorer:
+    """The affinity of the response model without noise or position, on each user's query day."""
+    from reels.workflows.synthetic import CATEGORIES
+
+    n_days = truth.category_trend.shape[1]
+    category, creator = truth.video_category[videos], truth.video_creator[videos]
+    quality = truth.video_quality[videos]
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        w = (np.clip(query_day[rows], 0, n_days - 1) / max(n_days - 1, 1))[:, None]
         taste = (1 - w) * truth.taste_start[users[rows]] + w * truth.taste_end[users[rows]]
         favourite = (truth.favourite_creators[users[rows]][:, :, None] == creator[None, None, :]).any(axis=1)
         return 2.0 * np.sqrt(taste[:, category] * len(CATEGORIES)) - 2.0 + 1.2 * favourite + 0.5 * quality
@@ -199,7 +336,7 @@ def evaluate_retrieval(
         "popularity": baselines.popularity_scorer(popularity),
         "random": baselines.random_scorer(n_items, config.seed),
     }
-    oracle = oracle_scorer(features, queries, ids)
+    oracle = oracle_scorer(features, queries, ids, test)
     if oracle is not None:
         scorers["oracle"] = oracle
     k_max = min(max(config.ks), n_items)
@@ -312,13 +449,20 @@ def evaluate_ranking(
     trained: TrainedModels,
     ranker_config: RankerConfig,
     progress: Progress | None = None,
+    configs: Mapping[str, RankerConfig] | None = None,
+    fitted: Mapping[str, tuple[Ranker, float]] | None = None,
 ) -> dict:
     """AUC / logloss per binary task and RMSE of watch fraction on every test impression, for the trained
-    ranker (``ranker_config.architecture``) and the other architectures trained here with the same
-    features, config and budget; bootstrap intervals per model and of each model's AUC minus
-    shared-bottom's (``_differences["<model>-shared_bottom"]``); each gated model's expert utilisation on
-    the validation window (``_gates``)."""
+    ranker (its architecture is the served one) and the other architectures beside it: ``fitted[a]`` =
+    (ranker, its training examples per second) where given (already trained on the training window, e.g.
+    by the validation search), else trained here with
+    ``configs[a]`` (default: ``ranker_config``); bootstrap intervals per model and of each model's AUC
+    minus shared-bottom's (``_differences["<model>-shared_bottom"]``); each gated model's expert
+    utilisation on the validation window (``_gates``)."""
+    from reels.models.evaluation.search import settings
+
     say = progress or (lambda _m: None)
+    configs, fitted = dict(configs or {}), dict(fitted or {})
     test = features.read_split("test")
     train = features.read_split("train")
     valid = features.read_split("valid")
@@ -326,13 +470,18 @@ def evaluate_ranking(
     rankers = {served: trained.ranker}
     speed = {served: trained.manifest["metrics"]["ranker"]["examples_per_s"]}
     for architecture in (a for a in RANKER_ARCHITECTURES if a != served):
+        if architecture in fitted:
+            rankers[architecture], speed[architecture] = fitted[architecture]
+            continue
         say(f"training the {architecture} ranker beside the served {served}")
-        rankers[architecture] = Ranker(trained.ranker.schema, ranker_config, architecture)
+        config = replace(configs.get(architecture, ranker_config), architecture=architecture)
+        rankers[architecture] = Ranker(trained.ranker.schema, config)
         speed[architecture] = round(rankers[architecture].fit(train).examples_per_s, 1)
     out, scored = {}, {}
     for name in RANKER_ARCHITECTURES:
         out[name], scored[name] = ranking_metrics(rankers[name], test)
         out[name]["train_examples_per_s"] = speed[name]
+        out[name]["settings"] = settings(rankers[name].config, name)
     say("bootstrap intervals over test users")
     labels = {task: test[task].to_numpy() for task in BINARY_TASKS}
     intervals = bootstrap.ranking_intervals(test["raw_user_id"].to_numpy(), labels, scored, "shared_bottom")
@@ -355,10 +504,15 @@ def evaluate(
     config: EvaluationConfig,
     ranker_config: RankerConfig,
     progress: Progress | None = None,
+    ranker_configs: Mapping[str, RankerConfig] | None = None,
+    fitted_rankers: Mapping[str, tuple[Ranker, float]] | None = None,
 ) -> dict:
     """Retrieval against the baselines and ranking against a shared-bottom model, on the test window of
-    the build ``trained`` was trained on: ``{"retrieval": ..., "ranking": ...}``."""
+    the build ``trained`` was trained on: ``{"retrieval": ..., "ranking": ...}`` (``ranker_configs`` and
+    ``fitted_rankers``: the other architectures' settings or models, see ``evaluate_ranking``)."""
     return {
         "retrieval": evaluate_retrieval(features, trained, config, progress),
-        "ranking": evaluate_ranking(features, trained, ranker_config, progress),
+        "ranking": evaluate_ranking(
+            features, trained, ranker_config, progress, ranker_configs, fitted_rankers
+        ),
     }

@@ -74,6 +74,26 @@ def _gate_lines(gates: dict) -> list[str]:
     return lines
 
 
+def _settings_lines(settings: dict | None, *models: str, ranking: dict | None = None) -> list[str]:
+    """One line naming the settings each of ``models`` was trained with, and whether the validation
+    search picked them (the two-tower's are in ``settings``, each ranker's in its ranking row)."""
+    if not settings:
+        return []
+    how = (
+        "picked on the validation window (see the validation search below)"
+        if settings.get("picked_on_validation")
+        else "as configured (no validation search)"
+    )
+    parts = []
+    for model in models:
+        values = settings.get(model) if ranking is None else ranking[model].get("settings")
+        if values:
+            served = " (served)" if model == settings.get("served_ranker") else ""
+            text = ", ".join(f"{k}={v}" for k, v in values.items())
+            parts.append(f"{model}{served}: {text}")
+    return ["", f"Settings, {how}: " + "; ".join(parts) + "."] if parts else []
+
+
 def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
@@ -110,15 +130,18 @@ def markdown(results: dict) -> str:
         "",
     ]
     lines += [
-        "Protocol: time split by whole days; models trained on the training window only; ALS tuned on the",
-        "validation window; every number below is on the test window. Retrieval is full-catalog, excluding",
+        "Protocol: time split by whole days; models trained on the training window only; ALS (and, with",
+        "the validation search, the two-tower and every ranker) tuned on the validation window; every number",
+        "below is on the test window. Retrieval is full-catalog, excluding",
         "videos the user interacted with before the test window; each query user's query is their first test",
         "event (features and history as of then). See `models/evaluation/offline.py`.",
         "Intervals are 95 % bootstrap intervals resampling test users (a user's events move together; ratios",
         "and AUC differences on paired resamples). A target is met only when its interval's lower bound clears",
         f"it, and targets are not judged with fewer than {MIN_TEST_USERS} test users. On synthetic data the",
-        "oracle ranks by the generator's own preferences (taste, favourite creators, quality): what is",
-        "learnable at most from who the users are, not from what they were shown.",
+        "oracle ranks by the generator's own probability that the user views each video in the test",
+        "window: how its feeds are filled (personal taste, trending and popular videos, favourite creators)",
+        "times the chance of a view. No model that learns from the logs can rank better in expectation, so",
+        "each model's share of the oracle is how much of what is learnable it has learnt.",
         "",
     ]
     for name, data in results["datasets"].items():
@@ -145,6 +168,7 @@ def markdown(results: dict) -> str:
                 "",
                 f"ALS picked on validation: factors={als['factors']}, regularization={als['regularization']}.",
             ]
+        lines += _settings_lines(data.get("settings"), "two_tower")
         ranking = data["ranking"]
         methods = [m for m in RANKING_METHODS if m in ranking]
         served = ranking["_protocol"].get("served_architecture", "mmoe")
@@ -152,18 +176,20 @@ def markdown(results: dict) -> str:
         lines += [
             "",
             f"Ranking on {ranking['_protocol']['test_impressions']:,} test impressions (served: {served}; the",
-            "others trained beside it with the same features, config and epochs):",
+            "others trained beside it on the same features and training window, with the settings below):",
             "",
         ]
         lines.append("| model | " + " | ".join(cols) + " | train examples/s |")
         lines.append("|---|" + "---:|" * (len(cols) + 1))
         for method in methods:
             row = ranking[method]
+            speed = row.get("train_examples_per_s")
             lines.append(
                 f"| {method} | "
                 + " | ".join(_fmt(row[c]) for c in cols)
-                + f" | {row['train_examples_per_s']:,.0f} |"
+                + f" | {f'{speed:,.0f}' if speed else '—'} |"
             )
+        lines += _settings_lines(data.get("settings"), *methods, ranking=ranking)
         if "_differences" in ranking:
             lines += ["", f"AUC minus shared-bottom's, 95 % bootstrap intervals over {ranking['_protocol']['test_users']:,} "
                       "test users (paired resamples):", ""]  # fmt: skip
@@ -185,6 +211,10 @@ def markdown(results: dict) -> str:
                     )
                 else:
                     lines.append(f"- {key}: {'met' if t['met'] else 'NOT met'}")
+        if "search" in data:
+            from reels.models.evaluation.search import markdown as search_markdown
+
+            lines += ["", search_markdown(data["search"], name)]
         if "tradeoff" in data:
             from reels.models.evaluation.tradeoff import markdown as tradeoff_markdown
 

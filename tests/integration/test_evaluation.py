@@ -21,11 +21,17 @@ def test_every_number_comes_with_an_interval_and_the_oracle_bounds_what_is_learn
         assert lo <= retrieval[method]["recall@20"] <= hi
     share = retrieval["_ratios"]["two_tower/oracle"]["recall@20"]
     assert share["ci"][0] <= share["ratio"] <= share["ci"][1]
-    # The generator's own preferences find what users watched far better than chance.
+    # The generator's own view probabilities bound what is learnable: above every learned model and
+    # popularity, far above chance.
+    for method in ("two_tower", "als", "popularity"):
+        assert retrieval["oracle"]["recall@20"] > retrieval[method]["recall@20"]
     assert retrieval["oracle"]["recall@20"] > 2 * retrieval["random"]["recall@20"]
     assert retrieval["_protocol"]["test_events"] >= retrieval["_protocol"]["test_users"]
     for task_bounds in ranking["_differences"]["mmoe-shared_bottom"].values():
         assert task_bounds[0] <= task_bounds[1]
+    # Each ranker says what it was trained with: the served one the version's, the others the given config.
+    assert ranking["mmoe"]["settings"]["learning_rate"] == tiny_models.ranker.config.learning_rate
+    assert ranking["ple"]["settings"]["epochs"] == FAST_RANKER.epochs
     judged = targets(retrieval, ranking)
     if retrieval["_protocol"]["test_users"] < MIN_TEST_USERS:
         assert list(judged) == ["not_judged"]

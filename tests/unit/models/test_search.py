@@ -1,0 +1,101 @@
+"""The validation search on tiny, really trained models: it keeps to its budget and records every trial,
+tried or not; what it picks is what the test-window evaluation then scores; `reels evaluate` can turn it
+off."""
+
+from dataclasses import replace
+
+import pytest
+
+from reels.client.cli import build_parser
+from reels.models.config import EvaluationConfig, RankerConfig, TwoTowerConfig
+from reels.models.evaluation.offline import evaluate_ranking, ranking_metrics
+from reels.models.evaluation.search import MODELS, markdown, search, trial_order
+from reels.workflows.errors import ConfigError
+
+FAST_TWO_TOWER = TwoTowerConfig(epochs=1, batch_size=512, output_dim=16, feature_dim=8, hidden_units=(32,))
+FAST_RANKER = RankerConfig(epochs=1, batch_size=1024, expert_units=(8,), tower_units=(8,), num_experts=2,
+                           shared_bottom_units=(16,))  # fmt: skip
+
+
+def test_trials_interleave_the_models_round_by_round():
+    grids = {
+        "two_tower": ({}, {"temperature": 0.2}),
+        "mmoe": ({}, {"epochs": 2}, {"epochs": 3}),
+        "ple": ({},),
+    }
+    assert trial_order(grids) == [
+        ("two_tower", {}), ("mmoe", {}), ("ple", {}),
+        ("two_tower", {"temperature": 0.2}), ("mmoe", {"epochs": 2}),
+        ("mmoe", {"epochs": 3}),
+    ]  # fmt: skip
+
+
+def test_a_bad_grid_fails_before_anything_trains(tiny_features):
+    config = EvaluationConfig(search_budget_s=60)
+    with pytest.raises(ConfigError, match="temprature"):
+        search(tiny_features, FAST_TWO_TOWER, FAST_RANKER, config, grids={"two_tower": ({"temprature": 1},)})
+    with pytest.raises(ConfigError, match="architecture"):
+        search(tiny_features, FAST_TWO_TOWER, FAST_RANKER, config, grids={"mmoe": ({"architecture": "ple"},)})
+    with pytest.raises(ConfigError, match="gbdt"):
+        search(tiny_features, FAST_TWO_TOWER, FAST_RANKER, config, grids={"gbdt": ({},)})
+
+
+def test_the_search_keeps_to_its_budget_and_records_what_it_did_not_try(tiny_features):
+    budget = 3.0
+    grids = {"two_tower": ({}, {"temperature": 0.2}), "shared_bottom": ({}, {"learning_rate": 0.003})}
+    config = EvaluationConfig(search_budget_s=budget)
+    found = search(tiny_features, FAST_TWO_TOWER, FAST_RANKER, config, grids=grids)
+    record = found.record
+    trials = record["trials"]
+    assert [(t["model"], t["overrides"]) for t in trials] == trial_order(grids)  # every trial is recorded
+    tried = [t for t in trials if t["status"] == "tried"]
+    assert tried and tried[0]["model"] == "two_tower"  # the first trial always runs
+    assert tried[0]["metric"] == "valid_recall@20" and 0 <= tried[0]["score"] <= 1
+    assert all(t["started_s"] < budget for t in tried)  # nothing starts once the budget is spent
+    assert record["elapsed_s"] <= budget + max(t["seconds"] for t in tried) + 1.0
+    skipped = [t for t in trials if t["status"] == "not tried"]
+    assert skipped and all(t["reason"].startswith("budget") for t in skipped)
+    assert record["tried"] + record["not_tried"] == len(trials)
+    # Untried models keep their configured settings, as do those the grids leave out.
+    untried = {t["model"] for t in trials} - {t["model"] for t in tried}
+    assert all(record["chosen"][m] == {} for m in untried | (set(MODELS) - set(grids)))
+    text = markdown(record, "tiny")
+    assert "not tried (budget" in text and f"{budget:.0f} s budget" in text
+
+
+def test_what_the_search_picks_is_what_the_test_window_scores(tiny_features, tiny_models):
+    grids = {"ple": ({},), "shared_bottom": ({}, {"learning_rate": 0.01})}
+    config = EvaluationConfig(search_budget_s=600)
+    found = search(tiny_features, FAST_TWO_TOWER, FAST_RANKER, config, grids=grids)
+    record = found.record
+    assert record["not_tried"] == 0 and record["tried"] == 3
+    for model in grids:
+        rows = [t for t in record["trials"] if t["model"] == model]
+        best = max(rows, key=lambda t: t["score"])
+        assert record["chosen"][model] == best["overrides"]  # the best validation score is picked
+    assert found.served_architecture == "ple"  # the only multi-task trunk searched
+    assert found.two_tower_config(FAST_TWO_TOWER) == FAST_TWO_TOWER
+    configs = found.ranker_configs(FAST_RANKER)
+    assert configs["mmoe"] == replace(FAST_RANKER, architecture="mmoe")  # not searched: as configured
+
+    # tiny_models serves an MMoE; beside it the evaluation scores the search's own fitted PLE and
+    # shared-bottom (nothing is retrained), each with the settings the search picked.
+    ranking = evaluate_ranking(tiny_features, tiny_models, FAST_RANKER, configs=configs, fitted=found.rankers)
+    test = tiny_features.read_split("test")
+    for architecture in ("ple", "shared_bottom"):
+        fitted, speed = found.rankers[architecture]
+        on_test, _ = ranking_metrics(fitted, test)
+        assert ranking[architecture]["auc_view"] == pytest.approx(on_test["auc_view"])
+        assert ranking[architecture]["train_examples_per_s"] == speed
+        chosen_rate = configs[architecture].learning_rate
+        assert ranking[architecture]["settings"]["learning_rate"] == chosen_rate
+
+
+def test_reels_evaluate_search_flag():
+    parser = build_parser()
+    assert parser.parse_args(["evaluate"]).search is None  # the config decides
+    assert parser.parse_args(["evaluate", "--no-search"]).search is False
+    assert parser.parse_args(["evaluate", "--search"]).search is True
+    assert not EvaluationConfig(search_budget_s=0).searches and not EvaluationConfig(search=False).searches
+    with pytest.raises(ValueError, match="search_budget_s"):
+        EvaluationConfig(search_budget_s=-1)
