@@ -131,11 +131,32 @@ class HistoryAttention(tf.keras.layers.Layer):
         return tf.reduce_sum(weights[:, :, tf.newaxis] * x, axis=1)
 
 
-class QueryInputs(tf.keras.layers.Layer):
-    """The query tower's input block with the history pooled by ``HistoryAttention``: Merlin's
-    ``InputBlockV2`` over every other query feature, concatenated with the pooled history."""
+class HistoryMean(tf.keras.layers.Layer):
+    """The mean of the embeddings of a 0-padded (batch, length) list's videos, padding left out (Merlin's
+    list mean averages the padding slots too, so a short history is diluted by the padding embedding);
+    an empty history pools to zeros. ``embeddings`` as for ``HistoryAttention``."""
 
-    def __init__(self, schema: Schema, config: TwoTowerConfig, history: HistoryAttention, **kwargs):
+    def __init__(self, length: int, dim: int, cardinality: int, embeddings=None, **kwargs):
+        super().__init__(**kwargs)
+        self.length = length
+        self.embeddings = embeddings or tf.keras.layers.Embedding(cardinality, dim, name="history_embeddings")
+
+    def call(self, ids: tf.Tensor, training: bool = False) -> tf.Tensor:
+        if isinstance(ids, tf.RaggedTensor):
+            ids = ids.to_tensor(0, shape=[None, self.length])
+        ids = tf.cast(tf.reshape(ids, [-1, self.length]), tf.int64)
+        present = tf.cast(ids > 0, tf.float32)[:, :, tf.newaxis]  # Categorify's 0 is padding
+        total = tf.reduce_sum(self.embeddings(ids) * present, axis=1)
+        return total / tf.maximum(tf.reduce_sum(present, axis=1), 1.0)
+
+
+class QueryInputs(tf.keras.layers.Layer):
+    """The query tower's input block with the history pooled by ``HistoryAttention`` or ``HistoryMean``:
+    Merlin's ``InputBlockV2`` over every other query feature, concatenated with the pooled history."""
+
+    def __init__(
+        self, schema: Schema, config: TwoTowerConfig, history: HistoryAttention | HistoryMean, **kwargs
+    ):
         super().__init__(**kwargs)
         self.schema = schema  # mm.Encoder reads it to prepare the dataloader's features
         self.others = _input_block(schema.excluding_by_name([HISTORY]), config)
@@ -198,7 +219,7 @@ class TwoTower:
             post=self._logq,
             store_negative_ids=True,  # PopularityLogitsCorrection needs the negatives' ids (merlin-models 23.12)
         )
-        if config.history_pooling == "attention":
+        if config.history_pooling in ("attention", "masked_mean"):
             item_tower = _tower(_input_block(self.item_schema, config), config)
             query_tower = _tower(self._attention_inputs(_video_table(item_tower.blocks[0])), config)
         else:
@@ -208,12 +229,13 @@ class TwoTower:
         self.model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
 
     def _attention_inputs(self, item_video_table: tf.keras.layers.Embedding) -> QueryInputs:
-        """The query tower's inputs with ``HistoryAttention`` over the history list."""
+        """The query tower's inputs with ``HistoryAttention`` (or, ``masked_mean``, ``HistoryMean``) over
+        the history list."""
         history = self.query_schema[HISTORY]
         length = history.value_count
         if length is None or not length.max or length.min != length.max:
             raise InvalidInput(
-                f"history_pooling: attention needs a fixed-length {HISTORY} list, got {length}"
+                f"history_pooling: {self.config.history_pooling} needs a fixed-length {HISTORY} list, got {length}"
             )
         cardinality = history.int_domain.max + 1
         shared = item_video_table if self.config.share_history_embeddings else None
@@ -221,6 +243,9 @@ class TwoTower:
             raise InvalidInput(
                 f"{HISTORY} ids reach {cardinality - 1} but the video_id table has {shared.input_dim} rows"
             )
+        if self.config.history_pooling == "masked_mean":
+            pooling = HistoryMean(int(length.max), self.config.feature_dim, cardinality, embeddings=shared)
+            return QueryInputs(self.query_schema, self.config, pooling)
         pooling = HistoryAttention(
             int(length.max), self.config.feature_dim, cardinality, self.config.attention_heads,
             self.config.attention_layers, embeddings=shared,

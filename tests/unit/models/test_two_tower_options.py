@@ -13,7 +13,14 @@ import tensorflow as tf
 from reels.models.config import TwoTowerConfig
 from reels.models.inputs import feature_schema
 from reels.models.train import item_view_counts
-from reels.models.two_tower import HistoryAttention, QueryTower, TwoTower, _video_table, query_inputs
+from reels.models.two_tower import (
+    HistoryAttention,
+    HistoryMean,
+    QueryTower,
+    TwoTower,
+    _video_table,
+    query_inputs,
+)
 from reels.workflows.errors import ConfigError
 from tests.conftest import TINY_TWO_TOWER
 
@@ -25,6 +32,7 @@ CASES = {
     "attention-own-table": {
         "history_pooling": "attention", "share_history_embeddings": False, "attention_layers": 0,
     },
+    "masked-mean-shared": {"history_pooling": "masked_mean"},
 }  # fmt: skip
 
 
@@ -94,6 +102,15 @@ def test_attention_masks_padding_and_pools_an_empty_history_to_zeros():
     np.testing.assert_allclose(after, before, atol=1e-6)
     np.testing.assert_array_equal(after[1], np.zeros(8, dtype=np.float32))
     assert np.abs(after[0]).max() > 0
+
+
+def test_masked_mean_is_the_mean_of_the_real_videos_only():
+    pooling = HistoryMean(length=5, dim=8, cardinality=50)
+    ids = tf.constant([[7, 3, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=tf.int64)
+    pooled = pooling(ids).numpy()
+    table = pooling.embeddings.embeddings.numpy()
+    np.testing.assert_allclose(pooled[0], (table[7] + table[3]) / 2, atol=1e-6)
+    np.testing.assert_array_equal(pooled[1], np.zeros(8, dtype=np.float32))
 
 
 @pytest.mark.parametrize(
