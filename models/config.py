@@ -11,7 +11,8 @@ from reels.workflows.errors import ConfigError
 
 RANKER_TASKS = ("view", "liked", "completed", "watch_fraction")
 RANKER_ARCHITECTURES = ("mmoe", "ple", "shared_bottom")
-HISTORY_POOLINGS = ("mean", "masked_mean", "attention")  # two-tower: how the query tower pools the history list
+# two-tower: how the query tower pools the history list
+HISTORY_POOLINGS = ("mean", "masked_mean", "attention")
 NEGATIVES = ("in-batch", "mixed")  # two-tower: in-batch negatives, or those plus uniformly sampled videos
 
 
