@@ -8,9 +8,9 @@ The ranker runs as its numpy forward (``reels.models.ranker_numpy``: the user si
 broadcast over the candidates) when its export holds ``ranker.npz``, else as the SavedModel; the serving
 setting ``ranker_backend: savedmodel`` keeps the SavedModel.
 
-The score a candidate is ranked by blends the ranker's weighted task predictions with the two-tower's
-score (``blend``, serving setting ``retrieval_weight``): the ranker estimates engagement once a video is
-shown, the two-tower how likely this user is to watch it at all, and the feed needs both."""
+The score a candidate is ranked by is the ranker's weighted task predictions, optionally blended with the
+two-tower's score (``blend``, serving setting ``retrieval_weight``, off by default): the ranker estimates
+engagement once a video is shown, the two-tower how likely this user is to watch it at all."""
 
 from __future__ import annotations
 
