@@ -29,7 +29,7 @@ import pandas as pd
 import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import ClusterError, RedisClusterException, TryAgainError
 
 from reels.feature_store.breaker import CircuitBreaker
 from reels.feature_store.layout import DEFAULT_PREFIX, SEEN_DTYPE, VIDEO_RECORD, Keys, user_record
@@ -38,8 +38,11 @@ from reels.workflows.manifest import FeatureArtifacts
 from reels.workflows.offline_store import OfflineStore
 
 # Redis cannot answer now: unreachable, timed out, or (Redis Cluster) a slot without a primary while a
-# replica takes over, or a slot being migrated.
-UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterError, SlotNotCoveredError, TryAgainError)
+# replica takes over (SlotNotCoveredError, a RedisClusterException), or a slot being migrated, or no node
+# reachable at all: redis-py then raises a bare RedisClusterException ("Redis Cluster cannot be
+# connected"), which is not a RedisError. (Its other use, keys of one command in several slots, cannot
+# happen here: every multi-key command stays in one slot.)
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterError, RedisClusterException, TryAgainError)
 
 FAULT_ENV = "REELS_FAULT"  # names a crash point (``<job>:<point>``) for the fault-injection tests
 

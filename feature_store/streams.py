@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import SentinelConnectionPool
 
@@ -170,7 +171,7 @@ class ExposureLog:
             self.client.xadd(
                 self.stream, {"exposure": exposure.to_json()}, maxlen=self.maxlen, approximate=True
             )
-        except (redis.RedisError, OSError) as exc:
+        except (redis.RedisError, RedisClusterException, OSError) as exc:  # the latter: no node reachable
             self.failed += 1
             self.breaker.trip(exc)
             log.warning("exposure log: %d entries lost so far (%s)", self.failed, exc)

@@ -16,7 +16,6 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 warnings.filterwarnings("ignore", message=".*NVTabular Dataset in CPU mode.*")
 
-from reels.deploy.redis_server import RedisServer, free_port  # noqa: E402
 from reels.feature_store.store import OnlineStore  # noqa: E402
 from reels.models.config import IndexConfig, RankerConfig, TwoTowerConfig  # noqa: E402
 from reels.models.train import train  # noqa: E402
@@ -24,8 +23,25 @@ from reels.workflows.config import FeatureConfig, SyntheticConfig  # noqa: E402
 from reels.workflows.offline_store import OfflineStore  # noqa: E402
 from reels.workflows.pipeline import build_features  # noqa: E402
 from reels.workflows.sources import generate_synthetic  # noqa: E402
+from tests.integration.stack_data import redis_choice, selected_redis, stop_stack_clusters  # noqa: E402
 
 INTEGRATION = Path(__file__).parent / "integration"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "single_redis(reason): about one redis-server itself (its process, its port, AUTH on it): skipped "
+        "with the reason when REELS_TEST_REDIS=cluster runs the integration tests on a Redis Cluster",
+    )
+    try:
+        redis_choice()
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_report_header(config):
+    return f"redis for integration tests: {redis_choice()} (REELS_TEST_REDIS)"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -88,6 +104,8 @@ def pytest_runtest_setup(item):
             "(`bash deploy/setup.sh` installs both):\n  " + "\n  ".join(problems),
             pytrace=False,
         )
+    if redis_choice() == "cluster" and (single := item.get_closest_marker("single_redis")):
+        pytest.skip(f"single-node Redis only: {single.kwargs.get('reason') or ' '.join(single.args)}")
 
 
 TINY = SyntheticConfig(
@@ -128,9 +146,17 @@ def tiny_models(tiny_features, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory):
-    """A real redis-server for the test module."""
-    with RedisServer(tmp_path_factory.mktemp("redis"), port=free_port()) as srv:
+    """A real Redis for the test module: one redis-server, or with ``REELS_TEST_REDIS=cluster`` a local
+    Redis Cluster of 3 primaries + 3 replicas (``client()``, ``url()``, ``stop()`` and ``start()`` alike)."""
+    with selected_redis(tmp_path_factory.mktemp("redis")) as srv:
         yield srv
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stack_clusters():
+    """The Redis Clusters `stack_settings` started for this module's stacks stop with the module."""
+    yield
+    stop_stack_clusters()
 
 
 @pytest.fixture()

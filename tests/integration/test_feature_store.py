@@ -82,10 +82,10 @@ def test_redis_going_away_raises_unavailable(tiny_features, tmp_path):
 _CRASHING_LOAD = """
 import sys
 from pathlib import Path
-import redis
+from reels.feature_store.settings import RedisSettings
 from reels.feature_store.store import OnlineStore
 from reels.workflows.manifest import FeatureArtifacts
-store = OnlineStore(redis.Redis(port=int(sys.argv[1]), socket_timeout=5), loading_ttl_s=1)
+store = OnlineStore(RedisSettings(url=sys.argv[1]).client(timeout_s=5), loading_ttl_s=1)
 store.load(FeatureArtifacts(Path(sys.argv[2])), batch=500)
 """
 
@@ -104,7 +104,7 @@ def test_a_load_killed_mid_way_leaves_keys_that_the_next_load_removes(online, ti
     client = redis_server.client()
     first = online.load(tiny_features).namespace
     run = subprocess.run(
-        [sys.executable, "-c", _CRASHING_LOAD, str(redis_server.port), str(tiny_features.root)],
+        [sys.executable, "-c", _CRASHING_LOAD, redis_server.url(), str(tiny_features.root)],
         env=os.environ | {"REELS_FAULT": "load:after_batch"}, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]

@@ -26,24 +26,20 @@ from reels.workflows.offline_store import OfflineStore
 
 HISTORY_LENGTH = 5  # TINY_FEATURES
 
-# One ingest worker over the real Redis and offline store: argv = port, workflow dir, offline root,
+# One ingest worker over the real Redis and offline store: argv = Redis URL, workflow dir, offline root,
 # consumer name, seconds to run ("drain": until the stream is drained), the event stream's shard count.
 WORKER = """
 import sys
-import redis
 from reels.feature_store.encoding import Vocabulary
 from reels.feature_store.ingest import IngestStats, IngestWorker
+from reels.feature_store.settings import RedisSettings
 from reels.feature_store.store import OnlineStore
 from reels.workflows.offline_store import OfflineStore
 
-port, workflow, offline, consumer, seconds, shards = sys.argv[1:]
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+url, workflow, offline, consumer, seconds, shards = sys.argv[1:]
 # No redis-py retries (as `reels ingest` runs it): an outage reaches the worker's own backoff at once
 # instead of being ridden out, or not, by retries inside one command depending on timing.
-client = redis.Redis(
-    port=int(port), socket_timeout=2.0, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
-)
+client = RedisSettings(url=url).client(timeout_s=2.0, retries=False)
 worker = IngestWorker(
     OnlineStore(client, namespace_ttl_s=0.0), Vocabulary(workflow, "video_id"), 5, consumer=consumer,
     offline=OfflineStore(offline), claim_idle_ms=100, shards=int(shards),
@@ -55,7 +51,7 @@ print(stats, flush=True)
 
 
 def _worker(
-    port: int,
+    url: str,
     tiny_features,
     offline: OfflineStore,
     consumer: str,
@@ -65,7 +61,7 @@ def _worker(
     shards: int = 1,
 ):
     env = dict(os.environ, REELS_FAULT=fault)
-    argv = [str(port), str(tiny_features.workflow_dir), str(offline.root), consumer, seconds, str(shards)]
+    argv = [url, str(tiny_features.workflow_dir), str(offline.root), consumer, seconds, str(shards)]
     return subprocess.Popen(
         [sys.executable, "-c", WORKER, *argv], env=env, stdout=log, stderr=subprocess.STDOUT
     )
@@ -139,7 +135,7 @@ def _killed_and_resumed(loaded_store, redis_server, tiny_features, tiny_store, t
     assert all(loaded_store.client.xlen(stream) for stream in producer.streams)  # every shard has work
 
     with (tmp_path / "doomed.log").open("wb") as log:
-        doomed = _worker(redis_server.port, tiny_features, offline, "doomed", "drain", log, fault, shards)
+        doomed = _worker(redis_server.url(), tiny_features, offline, "doomed", "drain", log, fault, shards)
         assert doomed.wait(timeout=180) == -signal.SIGKILL, (tmp_path / "doomed.log").read_text()[-3000:]
     # Killed before acknowledging anything: every message is still pending with the dead consumer.
     assert pending() == len(sent)
@@ -201,7 +197,7 @@ def test_the_worker_rides_out_a_redis_restart(tiny_features, tiny_store, tmp_pat
     first, second = _events(tiny_store, 10, 30 * 10**9), _events(tiny_store, 10, 31 * 10**9)
     log_path = tmp_path / "worker.log"
     log = log_path.open("wb")
-    worker = _worker(port, tiny_features, offline, "steady", "300", log)
+    worker = _worker(server.url(), tiny_features, offline, "steady", "300", log)
     try:
         producer.send(first)
         _wait(lambda: sum(_counted(store, [e["video_id"] for e in first]).values()) == 10, worker, log_path)

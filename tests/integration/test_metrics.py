@@ -217,7 +217,7 @@ def test_reels_ingest_serves_counts_lag_and_reconnects(
     env = {k: v for k, v in os.environ.items() if k != "REELS_REDIS_URL"}
     argv = [
         sys.executable, "-m", "reels.client.cli", "--set", f"data.root={tmp_path / 'data'}",
-        "--set", f"server.redis_port={redis_server.port}", "ingest", "synthetic", "--consumer", "metrics",
+        "--set", f"server.redis_url={redis_server.url()}", "ingest", "synthetic", "--consumer", "metrics",
         "--metrics-port", str(port),
     ]  # fmt: skip
     log = open(tmp_path / "ingest.log", "wb")  # noqa: SIM115 - closed below

@@ -18,14 +18,13 @@ import tritonclient.http as http
 
 from reels.client.triton_client import ClientError, ReelsClient
 from reels.deploy.redis_server import RedisServer
-from reels.feature_store.settings import RedisSettings
 from reels.feature_store.store import OnlineStore
 from reels.feature_store.streams import read_exposures
 from reels.models.serving.config import ServingConfig
 from reels.models.serving.experiment import Experiment
 from reels.workflows.spec import HISTORY, OOV
 from tests.integration.direct_calls import infer
-from tests.integration.stack_data import triton_over_redis
+from tests.integration.stack_data import redis_settings, triton_over_redis
 
 CONFIG = ServingConfig(candidates=200, max_k=50, max_per_creator=2, max_per_category=6)
 EXPERIMENT = Experiment(name="e2e", salt="t", variants={"control": {}, "diverse": {"mmr_lambda": 0.4}})
@@ -309,6 +308,10 @@ class _Probe(threading.Thread):
         return False
 
 
+@pytest.mark.single_redis(
+    reason="SIGSTOPs and SIGKILLs the one redis-server process and restarts it empty on its port "
+    "(a cluster's primary killed under load: test_serving_cluster.py)"
+)
 def test_redis_stalled_killed_or_restarted_empty_costs_no_request_and_no_latency(stack, users, tmp_path):
     """SIGSTOP for 5 s; SIGKILL (no SAVE) and restart; a restart with no data: every request is answered
     (a flagged fallback while Redis is away), p99 under 100 ms in each outage, personal feeds after."""
@@ -389,7 +392,7 @@ def test_hot_swap_under_perf_analyzer_load_fails_no_request(stack, tiny_models, 
     write_input_data(tmp_path / "requests.json", users, 10)
     store = OnlineStore(stack["redis"].client())
     before = store.namespace()
-    redis = RedisSettings(port=stack["redis"].port)
+    redis = redis_settings(stack["redis"])
     triton = stack["triton"]
     with LoadDuringAction(triton.grpc_url, triton.http_url, tmp_path / "requests.json", users) as load:
         report = promote(repository, new_dir, triton.grpc_url, store, redis, CONFIG)
