@@ -82,6 +82,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--seconds", type=float, default=20.0, help="length of the steady and kill windows")
     b.add_argument("--concurrency", type=int, default=2, help="perf_analyzer concurrency")
     b = bench.add_parser(
+        "failover",
+        help="a Redis Cluster primary killed under perf_analyzer load and ingest: failover time, errors, events",
+    )
+    b.add_argument("--source", default="synthetic", help=SOURCE_HELP)
+    b.add_argument("--seconds", type=float, default=20.0, help="length of the windows before and after")
+    b.add_argument("--concurrency", type=int, default=2, help="perf_analyzer concurrency")
+    b.add_argument("--events-per-s", type=int, default=100, help="events sent to the stream per second")
+    b = bench.add_parser(
         "capacity", help="a deployment plan for a target load from measured key sizes and recorded benchmarks"
     )
     b.add_argument("--source", default="synthetic", help=SOURCE_HELP)

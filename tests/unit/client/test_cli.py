@@ -99,6 +99,7 @@ def test_every_command_of_the_cli_is_registered():
         "capacity",
         "replicas",
         "ranker",
+        "failover",
     }
     for name, parser in bench.choices.items():
         args = parser.parse_args(["--record"])
