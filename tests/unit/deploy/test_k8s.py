@@ -47,6 +47,7 @@ TRITON_GPU_METRICS = {
 OTHER_METRICS = {
     "up", "redis_up", "redis_stream_group_lag", "redis_stream_group_messages_pending",
     "kube_pod_status_ready", "kube_deployment_status_replicas_available",
+    "kube_statefulset_status_replicas_ready", "kube_statefulset_replicas",
     "kube_cronjob_status_last_successful_time", "kube_horizontalpodautoscaler_status_current_replicas",
     "kube_horizontalpodautoscaler_spec_max_replicas",
 }  # fmt: skip
@@ -122,12 +123,12 @@ def env_of(container: dict) -> dict[str, dict]:
 
 EXPECTED = {
     "cpu": {
-        "Namespace": 1, "ConfigMap": 4, "Service": 5, "ServiceAccount": 1, "PersistentVolumeClaim": 1,
-        "Deployment": 2, "StatefulSet": 1, "CronJob": 2, "HorizontalPodAutoscaler": 1, "Ingress": 2,
+        "Namespace": 1, "ConfigMap": 5, "Service": 6, "ServiceAccount": 1, "PersistentVolumeClaim": 1,
+        "Deployment": 1, "StatefulSet": 2, "CronJob": 2, "HorizontalPodAutoscaler": 1, "Ingress": 2,
         "PodDisruptionBudget": 1, "NetworkPolicy": 1, "ServiceMonitor": 2, "PrometheusRule": 1,
     },
 }  # fmt: skip
-EXPECTED["gpu"] = {**EXPECTED["cpu"], "Deployment": 4, "Service": 6, "NetworkPolicy": 2}
+EXPECTED["gpu"] = {**EXPECTED["cpu"], "Deployment": 3, "Service": 7, "NetworkPolicy": 2}
 
 
 @needs_kubectl
@@ -355,7 +356,7 @@ def test_reels_config_in_the_configmap_is_valid_and_points_at_the_cluster_servic
 @needs_kubectl
 def test_ingest_workers_have_distinct_consumer_names_and_the_retrain_job_never_overlaps():
     objects = rendered("cpu")
-    (ingest,) = find(objects, "Deployment", "reels-ingest")["spec"]["template"]["spec"]["containers"]
+    (ingest,) = find(objects, "StatefulSet", "reels-ingest")["spec"]["template"]["spec"]["containers"]
     assert ingest["args"][ingest["args"].index("--consumer") + 1] == "$(POD_NAME)"
     assert env_of(ingest)["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     retrain = find(objects, "CronJob", "reels-retrain")
@@ -369,6 +370,63 @@ def test_ingest_workers_have_distinct_consumer_names_and_the_retrain_job_never_o
     assert gpu["metadata"]["labels"]["reels.io/dask-client"] == "true"
     worker = find(rendered("gpu"), "Deployment", "reels-dask-cuda-worker")["spec"]["template"]["spec"]
     assert worker["containers"][0]["command"][:3] == ["dask", "cuda", "worker"]
+
+
+def _config_of(objects):
+    """The reels configuration the ConfigMap ``reels-config-*`` carries, loaded as every pod loads it."""
+    from reels.client.config import load_config
+
+    (config_map,) = [o for o in objects if o["metadata"]["name"].startswith("reels-config-")]
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"reels-k8s-config-{os.getpid()}.yaml"
+    path.write_text(config_map["data"]["config.yaml"])
+    try:
+        return load_config(path)
+    finally:
+        path.unlink()
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_ingest_workers_own_every_event_stream_shard_exactly_once(overlay, tmp_path):
+    """The workers' entrypoint script, run by a real sh for each pod ordinal of the StatefulSet, appends
+    the --own-shards list of that pod to the reels ingest command: together they name every shard of
+    stream.shards once, and a pod with no shard left refuses to start."""
+    objects = rendered(overlay)
+    workers = find(objects, "StatefulSet", "reels-ingest")
+    (container,) = workers["spec"]["template"]["spec"]["containers"]
+    env = {name: e.get("value") for name, e in env_of(container).items()}
+    shards = _config_of(objects).stream.shards
+    replicas = workers["spec"]["replicas"]
+    assert int(env["STREAM_SHARDS"]) == shards > 1 and int(env["INGEST_WORKERS"]) == replicas > 1
+    assert workers["spec"]["serviceName"] == find(objects, "Service", "reels-ingest")["metadata"]["name"]
+    script = tmp_path / "own-shards.sh"
+    script.write_text(find(objects, "ConfigMap", "reels-ingest-scripts")["data"]["own-shards.sh"])
+    (mount,) = [m for m in container["volumeMounts"] if container["command"][0].startswith(m["mountPath"])]
+    assert container["command"] == [f"{mount['mountPath']}/{script.name}"]
+    assert container["args"][:5] == ["reels", "--config", "/etc/reels/config.yaml", "ingest", "synthetic"]
+
+    def own_shards(ordinal: int, workers: int = replicas) -> subprocess.CompletedProcess:
+        pod_env = {"PATH": os.environ["PATH"], "POD_NAME": f"reels-ingest-{ordinal}"}
+        pod_env |= {"STREAM_SHARDS": str(shards), "INGEST_WORKERS": str(workers)}
+        return subprocess.run(
+            ["sh", str(script), "echo", *container["args"]],
+            env=pod_env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    owned: list[int] = []
+    for ordinal in range(replicas):
+        run = own_shards(ordinal)
+        assert run.returncode == 0, run.stderr
+        argv = run.stdout.split()
+        assert argv[: len(container["args"])] == container["args"] and argv[-2] == "--own-shards"
+        owned += [int(shard) for shard in argv[-1].split(",")]
+    assert sorted(owned) == list(range(shards))  # each shard once
+    # More workers than shards: the extra pod says so and exits instead of reading every shard.
+    extra = own_shards(shards, workers=shards + 1)
+    assert extra.returncode == 1 and "owns no shard" in extra.stderr
 
 
 @needs_kubectl
