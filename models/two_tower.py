@@ -116,6 +116,7 @@ class HistoryAttention(tf.keras.layers.Layer):
         self.pool_query = tf.keras.layers.Dense(1, use_bias=False, name="pool_query")
 
     def call(self, ids: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """(batch, length) ids -> (batch, dim): attention-pooled, padding masked."""
         if isinstance(ids, tf.RaggedTensor):
             ids = ids.to_tensor(0, shape=[None, self.length])
         ids = tf.cast(tf.reshape(ids, [-1, self.length]), tf.int64)
@@ -142,6 +143,7 @@ class HistoryMean(tf.keras.layers.Layer):
         self.embeddings = embeddings or tf.keras.layers.Embedding(cardinality, dim, name="history_embeddings")
 
     def call(self, ids: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """(batch, length) ids -> (batch, dim): the mean over the non-padding ids' embeddings."""
         if isinstance(ids, tf.RaggedTensor):
             ids = ids.to_tensor(0, shape=[None, self.length])
         ids = tf.cast(tf.reshape(ids, [-1, self.length]), tf.int64)
@@ -163,6 +165,7 @@ class QueryInputs(tf.keras.layers.Layer):
         self.history = history
 
     def call(self, inputs: dict, training: bool = False) -> tf.Tensor:
+        """The other query features' embeddings, concatenated with the pooled history."""
         others = self.others({k: v for k, v in inputs.items() if k != HISTORY}, training=training)
         return tf.concat([others, self.history(inputs[HISTORY], training=training)], axis=-1)
 
@@ -181,16 +184,18 @@ class UniformVideoSampler(CandidateSampler):
         self._count = int(tf.shape(videos[id_name])[0])
 
     def call(self, items: Candidate, features=None, targets=None, training=False, testing=False) -> Candidate:
+        """``max_num_samples`` uniformly drawn videos, embedded by the item tower, as negatives."""
         rows = tf.random.uniform([self.max_num_samples], maxval=self._count, dtype=tf.int64)
         batch = {name: tf.gather(values, rows) for name, values in self._videos.items()}
         embedding = self._encode(batch, training=training)
         ids = tf.reshape(batch[self._id_name], [-1] + [1] * (items.id.shape.rank - 1))
         return Candidate(id=tf.cast(ids, items.id.dtype), metadata={}).with_embedding(embedding)
 
-    def add(self, items: Candidate) -> None:  # stateless: nothing kept between batches
-        pass
+    def add(self, items: Candidate) -> None:
+        """Nothing to keep: the sampler is stateless between batches."""
 
     def sample(self) -> Candidate:
+        """Not used: this sampler draws in ``call``."""
         raise NotImplementedError("UniformVideoSampler samples in call()")
 
 
