@@ -209,7 +209,9 @@ def search(
                 mean_auc = float(np.mean([valid_row[f"auc_{t}"] for t in BINARY_TASKS]))
                 row.update(metric="valid_mean_auc", score=mean_auc, valid=valid_row)
         except Exception as exc:  # one setting that cannot train must not sink the search
-            row.update(status="failed", reason=f"{type(exc).__name__}: {exc}"[:200])
+            # One line for the report's table: the exception and its message's first line.
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+            row.update(status="failed", reason=f"{type(exc).__name__}: {first}"[:200].replace("|", "/"))
             say(f"validation search: {model} {overrides} failed: {row['reason']}")
             candidate = fitting = None
             continue
