@@ -309,17 +309,14 @@ def window_feeds(
             ranked, ranker_scores, tasks, _ = ranking(query, candidates, scores)
             feeds.ranker_scores.append(ranker_scores)
             feeds.retrieval_scores.append(aligned(candidates, scores, ranked))
-            candidates, scores = (
-                ranked,
-                blend(ranker_scores, feeds.retrieval_scores[-1], base.retrieval_weight),
-            )
+            candidates, scores = ranked, ranker_scores  # blended below, once every feed is in
         else:
             tasks = np.full((len(candidates), len(RANKER_TASKS)), np.nan, dtype=np.float32)
         feeds.candidates.append(candidates)
         feeds.scores.append(scores)
         feeds.tasks.append(tasks)
         feeds.histories.append(features_u[HISTORY][0])
-    return feeds, catalog
+    return (feeds.blended(base.retrieval_weight) if ranking is not None else feeds), catalog
 
 
 def assemble(
