@@ -60,11 +60,11 @@ def _flatten(block) -> list:
     return out
 
 
-def _input_layout(model, arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """The input block's concatenation: one entry per feature it reads, sorted by name as Merlin's
+def input_layout(input_block, arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """A Merlin input block's concatenation: one entry per feature it reads, sorted by name as Merlin's
     ``ConcatFeatures`` does; each embedding table is stored once under ``embedding/<table>``."""
     entries: dict[str, dict[str, Any]] = {}
-    for layer in model.inputs_block.submodules:
+    for layer in input_block.submodules:
         kind = type(layer).__name__
         if kind == "EmbeddingTable":
             table = layer.table.embeddings.numpy()
@@ -100,7 +100,7 @@ def export_weights(
             name: {"dtype": spec.dtype.name, "shape": [d for d in spec.shape.as_list()]}
             for name, spec in signature.items()
         },
-        "layout": _input_layout(model, arrays),
+        "layout": input_layout(model.inputs_block, arrays),
         "query_features": list(query_features),
         "towers": {t: _dense_layers(model.towers[t], f"tower_{t}", arrays) for t in model.towers},
     }
@@ -154,6 +154,46 @@ def _run(h: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray, str]]) -> np.
     for kernel, bias, activation in layers:
         h = _activate(h @ kernel + bias, activation)
     return h
+
+
+def checked_inputs(
+    features: dict[str, np.ndarray],
+    names,
+    rows: int | None,
+    list_length: dict[str, int],
+    cardinality: dict[str, int],
+    model: str,
+) -> tuple[dict[str, np.ndarray], int]:
+    """``features[name]`` for each of ``names`` as arrays of ``rows`` rows (any count when None), checked
+    against the export: list inputs of their fixed length, ids inside their embedding table, numbers
+    elsewhere. Returns them and the row count; raises ``InvalidInput`` naming ``model`` and the input."""
+    missing = [n for n in names if n not in features]
+    if missing:
+        raise InvalidInput(f"{model} inputs lack {missing}")
+    out = {}
+    for name in names:
+        value = np.asarray(features[name])
+        if value.ndim == 0:
+            raise InvalidInput(f"{model} input {name!r} is a scalar, expected one value per row")
+        rows = len(value) if rows is None else rows
+        if len(value) != rows:
+            raise InvalidInput(f"{model} input {name!r} has shape {value.shape}, expected {rows} rows")
+        if name in list_length and (value.ndim != 2 or value.shape[1] != list_length[name]):
+            raise InvalidInput(
+                f"{model} input {name!r} has shape {value.shape}, expected (rows, {list_length[name]})"
+            )
+        if name in cardinality:
+            if not np.issubdtype(value.dtype, np.integer):
+                raise InvalidInput(f"{model} input {name!r} must hold integer ids, got {value.dtype}")
+            if value.size and (value.min() < 0 or value.max() >= cardinality[name]):
+                raise InvalidInput(
+                    f"{model} input {name!r} has ids outside [0, {cardinality[name]}): "
+                    f"{value.min()}..{value.max()}"
+                )
+        elif not np.issubdtype(value.dtype, np.number):
+            raise InvalidInput(f"{model} input {name!r} must be numeric, got {value.dtype}")
+        out[name] = value
+    return out, int(rows or 0)
 
 
 class _Side:
@@ -312,33 +352,7 @@ class NumpyRanker:
 
     # ---- checks ---------------------------------------------------------------------------------------
     def _checked(self, features: dict[str, np.ndarray], names, rows: int | None) -> tuple[dict, int]:
-        missing = [n for n in names if n not in features]
-        if missing:
-            raise InvalidInput(f"ranker inputs lack {missing}")
-        out = {}
-        for name in names:
-            value = np.asarray(features[name])
-            if value.ndim == 0:
-                raise InvalidInput(f"ranker input {name!r} is a scalar, expected one value per row")
-            rows = len(value) if rows is None else rows
-            if len(value) != rows:
-                raise InvalidInput(f"ranker input {name!r} has shape {value.shape}, expected {rows} rows")
-            if name in self._list_length and (value.ndim != 2 or value.shape[1] != self._list_length[name]):
-                raise InvalidInput(
-                    f"ranker input {name!r} has shape {value.shape}, expected (rows, {self._list_length[name]})"
-                )
-            if name in self._cardinality:
-                if not np.issubdtype(value.dtype, np.integer):
-                    raise InvalidInput(f"ranker input {name!r} must hold integer ids, got {value.dtype}")
-                if value.size and (value.min() < 0 or value.max() >= self._cardinality[name]):
-                    raise InvalidInput(
-                        f"ranker input {name!r} has ids outside [0, {self._cardinality[name]}): "
-                        f"{value.min()}..{value.max()}"
-                    )
-            elif not np.issubdtype(value.dtype, np.number):
-                raise InvalidInput(f"ranker input {name!r} must be numeric, got {value.dtype}")
-            out[name] = value
-        return out, int(rows or 0)
+        return checked_inputs(features, names, rows, self._list_length, self._cardinality, "ranker")
 
     # ---- forward --------------------------------------------------------------------------------------
     def _forward(self, user: np.ndarray, items: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:

@@ -36,6 +36,7 @@ from merlin.schema import Schema, Tags
 
 from reels.models.config import TwoTowerConfig
 from reels.models.inputs import ITEM_TOWER_FEATURES, QUERY_TOWER_FEATURES, dataset
+from reels.models.query_tower_numpy import export_weights
 from reels.workflows.errors import InvalidInput
 from reels.workflows.spec import HISTORY
 
@@ -305,8 +306,11 @@ class TwoTower:
         return self._encode(self.model.candidate_encoder, videos, self.item_schema, ITEM_TOWER_FEATURES)
 
     def save_query_tower(self, path: Path) -> None:
-        """Save the query encoder as a SavedModel at ``path`` (loaded back by ``QueryTower``)."""
+        """Save the query encoder as a SavedModel at ``path`` (loaded back by ``QueryTower``) and, for
+        mean pooling, its weights for the numpy forward beside it (``query_tower.npz``)."""
         self.model.query_encoder.save(str(path))
+        signature = QueryTower(path).inputs
+        export_weights(self.model.query_encoder, signature, Path(path))
 
 
 class QueryTower:

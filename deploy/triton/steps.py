@@ -176,10 +176,12 @@ class RetrievalStep:
 
     def __init__(self, release: Release):
         from reels.models.index import load_index
-        from reels.models.two_tower import QueryTower
+        from reels.models.query_tower_numpy import load_query_tower
 
+        # serving.query_tower_backend: numpy (default; no TensorFlow call per request) or the SavedModel.
+        tower = load_query_tower(release.model_dir / "query_tower", release.serving.query_tower_backend)
         self.retrieval = Retrieval(
-            QueryTower(release.model_dir / "query_tower"), load_index(release.model_dir / "items.faiss"),
+            tower, load_index(release.model_dir / "items.faiss"),
             release.trending_ids(), release.serving, Catalog(release.model_dir, release.video_metadata()),
         )  # fmt: skip
 

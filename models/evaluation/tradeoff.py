@@ -263,13 +263,14 @@ def window_feeds(
     from reels.feature_store.encoding import RequestEncoder
     from reels.models.index import load_index
     from reels.models.inputs import QUERY_FEATURES
+    from reels.models.query_tower_numpy import load_query_tower
     from reels.models.ranker_numpy import load_ranker
     from reels.models.serving.catalog import video_metadata
     from reels.models.serving.ranking import Ranking, aligned
     from reels.models.serving.request import QUERY_USER_FIELDS, QueryFeatures
     from reels.models.serving.retrieval import Retrieval
     from reels.models.serving.video_table import VideoTable
-    from reels.models.two_tower import QueryTower, query_inputs
+    from reels.models.two_tower import query_inputs
     from reels.workflows.offline_store import OfflineStore
     from reels.workflows.spec import REQUEST_CONTEXT
 
@@ -279,7 +280,8 @@ def window_feeds(
         pd.concat(before, ignore_index=True), features.read_split(window), catalog.raw_ids
     )
     retrieval = Retrieval(
-        QueryTower(model_dir / "query_tower"), load_index(model_dir / "items.faiss"),
+        load_query_tower(model_dir / "query_tower", base.query_tower_backend),
+        load_index(model_dir / "items.faiss"),
         np.array([], dtype=np.int64), base, catalog,
     )  # fmt: skip
     ranking = (

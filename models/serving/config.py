@@ -30,6 +30,9 @@ class ServingConfig:
     # numpy: the ranker's numpy forward (its export's ranker.npz; the SavedModel where that is absent);
     # savedmodel: the TensorFlow SavedModel
     ranker_backend: str = "numpy"
+    # the same two backends for the two-tower's query tower (numpy needs its export's query_tower.npz,
+    # written for mean history pooling; otherwise, and with savedmodel, the SavedModel runs)
+    query_tower_backend: str = "numpy"
     # memory: candidate video records from the release's in-memory table (built from the same feature
     # build as the namespace it reads); redis: read from the online store on every request
     video_features: str = "memory"
@@ -52,6 +55,7 @@ class ServingConfig:
             "exploration_epsilon": 0.0 <= self.exploration_epsilon <= 1.0,
             "fresh_hours": self.fresh_hours >= 0,
             "ranker_backend": self.ranker_backend in RANKER_BACKENDS,
+            "query_tower_backend": self.query_tower_backend in RANKER_BACKENDS,
             "video_features": self.video_features in VIDEO_FEATURE_SOURCES,
             "retrieval_weight": self.retrieval_weight >= 0,
         }

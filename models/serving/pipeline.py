@@ -8,6 +8,7 @@ from reels.feature_store.encoding import RequestEncoder
 from reels.feature_store.store import OnlineStore
 from reels.feature_store.streams import ExposureLog
 from reels.models.index import load_index
+from reels.models.query_tower_numpy import load_query_tower
 from reels.models.ranker_numpy import load_ranker
 from reels.models.registry import trained_features
 from reels.models.serving.catalog import Catalog, trending, video_metadata
@@ -19,7 +20,6 @@ from reels.models.serving.request import Request
 from reels.models.serving.rerank import DiversityRerank, Recommendation
 from reels.models.serving.retrieval import Retrieval
 from reels.models.serving.video_table import VideoTable
-from reels.models.two_tower import QueryTower
 from reels.workflows.offline_store import OfflineStore
 from reels.workflows.spec import HISTORY
 
@@ -43,7 +43,8 @@ class InProcessPipeline:
         self.feature_transform = FeatureTransform(store, encoder, manifest.history_length)
         catalog = Catalog(model_dir, video_metadata(offline))
         self.retrieval = Retrieval(
-            QueryTower(model_dir / "query_tower"), load_index(model_dir / "items.faiss"),
+            load_query_tower(model_dir / "query_tower", self.config.query_tower_backend),
+            load_index(model_dir / "items.faiss"),
             trending(offline, self.config.trending_days, self.config.trending_size), self.config, catalog,
         )  # fmt: skip
         backend = self.config.ranker_backend

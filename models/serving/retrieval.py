@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import faiss
 import numpy as np
 
@@ -12,7 +14,10 @@ from reels.models.serving.request import (
     Fallback,
     QueryFeatures,
 )
-from reels.models.two_tower import QueryTower
+
+if TYPE_CHECKING:  # TensorFlow is imported only where the SavedModel tower runs
+    from reels.models.query_tower_numpy import NumpyQueryTower
+    from reels.models.two_tower import QueryTower
 
 
 class Retrieval:
@@ -24,7 +29,7 @@ class Retrieval:
 
     def __init__(
         self,
-        query_tower: QueryTower,
+        query_tower: QueryTower | NumpyQueryTower,
         index: faiss.Index,
         trending_ids: np.ndarray,
         config: ServingConfig,

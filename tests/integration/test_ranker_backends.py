@@ -1,15 +1,17 @@
-"""The in-process pipeline with the ranker's numpy forward (the default) against the same pipeline with its
-SavedModel, on a real redis-server and the tiny trained models: the same feeds, in the same order, up to
-float32 ties."""
+"""The in-process pipeline with the numpy forwards of the query tower and the ranker (the default) against
+the same pipeline with their SavedModels, on a real redis-server and the tiny trained models: the same
+feeds, in the same order, up to float32 ties."""
 
 import numpy as np
 import pandas as pd
 
+from reels.models.query_tower_numpy import NumpyQueryTower
 from reels.models.ranker import ExportedRanker
 from reels.models.ranker_numpy import NumpyRanker
 from reels.models.serving.config import ServingConfig
 from reels.models.serving.pipeline import InProcessPipeline
 from reels.models.serving.request import Request
+from reels.models.two_tower import QueryTower
 
 # No exploration (random slots) and no exposure log: the feed depends on the scores only; and the ranker's
 # own scores (retrieval_weight 0), whose ulps standardising would magnify.
@@ -19,13 +21,19 @@ CONFIG = ServingConfig(
 REQUESTS = 200
 
 
-def test_numpy_and_savedmodel_backends_serve_the_same_feeds(loaded_store, tiny_models, tiny_features):
+def test_numpy_and_savedmodel_towers_serve_the_same_feeds(loaded_store, tiny_models, tiny_features):
     numpy_pipeline = InProcessPipeline(tiny_models.directory, loaded_store, CONFIG)
     saved_pipeline = InProcessPipeline(
-        tiny_models.directory, loaded_store, ServingConfig(**{**vars(CONFIG), "ranker_backend": "savedmodel"})
+        tiny_models.directory,
+        loaded_store,
+        ServingConfig(
+            **{**vars(CONFIG), "ranker_backend": "savedmodel", "query_tower_backend": "savedmodel"}
+        ),
     )
     assert isinstance(numpy_pipeline.ranking.ranker, NumpyRanker)
     assert isinstance(saved_pipeline.ranking.ranker, ExportedRanker)
+    assert isinstance(numpy_pipeline.retrieval.query_tower, NumpyQueryTower)
+    assert isinstance(saved_pipeline.retrieval.query_tower, QueryTower)
     users = pd.read_parquet(tiny_features.users_path)["raw_user_id"].to_numpy()[:REQUESTS]
     when = int(pd.Timestamp(tiny_features.manifest().split["end"]).timestamp())
     same = 0

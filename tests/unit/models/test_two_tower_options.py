@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from reels.models.config import TwoTowerConfig
 from reels.models.inputs import feature_schema
+from reels.models.query_tower_numpy import WEIGHTS_FILE, load_query_tower
 from reels.models.train import item_view_counts
 from reels.models.two_tower import (
     HistoryAttention,
@@ -77,7 +78,9 @@ def test_exported_tower_keeps_the_signature_and_reproduces_the_trained_one(
     _, model, path = exported
     queries = training[3]
     assert _signature(path) == mean_signature  # serving feeds the same arrays as with mean pooling
-    tower = QueryTower(path)
+    assert not (path / WEIGHTS_FILE).exists()  # no numpy forward for these poolings: the SavedModel serves
+    tower = load_query_tower(path)
+    assert isinstance(tower, QueryTower)
     served = tower(query_inputs(queries, tower.inputs))
     assert served.shape == (len(queries), FEW_STEPS.output_dim)
     assert np.abs(served - model.query_embeddings(queries)).max() < 1e-5
