@@ -335,8 +335,11 @@ def build_graph(model_dir: Path, features_dir: Path, k: int, candidates: int) ->
     # The history first: the executor converts a `+` node's inputs to the format of its first one, and a
     # pandas round trip would turn the dense (1, L) history into a ragged list the query tower refuses.
     query = user_lists[HISTORY] + (raw_query >> ops["TransformWorkflow(user, context)"])
+    # The query tower takes exactly its own inputs (Merlin refuses extra columns): the ranker's user rate
+    # features are not among them.
+    tower_inputs = ops["PredictTensorflow(query_tower)"].input_schema.column_names
     filtered = (
-        query
+        query[tower_inputs]
         >> ops["PredictTensorflow(query_tower)"]
         >> ops["QueryFaiss"]
         >> FilterCandidates(filter_out=user_lists[SEEN])

@@ -375,9 +375,17 @@ def run(
         from reels.client.bench.merlin_peer import merlin_systems_pipeline
 
         console.print("Merlin Systems in-process DAG on the same models")
-        report["serving"]["merlin_systems"] = merlin_systems_pipeline(
-            model_dir, source_dir / "features", users[: min(len(users), 300)], k, config.serving.candidates
-        )
+        try:
+            report["serving"]["merlin_systems"] = merlin_systems_pipeline(
+                model_dir,
+                source_dir / "features",
+                users[: min(len(users), 300)],
+                k,
+                config.serving.candidates,
+            )
+        except Exception as exc:  # noqa: BLE001 - the peer is a comparison: keep the run's own results
+            report["serving"]["merlin_systems"] = {"error": f"{type(exc).__name__}: {exc}"}
+            console.print(f"[red]Merlin Systems peer failed: {type(exc).__name__}: {exc}[/red]")
     report["goals"] = goals(report)
     return report
 
@@ -424,7 +432,7 @@ def table(report: dict) -> str:
                 f"| Triton {protocol}, before (SavedModel towers, videos from Redis) | {c} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['rps']:.1f} | {r['p50_ms'] / floor:.1f} |"
             )
     for name in ("in_process", "floor", "merlin_systems"):
-        if name not in s:
+        if name not in s or "p50_ms" not in s[name]:
             continue
         r = s[name]
         lines.append(
@@ -466,6 +474,8 @@ def table(report: dict) -> str:
         inclusive = dict(prof["inclusive"])
         for name, share in prof["own"][:8]:
             lines.append(f"| `{name}` | {share:.1%} | {inclusive.get(name, share):.1%} |")
+    if "error" in s.get("merlin_systems", {}):
+        lines += ["", f"The Merlin Systems peer failed in this run: {s['merlin_systems']['error']}"]
     if report.get("goals"):
         lines += ["", "Ratios in this run: " + ", ".join(f"{k} {v:.2f}" for k, v in report["goals"].items())]
     return "\n".join(lines) + "\n"

@@ -86,3 +86,13 @@ def test_top_k_orders_ids_by_the_weighted_task_score():
 def test_bad_arguments_are_refused_before_anything_is_built():
     with pytest.raises(InvalidInput, match="candidates >= k"):
         merlin_systems_pipeline(Path("nowhere"), Path("nowhere"), np.array([1]), k=20, candidates=10)
+
+
+def test_the_peer_serves_a_trained_version_whose_query_tower_reads_fewer_features_than_the_ranker(
+    tiny_models, tiny_features
+):
+    # The query tower leaves out the user rate features the ranker reads: the peer's DAG must hand each
+    # model exactly its own inputs (Merlin refuses extra columns).
+    users = pd.read_parquet(tiny_features.users_path)["raw_user_id"].to_numpy()[:8]
+    out = merlin_systems_pipeline(tiny_models.directory, tiny_features.root, users, k=5, candidates=50)
+    assert out["requests"] == 8 and 0 < out["p50_ms"] <= out["p99_ms"]
