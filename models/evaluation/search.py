@@ -3,11 +3,14 @@ window).
 
 Each model — the two-tower and the three ranker architectures — has a small grid of overrides of the
 configured settings, the configured settings first. The trials run in one order that interleaves the
-models (round 1: every model with its configured settings; round 2: every model's first change; ...), so
-a budget cut leaves the models at most one round apart, under one wall-clock budget: a trial starts
-only when the seconds per epoch its model (for a ranker not timed yet: the slowest ranker) took so far
-say it ends within the budget; the two-tower's first trial starts whenever time is left. What was not
-tried is recorded with the reason. Models are trained on the training window and scored on the
+models (round 1: every model with its configured settings; round 2: every model's first change; ...),
+under one wall-clock budget. The rankers' grids change the same things round by round (learning rate,
+then a larger trunk, then more epochs), and a round's ranker trials start together or not at all: only
+when the seconds per epoch each took so far (a ranker not timed yet: the slowest ranker) say the whole
+round ends within the budget. So every architecture is compared after the same number of rounds, and a
+budget cut never gives one trunk a trial the others did not get. The two-tower's trial of a round starts
+when its own seconds per epoch say it ends in time (its first whenever time is left). What was not tried
+is recorded with the reason. Models are trained on the training window and scored on the
 validation window: the two-tower by recall@20 (``tune_two_tower``, the protocol of ``offline.py``), a
 ranker by its mean AUC over the binary tasks.
 
@@ -52,10 +55,16 @@ _EXPERT_GRID: tuple[Overrides, ...] = (
     {"learning_rate": 0.003, "expert_units": (128, 64)},
     {"learning_rate": 0.003, "epochs": 6},
 )
+# The shared bottom's round 3 is its larger trunk, as deeper experts are the multi-task trunks'.
 RANKER_GRID: dict[str, tuple[Overrides, ...]] = {
     "mmoe": _EXPERT_GRID,
     "ple": _EXPERT_GRID,
-    "shared_bottom": ({}, {"learning_rate": 0.003}, {"learning_rate": 0.003, "epochs": 6}),
+    "shared_bottom": (
+        {},
+        {"learning_rate": 0.003},
+        {"learning_rate": 0.003, "shared_bottom_units": (256, 128)},
+        {"learning_rate": 0.003, "epochs": 6},
+    ),
 }
 MODELS = (TWO_TOWER, *RANKER_ARCHITECTURES)
 # Settings the report shows for each model (plus whatever the chosen overrides change).
@@ -101,10 +110,15 @@ def _plain(value):
     return list(value) if isinstance(value, tuple) else value
 
 
+def trial_rounds(grids: Mapping[str, Sequence[Overrides]]) -> list[list[tuple[str, Overrides]]]:
+    """Round i: (model, overrides) for every model of ``grids`` with an i-th entry, in ``grids`` order."""
+    rounds = max((len(g) for g in grids.values()), default=0)
+    return [[(m, dict(g[i])) for m, g in grids.items() if i < len(g)] for i in range(rounds)]
+
+
 def trial_order(grids: Mapping[str, Sequence[Overrides]]) -> list[tuple[str, Overrides]]:
     """(model, overrides) in round-robin order over the models of ``grids``, round by round."""
-    rounds = max((len(g) for g in grids.values()), default=0)
-    return [(m, dict(g[i])) for i in range(rounds) for m, g in grids.items() if i < len(g)]
+    return [trial for trials in trial_rounds(grids) for trial in trials]
 
 
 def _check(grids: Mapping[str, Sequence[Overrides]], two_tower: TwoTowerConfig, ranker: RankerConfig) -> None:
@@ -144,6 +158,18 @@ class _Clock:
             return f"budget: needs about {per_epoch * epochs:.0f} s, {left:.0f} s left"
         return None
 
+    def why_not_round(self, trials: Sequence[tuple[str, int]]) -> str | None:
+        """None when the rankers' trials of one round ((model, epochs) each) may all start now, else why
+        none may: the budget is spent, or their estimated seconds together exceed what is left."""
+        left = self.budget_s - self.elapsed()
+        if left <= 0:
+            return "budget spent"
+        slowest = max((s for m, s in self.per_epoch.items() if m != TWO_TOWER), default=0.0)
+        needed = sum(self.per_epoch.get(model, slowest) * epochs for model, epochs in trials)
+        if needed > left:
+            return f"budget: the round's rankers need about {needed:.0f} s, {left:.0f} s left"
+        return None
+
     def took(self, model: str, epochs: int, seconds: float) -> None:
         self.per_epoch[model] = max(self.per_epoch.get(model, 0.0), seconds / epochs)
 
@@ -179,50 +205,67 @@ def search(
     seen: dict[str, list[dict]] = {m: [] for m in grids}
     candidate: tuple[Ranker, float] | None = None
     record: dict = {"budget_s": config.search_budget_s, "valid_impressions": len(valid)}
-    for model, overrides in trial_order(grids):
-        base = two_tower if model == TWO_TOWER else replace(ranker, architecture=model)
-        resolved = asdict(replace(base, **overrides))
-        if resolved in seen[model]:  # e.g. the configured learning rate is already 3e-3
-            continue
-        seen[model].append(resolved)
-        row: dict = {"model": model, "overrides": {k: _plain(v) for k, v in overrides.items()}}
-        trials.append(row)
-        reason = clock.why_not(model, resolved["epochs"])
-        if reason:
-            row.update(status="not tried", reason=reason)
-            continue
-        row["started_s"] = round(clock.elapsed(), 1)
-        say(f"validation search: {model} {overrides or 'configured settings'} ({row['started_s']:.0f} s in)")
-        began = time.perf_counter()
-        try:
+    rounds: list[list[tuple[str, Overrides, dict, dict]]] = []  # (model, overrides, resolved, row)
+    for round_trials in trial_rounds(grids):
+        planned = []
+        for model, overrides in round_trials:
+            base = two_tower if model == TWO_TOWER else replace(ranker, architecture=model)
+            resolved = asdict(replace(base, **overrides))
+            if resolved in seen[model]:  # e.g. the configured learning rate is already 3e-3
+                continue
+            seen[model].append(resolved)
+            row: dict = {"model": model, "overrides": {k: _plain(v) for k, v in overrides.items()}}
+            trials.append(row)
+            planned.append((model, overrides, resolved, row))
+        rounds.append(planned)
+    for planned in rounds:
+        rankers = [(model, resolved["epochs"]) for model, _, resolved, _ in planned if model != TWO_TOWER]
+        round_reason: str | None = None
+        round_checked = False
+        for model, overrides, resolved, row in planned:
             if model == TWO_TOWER:
-                result = tune_two_tower(features, two_tower, grid=(overrides,), k=20, progress=say)
-                scored = result["rows"][1]
-                row.update(metric="valid_recall@20", score=float(scored["valid_recall@20"]))
-                record["valid_users"] = result["valid_users"]
-                record["popularity_valid_recall@20"] = float(result["rows"][0]["valid_recall@20"])
-            else:
-                fitting = Ranker(schema, replace(ranker, architecture=model, **overrides))
-                speed = round(fitting.fit(train).examples_per_s, 1)
-                candidate = (fitting, speed)
-                valid_row, _ = ranking_metrics(fitting, valid)
-                mean_auc = float(np.mean([valid_row[f"auc_{t}"] for t in BINARY_TASKS]))
-                row.update(metric="valid_mean_auc", score=mean_auc, valid=valid_row)
-        except Exception as exc:  # one setting that cannot train must not sink the search
-            # One line for the report's table: the exception and its message's first line.
-            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-            row.update(status="failed", reason=f"{type(exc).__name__}: {first}"[:200].replace("|", "/"))
-            say(f"validation search: {model} {overrides} failed: {row['reason']}")
-            candidate = fitting = None
-            continue
-        seconds = time.perf_counter() - began
-        row.update(status="tried", seconds=round(seconds, 1))
-        clock.took(model, resolved["epochs"], seconds)
-        if model not in best or row["score"] > best[model]["score"]:
-            best[model] = row
-            if candidate is not None:
-                fitted[model] = candidate
-        candidate = fitting = None  # a worse ranker is dropped at once
+                reason = clock.why_not(model, resolved["epochs"])
+            else:  # the round's rankers are checked together, when the first of them is due
+                if not round_checked:
+                    round_reason, round_checked = clock.why_not_round(rankers), True
+                reason = round_reason
+            if reason:
+                row.update(status="not tried", reason=reason)
+                continue
+            row["started_s"] = round(clock.elapsed(), 1)
+            say(
+                f"validation search: {model} {overrides or 'configured settings'} ({row['started_s']:.0f} s in)"
+            )
+            began = time.perf_counter()
+            try:
+                if model == TWO_TOWER:
+                    result = tune_two_tower(features, two_tower, grid=(overrides,), k=20, progress=say)
+                    scored = result["rows"][1]
+                    row.update(metric="valid_recall@20", score=float(scored["valid_recall@20"]))
+                    record["valid_users"] = result["valid_users"]
+                    record["popularity_valid_recall@20"] = float(result["rows"][0]["valid_recall@20"])
+                else:
+                    fitting = Ranker(schema, replace(ranker, architecture=model, **overrides))
+                    speed = round(fitting.fit(train).examples_per_s, 1)
+                    candidate = (fitting, speed)
+                    valid_row, _ = ranking_metrics(fitting, valid)
+                    mean_auc = float(np.mean([valid_row[f"auc_{t}"] for t in BINARY_TASKS]))
+                    row.update(metric="valid_mean_auc", score=mean_auc, valid=valid_row)
+            except Exception as exc:  # one setting that cannot train must not sink the search
+                # One line for the report's table: the exception and its message's first line.
+                first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+                row.update(status="failed", reason=f"{type(exc).__name__}: {first}"[:200].replace("|", "/"))
+                say(f"validation search: {model} {overrides} failed: {row['reason']}")
+                candidate = fitting = None
+                continue
+            seconds = time.perf_counter() - began
+            row.update(status="tried", seconds=round(seconds, 1))
+            clock.took(model, resolved["epochs"], seconds)
+            if model not in best or row["score"] > best[model]["score"]:
+                best[model] = row
+                if candidate is not None:
+                    fitted[model] = candidate
+            candidate = fitting = None  # a worse ranker is dropped at once
     chosen = {m: dict(best[m]["overrides"]) if m in best else {} for m in MODELS}
     for model in MODELS:  # the record holds lists (JSON); the configs want tuples
         chosen[model] = {k: tuple(v) if isinstance(v, list) else v for k, v in chosen[model].items()}
@@ -261,7 +304,8 @@ def markdown(record: dict, name: str) -> str:
         + (f", {left} not tried for lack of time" if left else "")
         + (f", {record['failed']} failed to train (reason below)" if record.get("failed") else "")
         + ".",
-        "Two-tower trials are scored by recall@20, rankers by mean AUC over view, liked and completed.",
+        "Two-tower trials are scored by recall@20, rankers by mean AUC over view, liked and completed; "
+        "a round's ranker trials run together or not at all, so every architecture gets the same rounds.",
     ]
     if "popularity_valid_recall@20" in record:
         lines.append(f"Popularity's validation recall@20: {record['popularity_valid_recall@20']:.4f}.")

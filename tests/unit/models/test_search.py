@@ -9,7 +9,7 @@ import pytest
 from reels.client.cli import build_parser
 from reels.models.config import EvaluationConfig, RankerConfig, TwoTowerConfig
 from reels.models.evaluation.offline import evaluate_ranking, ranking_metrics
-from reels.models.evaluation.search import MODELS, markdown, search, trial_order
+from reels.models.evaluation.search import MODELS, RANKER_GRID, _Clock, markdown, search, trial_order
 from reels.workflows.errors import ConfigError
 
 FAST_TWO_TOWER = TwoTowerConfig(epochs=1, batch_size=512, output_dim=16, feature_dim=8, hidden_units=(32,))
@@ -28,6 +28,25 @@ def test_trials_interleave_the_models_round_by_round():
         ("two_tower", {"temperature": 0.2}), ("mmoe", {"epochs": 2}),
         ("mmoe", {"epochs": 3}),
     ]  # fmt: skip
+
+
+def test_a_rounds_rankers_start_together_or_not_at_all():
+    # Every architecture gets the same rounds, changing the same settings (the trunk's size aside) ...
+    assert len({len(grid) for grid in RANKER_GRID.values()}) == 1
+    for trials in zip(*RANKER_GRID.values(), strict=True):
+        shared = [
+            {k: v for k, v in t.items() if k not in ("expert_units", "shared_bottom_units")} for t in trials
+        ]
+        assert all(s == shared[0] for s in shared), trials
+    # ... and a round's rankers are admitted together: seconds per epoch so far, an untimed ranker at the
+    # slowest's pace, against what is left of the budget.
+    clock = _Clock(200.0)
+    clock.took("mmoe", 3, 30.0)
+    clock.took("ple", 3, 45.0)
+    assert clock.why_not_round([("mmoe", 3), ("ple", 3), ("shared_bottom", 3)]) is None  # ~120 s of 200
+    reason = clock.why_not_round([("mmoe", 6), ("ple", 6), ("shared_bottom", 6)])  # ~240 s
+    assert reason is not None and reason.startswith("budget: the round's rankers need about 240 s")
+    assert _Clock(0.0).why_not_round([("mmoe", 1)]) == "budget spent"
 
 
 def test_a_bad_grid_fails_before_anything_trains(tiny_features):
