@@ -26,8 +26,12 @@ release's video table, the default) against the same pipeline reading them from 
 both in turn (identical feeds counted), and the reads alone: the user's record from Redis plus
 ``--candidates`` video records from Redis (two round trips, as the steps read them) or from memory.
 
+With ``--query-tower``, the served version's two-tower query tower for one user per request (as the
+retrieval step calls it): its SavedModel signature against its numpy forward (``query_tower.npz``), each
+request on both in turn, and their largest embedding difference.
+
     python -m reels.client.bench.ranker [--source synthetic] [--candidates 500] [--requests 1000] [--onnx] [--pipeline]
-        [--video-features]
+        [--video-features] [--query-tower]
 """
 
 from __future__ import annotations
@@ -335,6 +339,41 @@ def lookup_scaling(candidates: int, sizes: tuple[int, ...] = (10**6, 10**7), n_r
     return out
 
 
+def query_tower_run(config: Config, source: str, n_requests: int, warmup: int = 50) -> dict:
+    """The served query tower per backend, one user per request (module doc): latency and largest difference."""
+    from reels.models.inputs import QUERY_FEATURES
+    from reels.models.query_tower_numpy import WEIGHTS_FILE, NumpyQueryTower
+    from reels.models.registry import serving_model_dir
+    from reels.models.two_tower import QueryTower, query_inputs
+    from reels.workflows.errors import NotFound
+    from reels.workflows.manifest import FeatureArtifacts
+
+    source_dir = config.source_dir(source)
+    folder = serving_model_dir(source_dir / "models") / "query_tower"
+    if not (folder / WEIGHTS_FILE).exists():
+        raise NotFound(
+            f"{folder} has no {WEIGHTS_FILE} (exported before it, or not mean pooling): reels train {source}"
+        )
+    towers = {"savedmodel": QueryTower(folder), "numpy": NumpyQueryTower(folder)}
+    frame = FeatureArtifacts(source_dir / "features").read_split("test")
+    rows = query_inputs(
+        frame.sample(n_requests + warmup, replace=len(frame) < n_requests + warmup, random_state=0),
+        QUERY_FEATURES,
+    )
+    latencies: dict[str, list[float]] = {b: [] for b in towers}
+    max_diff = 0.0
+    for i in range(n_requests + warmup):
+        one = {name: value[i : i + 1] for name, value in rows.items()}
+        out = {}
+        for backend, tower in towers.items():
+            t0 = time.perf_counter()
+            out[backend] = tower(one)
+            if i >= warmup:
+                latencies[backend].append((time.perf_counter() - t0) * 1000)
+        max_diff = max(max_diff, float(np.abs(out["numpy"] - out["savedmodel"]).max()))
+    return {"backends": _per_request(latencies), "max_abs_diff": max_diff, "requests": n_requests}
+
+
 def table(report: dict) -> str:
     """The run as a markdown section of BENCHMARKS.md."""
     base = report["backends"]["savedmodel"]["p50_ms"]
@@ -401,6 +440,22 @@ def table(report: dict) -> str:
                 f"- {size:,} videos ({r['mib']:,.0f} MiB): {v['candidates']} videos from memory p50 "
                 f"{r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms (synthetic ids, same lookup)"
             )
+    if "query_tower" in report:
+        q = report["query_tower"]
+        base = q["backends"]["savedmodel"]["p50_ms"]
+        lines += [
+            "",
+            f"Query tower, one user per request ({q['requests']} requests, each on both in turn); largest "
+            f"embedding difference numpy vs SavedModel: {q['max_abs_diff']:.1e}.",
+            "",
+            "| query tower backend | p50 ms | p95 ms | p99 ms | requests/s | p50 × SavedModel |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for backend, r in q["backends"].items():
+            lines.append(
+                f"| {backend} | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | {r['p99_ms']:.3f} | "
+                f"{r['requests_per_s']:.1f} | {r['p50_ms'] / base:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -417,6 +472,9 @@ def measure(args: argparse.Namespace, config: Config) -> dict:
         report["video_features"] = video_features_run(config, args.source, args.candidates, args.requests)
         report["video_features"]["lookup_scaling"] = lookup_scaling(args.candidates)
         report["command"] += " --video-features"
+    if getattr(args, "query_tower", False):
+        report["query_tower"] = query_tower_run(config, args.source, args.requests)
+        report["command"] += " --query-tower"
     return report
 
 
@@ -434,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
         "--video-features",
         action="store_true",
         help="also the pipeline with video records from memory vs Redis",
+    )
+    p.add_argument(
+        "--query-tower", action="store_true", help="also the query tower: SavedModel vs numpy forward"
     )
     p.add_argument("--config", default=None, help="configuration file (default: the project's)")
     args = p.parse_args(argv)

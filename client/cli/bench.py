@@ -74,6 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--video-features", action="store_true",
         help="also the pipeline with candidate video records from memory vs from Redis",
     )  # fmt: skip
+    b.add_argument(
+        "--query-tower", action="store_true", help="also the query tower for one user: SavedModel vs numpy"
+    )
     b = bench.add_parser(
         "replicas", help="N tritonservers behind haproxy: steady, rolling promotion, a replica killed, after"
     )
