@@ -219,12 +219,17 @@ class RankingStep:
         # never imported by this step) or the SavedModel.
         backend = release.serving.ranker_backend
         ranker = load_ranker(release.model_dir / "ranker", backend)
-        self.ranking = Ranking(videos, ranker, release.encoder(), backend, release.serving.retrieval_weight)
+        self.ranking = Ranking(
+            videos, ranker, release.encoder(), backend, release.serving.retrieval_weight, release.experiment
+        )
 
     def __call__(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         query = unpack(tensors)
         ids, scores, tasks, fallback = self.ranking(
-            query, tensors["candidate_ids"], tensors["retrieval_scores"]
+            query,
+            tensors["candidate_ids"],
+            tensors["retrieval_scores"],
+            int(tensors["user_id"].reshape(-1)[0]),
         )
         return {
             "ranked_ids": ids.astype(np.int64),

@@ -1,5 +1,6 @@
-"""A/B experiments on the re-rank: deterministic user bucketing, per-variant serving settings and the
-seeded exploration policy's randomness (the exposure log lives in ``reels.feature_store.streams``).
+"""A/B experiments on the re-rank and the feed score: deterministic user bucketing, per-variant serving
+settings and the seeded exploration policy's randomness (the exposure log lives in
+``reels.feature_store.streams``).
 
 Bucketing: ``u = blake2b(f"{salt}:{user_id}") / 2**64`` (uniform in [0, 1), identical in every process
 and on every machine, unlike Python's salted ``hash()``), then the first variant whose cumulative
@@ -22,10 +23,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Settings a variant may change: the re-rank's only. Retrieval and ranking are shared by all variants, so
-# candidates / max_k / trending stay global, and so does fresh_hours (retrieval builds the fresh pool).
+# Settings a variant may change: the re-rank's, and the feed score's retrieval_weight (the ranking step
+# buckets the user the same way). Retrieval and the ranker are shared by all variants, so candidates /
+# max_k / trending stay global, and so does fresh_hours (retrieval builds the fresh pool).
 VARIANT_SETTINGS = (
     "mmr_lambda", "max_per_creator", "max_per_category", "exploration_slots", "exploration_epsilon",
+    "retrieval_weight",
 )  # fmt: skip
 DEFAULT_VARIANT = "default"  # the variant name when no experiment runs
 
@@ -47,11 +50,11 @@ def _default_variants() -> dict[str, dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Experiment:
-    """An A/B experiment on the re-rank (config section ``experiment``); raises ``ConfigError`` when built
-    with a bad variant.
+    """An A/B experiment on the re-rank and the feed score (config section ``experiment``); raises
+    ``ConfigError`` when built with a bad variant.
 
-    ``variants``: name -> ``{"weight": w, <ServingConfig re-rank setting>: value, ...}``, in order; the
-    first is the control the report compares the others with. One variant = no experiment."""
+    ``variants``: name -> ``{"weight": w, <ServingConfig setting of VARIANT_SETTINGS>: value, ...}``, in
+    order; the first is the control the report compares the others with. One variant = no experiment."""
 
     name: str = "rerank-diversity"
     salt: str = "2026-11"
@@ -95,7 +98,7 @@ class Experiment:
         return self.names[min(i, len(self.names) - 1)]  # min: guards float rounding of the last sum
 
     def serving_config(self, variant: str, base: ServingConfig) -> ServingConfig:
-        """``base`` with the variant's re-rank overrides applied (ints widened to float where the field is);
+        """``base`` with the variant's overrides applied (ints widened to float where the field is);
         raises ``ConfigError`` on a mistyped or out-of-range value."""
         overrides = {k: v for k, v in self.variants[variant].items() if k != "weight"}
         for key, value in overrides.items():

@@ -51,8 +51,9 @@ class InProcessPipeline:
         # video_features: memory (default) builds the release's video table from the same feature build
         videos = VideoTable.from_features(features) if self.config.video_features == "memory" else store
         self.ranking = Ranking(
-            videos, load_ranker(model_dir / "ranker", backend), encoder, backend, self.config.retrieval_weight
-        )
+            videos, load_ranker(model_dir / "ranker", backend), encoder, backend, self.config.retrieval_weight,
+            experiment,
+        )  # fmt: skip
         exposures = ExposureLog(store.client, store.keys.prefix) if self.config.log_exposures else None
         self.rerank = DiversityRerank(catalog, self.config, experiment, exposures)
 
@@ -61,7 +62,7 @@ class InProcessPipeline:
         request.validate(self.config.max_k)
         query = self.feature_transform(request)
         candidates, retrieval_scores = self.retrieval(query, query.seen)
-        ids, scores, tasks, fallback = self.ranking(query, candidates, retrieval_scores)
+        ids, scores, tasks, fallback = self.ranking(query, candidates, retrieval_scores, request.user_id)
         return self.rerank(
             ids, scores, tasks, query.features[HISTORY][0], request.k, query.request_time_s, fallback,
             user_id=request.user_id, hidden_creators=query.hidden_creators,

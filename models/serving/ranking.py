@@ -10,7 +10,8 @@ setting ``ranker_backend: savedmodel`` keeps the SavedModel.
 
 The score a candidate is ranked by is the ranker's weighted task predictions, optionally blended with the
 two-tower's score (``blend``, serving setting ``retrieval_weight``, off by default): the ranker estimates
-engagement once a video is shown, the two-tower how likely this user is to watch it at all."""
+engagement once a video is shown, the two-tower how likely this user is to watch it at all. An A/B
+experiment's variants may set their own weight: the step buckets the user as the re-rank does."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from reels.models.config import RANKER_TASKS
 from reels.models.inputs import ITEM_FEATURES
 from reels.models.ranker import ExportedRanker
 from reels.models.ranker_numpy import NumpyRanker, with_backend
+from reels.models.serving.experiment import Experiment
 from reels.models.serving.request import (
     QUERY_USER_FIELDS,
     Fallback,
@@ -65,13 +67,20 @@ class Ranking:
         encoder: RequestEncoder,
         backend: str = "numpy",
         retrieval_weight: float = 0.0,
+        experiment: Experiment | None = None,
     ):
         """``videos``: where candidate video records are read (a ``VideoTable`` or the ``OnlineStore``);
         ``ranker``: the exported ranker; ``backend`` (``numpy`` | ``savedmodel``) picks how it runs: a
         SavedModel whose folder holds ``ranker.npz`` runs as ``NumpyRanker`` unless it is ``savedmodel``;
-        ``retrieval_weight``: the two-tower score's weight in the feed score (``blend``)."""
+        ``retrieval_weight``: the two-tower score's weight in the feed score (``blend``); ``experiment``:
+        an A/B test whose variants may set their own ``retrieval_weight`` (by the user's variant)."""
         self.videos = videos
         self.retrieval_weight = retrieval_weight
+        self.experiment = experiment
+        self.variant_weights = {
+            variant: float(settings.get("retrieval_weight", retrieval_weight))
+            for variant, settings in (experiment.variants.items() if experiment else ())
+        }
         self.ranker = with_backend(ranker, backend)
         self.encoder = encoder
 
@@ -80,12 +89,24 @@ class Ranking:
         """Where candidate video records are read (the name callers used when that was always Redis)."""
         return self.videos
 
+    def weight_for(self, user_id: int | None) -> float:
+        """The feed score's ``retrieval_weight`` for a raw user id: their experiment variant's, else the
+        configured one (also without an experiment, or without a user id)."""
+        if self.experiment is None or user_id is None:
+            return self.retrieval_weight
+        return self.variant_weights[self.experiment.assign(user_id)]
+
     def __call__(
-        self, query: QueryFeatures, candidates: np.ndarray, retrieval_scores: np.ndarray
+        self,
+        query: QueryFeatures,
+        candidates: np.ndarray,
+        retrieval_scores: np.ndarray,
+        user_id: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Fallback]:
         """The candidates with video features (raw video ids, input order), their float32 feed scores,
         per-task predictions (n, len(RANKER_TASKS)) and the fallback in force; without video features, the
-        input candidates with their retrieval scores and NaN predictions."""
+        input candidates with their retrieval scores and NaN predictions. ``user_id`` (raw) picks the
+        experiment variant's feed score."""
         fallback = query.fallback
         try:
             rows = self.videos.read_videos(candidates) if len(candidates) else None
@@ -103,9 +124,10 @@ class Ranking:
         )
         out = self.ranker.score_candidates(user, items)  # the user side once, not once per candidate
         tasks = np.stack([out[t] for t in RANKER_TASKS], axis=1).astype(np.float32)
-        if self.retrieval_weight:
+        weight = self.weight_for(user_id)
+        if weight:
             retrieval = aligned(np.asarray(candidates), np.asarray(retrieval_scores), rows.video_ids)
-            scores = blend(out["score"], retrieval, self.retrieval_weight)
+            scores = blend(out["score"], retrieval, weight)
         else:
             scores = out["score"].astype(np.float32)
         return rows.video_ids, scores, tasks, fallback

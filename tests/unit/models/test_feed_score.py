@@ -1,18 +1,26 @@
 """The feed score: the ranker's score blended with the two-tower's (serving setting ``retrieval_weight``),
-on hand-made scores and through the real serving steps of the tiny trained version."""
+on hand-made scores and through the real serving steps of the tiny trained version, also per A/B variant."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from reels.feature_store.encoding import RequestEncoder
 from reels.models.evaluation.tradeoff import _served, blend_sweep, feed_metrics, no_rerank, window_feeds
+from reels.models.ranker_numpy import load_ranker
 from reels.models.serving.config import ServingConfig
-from reels.models.serving.ranking import aligned, blend
+from reels.models.serving.experiment import Experiment
+from reels.models.serving.ranking import Ranking, aligned, blend
+from reels.models.serving.request import QUERY_USER_FIELDS, Fallback, QueryFeatures
 from reels.models.serving.rerank import DiversityRerank
+from reels.models.serving.video_table import VideoTable
+from reels.models.two_tower import query_inputs
 from reels.workflows.errors import ConfigError
+from reels.workflows.spec import REQUEST_CONTEXT
 
 
 def test_weight_zero_is_the_ranker_alone_and_a_large_weight_the_two_tower_order():
@@ -57,3 +65,41 @@ def test_served_feeds_are_scored_by_the_blend_and_the_sweep_reaches_both_ends(ti
     two_tower = feed_metrics(_served(plain, retrieval_only, 20), retrieval_only, catalog)
     assert two_tower["recall@20"] == pytest.approx(rows[None]["recall@20"])
     assert 0.0 <= rows[0.0]["recall@20"] <= 1.0
+
+
+def test_an_experiment_variant_sets_its_own_feed_score(tiny_features, tiny_models):
+    experiment = Experiment(
+        name="feed-score", salt="t",
+        variants={"control": {"weight": 0.5}, "blend": {"weight": 0.5, "retrieval_weight": 4}},
+    )  # fmt: skip
+    ranker = load_ranker(tiny_models.directory / "ranker")
+    videos, encoder = VideoTable.from_features(tiny_features), RequestEncoder(tiny_features.workflow_dir)
+    alone = Ranking(videos, ranker, encoder)
+    tested = Ranking(videos, ranker, encoder, experiment=experiment)
+    users = range(1, 201)
+    variants = {u: experiment.assign(u) for u in users}
+    assert set(variants.values()) == {"control", "blend"}
+    assert all(tested.weight_for(u) == (4.0 if variants[u] == "blend" else 0.0) for u in users)
+    assert tested.weight_for(None) == 0.0  # no user id: the configured weight
+
+    row = tiny_features.read_split("valid").head(1)
+    query = QueryFeatures(
+        features=query_inputs(row, QUERY_USER_FIELDS + REQUEST_CONTEXT),
+        seen=np.array([], dtype=np.int64), fallback=Fallback.NONE,
+        request_time_s=int(pd.Timestamp(tiny_features.manifest().split["end"]).timestamp()),
+    )  # fmt: skip
+    candidates = pd.read_parquet(tiny_features.videos_path)["raw_video_id"].to_numpy()[:100]
+    retrieval = np.random.default_rng(0).random(len(candidates)).astype(np.float32)
+    ids, ranker_scores, _, _ = alone(query, candidates, retrieval)
+    for variant in ("control", "blend"):
+        user = next(u for u in users if variants[u] == variant)
+        got_ids, scores, _, _ = tested(query, candidates, retrieval, user)
+        np.testing.assert_array_equal(got_ids, ids)
+        expected = (
+            blend(ranker_scores, aligned(candidates, retrieval, ids), 4.0)
+            if variant == "blend"
+            else ranker_scores
+        )
+        np.testing.assert_array_equal(scores, expected)
+    with pytest.raises(ConfigError, match="retrieval_weight"):
+        Experiment(variants={"control": {}, "bad": {"retrieval_weight": -1.0}})
