@@ -50,6 +50,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--profile", type=float, default=0.0, metavar="S", help="py-spy the four steps' stubs for S seconds"
     )
     b = bench.add_parser(
+        "hops",
+        help="the ensemble's fixed cost: the same contract with steps that do no work, vs the real one",
+    )
+    b.add_argument("--source", default="synthetic", help=SOURCE_HELP)
+    b.add_argument(
+        "--catalog",
+        type=int,
+        metavar="N",
+        help="a synthetic source with N videos (built once) instead of --source",
+    )
+    b.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    b.add_argument("--seconds", type=float, default=5.0, help="perf_analyzer measurement window")
+    b = bench.add_parser(
         "swap", help="promote a trained version into a running Triton under perf_analyzer load"
     )
     b.add_argument("--source", default="synthetic", help=SOURCE_HELP)
