@@ -100,6 +100,7 @@ def test_every_command_of_the_cli_is_registered():
         "replicas",
         "ranker",
         "failover",
+        "hops",
     }
     for name, parser in bench.choices.items():
         args = parser.parse_args(["--record"])
