@@ -17,8 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from reels.models.ranker_numpy import BACKENDS, _activate, _run, _Side, checked_inputs, input_layout
-from reels.workflows.errors import ConfigError, NotFound
+from reels.models.ranker_numpy import (
+    BACKENDS,
+    _activate,
+    _run,
+    _Side,
+    checked_inputs,
+    input_layout,
+    load_weights,
+)
+from reels.workflows.errors import ConfigError
 
 WEIGHTS_FILE = "query_tower.npz"
 FORMAT_VERSION = 1
@@ -76,14 +84,7 @@ class NumpyQueryTower:
 
     def __init__(self, folder: str | Path):
         self.path = Path(folder)
-        file = self.path / WEIGHTS_FILE
-        if not file.exists():
-            raise NotFound(f"no numpy query tower weights at {file}: re-export the two-tower")
-        with np.load(file, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
-            arrays = {k: data[k] for k in data.files if k != "meta"}
-        if meta["format_version"] != FORMAT_VERSION:
-            raise ConfigError(f"{file}: format version {meta['format_version']}, expected {FORMAT_VERSION}")
+        meta, arrays = load_weights(self.path / WEIGHTS_FILE, FORMAT_VERSION, "re-export the two-tower")
         self.inputs: dict[str, dict] = meta["inputs"]
         layout: list[dict] = meta["layout"]
         tables = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("embedding/")}

@@ -225,6 +225,21 @@ class _Side:
         return self.inputs(features, rows) @ self.kernel
 
 
+def load_weights(
+    file: Path, format_version: int, remedy: str
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The JSON header and the arrays of a weights file written by an ``export_weights``; ``NotFound``
+    (with ``remedy``) when it is missing, ``ConfigError`` on another format version."""
+    if not file.exists():
+        raise NotFound(f"no numpy weights at {file}: {remedy}")
+    with np.load(file, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        arrays = {k: data[k] for k in data.files if k != "meta"}
+    if meta["format_version"] != format_version:
+        raise ConfigError(f"{file}: format version {meta['format_version']}, expected {format_version}")
+    return meta, arrays
+
+
 class NumpyRanker:
     """A ranker exported by ``Ranker.export`` run from its ``ranker.npz``: called like ``ExportedRanker``
     (dict of numpy inputs, n rows -> float32 (n,) per task and ``score``), or with the user side once
@@ -234,13 +249,7 @@ class NumpyRanker:
     def __init__(self, folder: str | Path):
         self.path = Path(folder)
         file = self.path / WEIGHTS_FILE
-        if not file.exists():
-            raise NotFound(f"no numpy ranker weights at {file}: re-export the ranker")
-        with np.load(file, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
-            arrays = {k: data[k] for k in data.files if k != "meta"}
-        if meta["format_version"] != FORMAT_VERSION:
-            raise ConfigError(f"{file}: format version {meta['format_version']}, expected {FORMAT_VERSION}")
+        meta, arrays = load_weights(file, FORMAT_VERSION, "re-export the ranker")
         self.architecture: str = meta["architecture"]
         self.tasks: tuple[str, ...] = tuple(meta["tasks"])
         self.score_weights: dict[str, float] = meta["score_weights"]
