@@ -164,7 +164,21 @@ def _summary(latencies_ms: list[float], seconds: float) -> dict:
 
 
 def in_process(model_dir: Path, store: OnlineStore, users: np.ndarray, k: int) -> tuple[dict, dict]:
-    """The same pipeline in this process (sequential, concurrency 1) and its compute floor."""
+    """The same pipeline in this process (sequential, concurrency 1) and its compute floor, each on one
+    thread (BLAS and FAISS's OpenMP), as the serving steps run (``OMP_NUM_THREADS=1``)."""
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            return _in_process(model_dir, store, users, k)
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def _in_process(model_dir: Path, store: OnlineStore, users: np.ndarray, k: int) -> tuple[dict, dict]:
     from reels.models.inputs import ITEM_FEATURES, QUERY_FEATURES
     from reels.models.serving.pipeline import InProcessPipeline
     from reels.models.serving.request import QUERY_USER_FIELDS, Request
