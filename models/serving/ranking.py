@@ -23,6 +23,7 @@ from reels.models.config import RANKER_TASKS
 from reels.models.inputs import ITEM_FEATURES
 from reels.models.ranker import ExportedRanker
 from reels.models.ranker_numpy import NumpyRanker, with_backend
+from reels.models.serving.config import ServingConfig
 from reels.models.serving.experiment import Experiment
 from reels.models.serving.request import (
     QUERY_USER_FIELDS,
@@ -77,10 +78,18 @@ class Ranking:
         self.videos = videos
         self.retrieval_weight = retrieval_weight
         self.experiment = experiment
-        self.variant_weights = {
-            variant: float(settings.get("retrieval_weight", retrieval_weight))
-            for variant, settings in (experiment.variants.items() if experiment else ())
-        }
+        # Each variant's weight as the experiment resolves its settings (the re-rank's own rule); a user is
+        # bucketed per request only when the variants' weights differ.
+        base = ServingConfig(retrieval_weight=retrieval_weight)
+        weights = (
+            {v: experiment.serving_config(v, base).retrieval_weight for v in experiment.names}
+            if experiment
+            else {}
+        )
+        distinct = set(weights.values())
+        self.variant_weights = weights if len(distinct) > 1 else {}
+        if len(distinct) == 1:  # every variant the same weight: that one, for everybody
+            self.retrieval_weight = distinct.pop()
         self.ranker = with_backend(ranker, backend)
         self.encoder = encoder
 
@@ -90,9 +99,9 @@ class Ranking:
         return self.videos
 
     def weight_for(self, user_id: int | None) -> float:
-        """The feed score's ``retrieval_weight`` for a raw user id: their experiment variant's, else the
-        configured one (also without an experiment, or without a user id)."""
-        if self.experiment is None or user_id is None:
+        """The feed score's ``retrieval_weight`` for a raw user id: their experiment variant's where the
+        variants' weights differ, else the one every user gets (also without a user id)."""
+        if not self.variant_weights or user_id is None:
             return self.retrieval_weight
         return self.variant_weights[self.experiment.assign(user_id)]
 
