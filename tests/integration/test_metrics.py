@@ -43,6 +43,27 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
     }
 
 
+def settled(url: str, timeout_s: float = 15.0) -> dict[tuple[str, tuple], float]:
+    """A scrape once the steps' flushers have sent what the requests so far counted: after one flush
+    interval, the first scrape whose ``reels_*`` samples equal the previous one's (a flush interval
+    apart)."""
+    from reels.deploy.triton.adapter import FLUSH_INTERVAL_S
+
+    deadline = time.monotonic() + timeout_s
+    time.sleep(FLUSH_INTERVAL_S)
+    last = scrape(url)
+    while True:
+        time.sleep(FLUSH_INTERVAL_S * 1.2)
+        sample = scrape(url)
+        ours = {k: v for k, v in sample.items() if k[0].startswith("reels_")}
+        if (
+            ours == {k: v for k, v in last.items() if k[0].startswith("reels_")}
+            or time.monotonic() > deadline
+        ):
+            return sample
+        last = sample
+
+
 def moved(before: dict, after: dict, prefix: str) -> dict[tuple[str, tuple], float]:
     """The samples named ``prefix``* whose value changed between two scrapes, by how much."""
     return {
@@ -106,7 +127,7 @@ def test_triton_exports_feeds_slots_candidates_and_refusals(stack, tiny_features
     sealed = {n: (request | infer(triton.http_url, transform, request))[n] for n in SEALED_REQUEST}
     with pytest.raises(Exception, match="request_seal does not match"):
         infer(triton.http_url, retrieval, sealed | {"user_id": np.array([user + 1], np.int64)})
-    after = scrape(metrics_url)
+    after = settled(metrics_url)  # our metrics reach Triton from each step's flusher thread
 
     assert [r.fallback for r in personal] == [0, 0] and cold.fallback == 1
     base = {"version": "1"}
@@ -158,10 +179,10 @@ def test_triton_exports_feeds_slots_candidates_and_refusals(stack, tiny_features
     redis_server = stack["redis"]
     redis_server.stop()
     try:
-        before = scrape(metrics_url)
+        before = settled(metrics_url)
         with ReelsClient(triton.http_url) as client:
             outage = [client.recommend(user, k=5, request_time=when + 1) for _ in range(3)]
-        after = scrape(metrics_url)
+        after = settled(metrics_url)
     finally:
         redis_server.start()
     assert [r.fallback for r in outage] == [2, 2, 2]

@@ -1,12 +1,24 @@
 """The step models' own metrics without Triton: the steps report to a sink, the adapter counts refusals
-by reason and hands everything to ``pb_utils.MetricFamily`` series once per ``execute`` (a fake here)."""
+by reason and a flusher thread hands everything to ``pb_utils.MetricFamily`` series (a fake here)."""
 
 from __future__ import annotations
+
+import threading
+import time
 
 import numpy as np
 import pytest
 
-from reels.deploy.triton.adapter import FAMILIES, REFUSED, Counts, SealedStep, TritonMetrics, bind, execute
+from reels.deploy.triton.adapter import (
+    FAMILIES,
+    REFUSED,
+    Counts,
+    Flusher,
+    SealedStep,
+    TritonMetrics,
+    bind,
+    execute,
+)
 from reels.deploy.triton.seal import Seal, Sealer
 from reels.deploy.triton.steps import (
     NO_METRICS,
@@ -166,7 +178,7 @@ def test_counts_reach_triton_once_per_changed_series_with_model_and_version_labe
     assert metrics.series == {} and metrics.families == {}
 
 
-def test_the_step_model_flushes_after_each_execute_and_a_broken_metric_fails_no_request():
+def test_the_step_model_flushes_off_the_request_path_and_a_broken_metric_fails_no_request():
     model = bind(FakePbUtils)()
     model.inputs = ("x",)
     model.counts = Counts()
@@ -178,6 +190,8 @@ def test_the_step_model_flushes_after_each_execute_and_a_broken_metric_fails_no_
     model._metric_errors = 0
     responses = model.execute([{"x": np.array([1])}, {"x": np.array([2])}])
     assert [r.error for r in responses] == [None, None]
+    assert model.metrics.series == {}  # execute sends nothing: the flusher does
+    model._flush()
     (feeds,) = model.metrics.series.values()
     assert (feeds.value, feeds.updates) == (2.0, 1)
 
@@ -186,8 +200,45 @@ def test_the_step_model_flushes_after_each_execute_and_a_broken_metric_fails_no_
 
     feeds.increment = broken
     responses = model.execute([{"x": np.array([3])}])
+    model._flush()
     assert responses[0].error is None and model._metric_errors == 1
     assert model.counts.take() == ({}, [])  # not kept to grow forever
+
+
+def test_the_flusher_sends_every_interval_and_once_more_when_stopped():
+    counts = Counts()
+    metrics = TritonMetrics(FakePbUtils, "m_v1", "1")
+    flusher = Flusher(lambda: metrics.flush(counts), interval_s=0.02).start()
+    counts.count("reels_feeds_total", {"variant": "v", "fallback": "none"}, 3)
+    deadline = time.monotonic() + 5
+    while not metrics.series and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (feeds,) = metrics.series.values()
+    assert feeds.value == 3.0  # sent by the thread, no call on the request path
+    flusher.interval_s = 3600.0  # the thread now sleeps: only stop() can send what comes next
+    time.sleep(0.05)
+    counts.count("reels_feeds_total", {"variant": "v", "fallback": "none"}, 2)
+    flusher.stop()
+    assert feeds.value == 5.0 and not flusher._thread.is_alive()
+
+
+def test_counts_lose_nothing_when_taken_while_threads_report():
+    counts = Counts()
+    taken: list[float] = []
+
+    def report():
+        for _ in range(20_000):
+            counts.count("reels_feeds_total", {"variant": "v", "fallback": "none"})
+
+    threads = [threading.Thread(target=report) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        taken.append(sum(counts.take()[0].values()))
+    for thread in threads:
+        thread.join()
+    taken.append(sum(counts.take()[0].values()))
+    assert sum(taken) == 40_000
 
 
 def _recommendation(pool, explored, fallback=Fallback.NONE, variant="diverse") -> Recommendation:
