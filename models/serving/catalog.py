@@ -31,18 +31,37 @@ def video_metadata(store: OfflineStore) -> pd.DataFrame:
 
 
 class IdLookup:
-    """int64 key -> value by binary search over sorted unique keys (the first value wins for repeated
-    keys). A pandas ``reindex`` per call cost ~0.3 ms per request in the re-rank; this is a few µs."""
+    """int64 key -> value over unique keys (the first value wins for repeated keys). Where the keys are
+    dense enough (their span below ``DENSE_RATIO`` x their number, at any offset), a slot per key of the
+    span answers by direct indexing; otherwise a binary search over the sorted keys. A pandas ``reindex``
+    per call cost ~0.3 ms per request in the re-rank; the binary search ~90 µs for 500 ids in a catalog
+    of 100k (cache misses); direct indexing a few µs."""
+
+    DENSE_RATIO = 4  # memory bound of the direct table: at most 4 slots of 8 bytes per key
 
     def __init__(self, keys: np.ndarray, values: np.ndarray):
         self.keys, first = np.unique(np.asarray(keys, dtype=np.int64), return_index=True)
         self.values = np.asarray(values)[first]
+        self.slots: np.ndarray | None = None
+        if (
+            len(self.keys)
+            and int(self.keys[-1]) - int(self.keys[0]) < self.DENSE_RATIO * len(self.keys) + 1024
+        ):
+            self.base = int(self.keys[0])
+            self.slots = np.full(int(self.keys[-1]) - self.base + 1, -1, dtype=np.int64)
+            self.slots[self.keys - self.base] = np.arange(len(self.keys))
 
     def __call__(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(values, found): ``values`` is meaningless where ``found`` is False."""
         query = np.asarray(query, dtype=np.int64)
         if not len(self.keys):
             return np.zeros(len(query), dtype=self.values.dtype), np.zeros(len(query), dtype=bool)
+        if self.slots is not None:
+            inside = (query >= self.base) & (
+                query <= self.keys[-1]
+            )  # compared before subtracting: no overflow
+            at = self.slots[np.where(inside, query - self.base, 0)]
+            return self.values[np.maximum(at, 0)], inside & (at >= 0)
         at = np.minimum(np.searchsorted(self.keys, query), len(self.keys) - 1)
         return self.values[at], self.keys[at] == query
 
