@@ -143,7 +143,8 @@ class DiversityRerank:
         unit = cat.unit[rows]
         span = scores.max() - scores.min()
         relevance = (scores - scores.min()) / span if span > 0 else np.ones(n)
-        # Caps are counted per creator / category code, vectorised (no per-candidate Python loop).
+        # Caps are counted per creator / category code; a video whose creator or category reached its cap
+        # is marked once, when it does, so a pick costs a few vector operations over the candidates.
         creator_code = np.unique(cat.creator[rows], return_inverse=True)[1]
         category_code = cat.category_code[rows]
         creator_count = np.zeros(creator_code.max() + 1, dtype=np.int64)
@@ -155,39 +156,40 @@ class DiversityRerank:
         meta: list[tuple[float, bool, bool, int]] = []
         max_sim = np.zeros(n)  # similarity to the closest selected item (0 before the first pick)
         available = np.ones(n, dtype=bool)
+        within_caps = np.ones(n, dtype=bool)  # available and neither cap reached
         base = cfg.mmr_lambda * relevance
+        mmr = base.copy()  # base - (1 - lambda) * max_sim, kept up to date by take()
 
-        def allowed(mask: np.ndarray, strict: bool) -> np.ndarray:
-            ok = available & mask
-            if strict:
-                ok &= (creator_count[creator_code] < cfg.max_per_creator) & (
-                    category_count[category_code] < cfg.max_per_category
-                )
-            return ok
+        def allowed(mask: np.ndarray | None, strict: bool) -> np.ndarray:
+            ok = within_caps if strict else available
+            return ok if mask is None else ok & mask
 
         def best(ok: np.ndarray) -> int | None:
-            if not ok.any():
-                return None
-            mmr = base - (1 - cfg.mmr_lambda) * max_sim
-            return int(np.argmax(np.where(ok, mmr, -np.inf)))
+            scored = np.where(ok, mmr, -np.inf)
+            i = int(np.argmax(scored))
+            return None if scored[i] == -np.inf else i
 
         def take(i: int) -> None:
             selected.append(i)
             meta.append((1.0, False, True, 0))
-            available[i] = False
+            available[i] = within_caps[i] = False
             creator_count[creator_code[i]] += 1
             category_count[category_code[i]] += 1
+            if creator_count[creator_code[i]] >= cfg.max_per_creator:
+                within_caps[creator_code == creator_code[i]] = False
+            if category_count[category_code[i]] >= cfg.max_per_category:
+                within_caps[category_code == category_code[i]] = False
             similarity = unit @ unit[i]
             if len(selected) == 1:
                 max_sim[:] = similarity
             else:
                 np.maximum(max_sim, similarity, out=max_sim)
+            np.subtract(base, (1 - cfg.mmr_lambda) * max_sim, out=mmr)
 
-        everything = np.ones(n, dtype=bool)
         while len(selected) < min(k - n_explore, n):
-            i = best(allowed(everything, strict=True))
+            i = best(allowed(None, strict=True))
             if i is None:  # caps cannot be met by what is left: fill by MMR alone (documented fallback)
-                i = best(allowed(everything, strict=False))
+                i = best(allowed(None, strict=False))
             take(i)
         # Exploration: epsilon-greedy over the fresh videos, one draw per slot, in fixed spread slots.
         slots = [int(round((j + 1) * k / (n_explore + 1))) for j in range(n_explore)]
@@ -208,7 +210,7 @@ class DiversityRerank:
             selected.insert(position, selected.pop())
             meta.insert(position, meta.pop())
         while len(selected) < min(k, n):  # exploration found too few fresh videos
-            take(best(allowed(everything, strict=False)))
+            take(best(allowed(None, strict=False)))
         order = np.array(selected, dtype=np.int64)
         propensity, explored, is_greedy, pool = (np.array(c) for c in zip(*meta, strict=True))
         return Recommendation(
