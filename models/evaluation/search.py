@@ -5,14 +5,14 @@ Each model — the two-tower and the three ranker architectures — has a small 
 configured settings, the configured settings first. The trials run in one order that interleaves the
 models (round 1: every model with its configured settings; round 2: every model's first change; ...),
 under one wall-clock budget. The rankers' grids change the same things round by round (learning rate,
-then a larger trunk, then more epochs), and a round's ranker trials start together or not at all: only
-when the seconds per epoch each took so far (a ranker not timed yet: the slowest ranker) say the whole
-round ends within the budget. So every architecture is compared after the same number of rounds, and a
-budget cut never gives one trunk a trial the others did not get. The two-tower's trial of a round starts
-when its own seconds per epoch say it ends in time (its first whenever time is left). What was not tried
-is recorded with the reason. Models are trained on the training window and scored on the
-validation window: the two-tower by recall@20 (``tune_two_tower``, the protocol of ``offline.py``), a
-ranker by its mean AUC over the binary tasks.
+then a larger trunk, then more epochs on the larger trunk and then on the configured one), and a round's
+ranker trials start together or not at all: only when the seconds per epoch each took so far (a ranker not
+timed yet: the slowest ranker) say the whole round ends within the budget. So every architecture is
+compared after the same number of rounds, and a budget cut never gives one trunk a trial the others did
+not get. The two-tower's trial of a round starts when its own seconds per epoch say it ends in time (its
+first whenever time is left). What was not tried is recorded with the reason. Models are trained on the
+training window and scored on the validation window: the two-tower by recall@20 (``tune_two_tower``, the
+protocol of ``offline.py``), a ranker by its mean AUC over the binary tasks.
 
 Picked: the best trial per model (the configured settings where none ran), and as the served ranker the
 better multi-task architecture (MMoE or PLE) on validation. The best ranker of each architecture is kept
@@ -48,14 +48,18 @@ TWO_TOWER_GRID: tuple[Overrides, ...] = (
     {"temperature": 0.2},
 )
 # docs/TUNING.md "Ranker": 3e-3 lifts every trunk where the default under-trains, experts as deep as the
-# shared bottom close MMoE's gap, and more epochs help less than the learning rate.
+# shared bottom close MMoE's gap, and three epochs at 3e-3 still under-train every trunk. Six epochs run
+# first on the larger trunk (two layers everywhere), then on the configured one: one-layer experts alone
+# at six epochs against the two-layer shared bottom would compare depths, not trunks.
 _EXPERT_GRID: tuple[Overrides, ...] = (
     {},
     {"learning_rate": 0.003},
     {"learning_rate": 0.003, "expert_units": (128, 64)},
+    {"learning_rate": 0.003, "expert_units": (128, 64), "epochs": 6},
     {"learning_rate": 0.003, "epochs": 6},
 )
-# The shared bottom's round 3 is its larger trunk, as deeper experts are the multi-task trunks'.
+# The shared bottom's larger trunk (rounds 3 and 4) is 256-128, as deeper experts are the multi-task
+# trunks'.
 RANKER_GRID: dict[str, tuple[Overrides, ...]] = {
     "mmoe": _EXPERT_GRID,
     "ple": _EXPERT_GRID,
@@ -63,6 +67,7 @@ RANKER_GRID: dict[str, tuple[Overrides, ...]] = {
         {},
         {"learning_rate": 0.003},
         {"learning_rate": 0.003, "shared_bottom_units": (256, 128)},
+        {"learning_rate": 0.003, "shared_bottom_units": (256, 128), "epochs": 6},
         {"learning_rate": 0.003, "epochs": 6},
     ),
 }

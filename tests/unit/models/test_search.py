@@ -49,6 +49,18 @@ def test_a_rounds_rankers_start_together_or_not_at_all():
     assert _Clock(0.0).why_not_round([("mmoe", 1)]) == "budget spent"
 
 
+def test_more_epochs_are_tried_on_every_trunk_of_the_grid():
+    # Three epochs under-train every trunk: a longer round on the configured one-layer experts only would
+    # set them against the two-layer shared bottom, comparing depth rather than trunks.
+    for architecture, grid in RANKER_GRID.items():
+        trunk = "shared_bottom_units" if architecture == "shared_bottom" else "expert_units"
+        trunks = {overrides.get(trunk) for overrides in grid}
+        assert len(trunks) == 2, architecture  # the configured trunk (None: not overridden) and a larger one
+        longer = [overrides.get(trunk) for overrides in grid if "epochs" in overrides]
+        assert set(longer) == trunks, architecture
+        assert longer[0] is not None, architecture  # the larger first: a budget cut keeps two layers each
+
+
 def test_a_bad_grid_fails_before_anything_trains(tiny_features):
     config = EvaluationConfig(search_budget_s=60)
     with pytest.raises(ConfigError, match="temprature"):
