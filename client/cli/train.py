@@ -45,9 +45,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
     p = subparsers.add_parser(
-        "tune", help="light two-tower tuning on the validation window (never the test window)"
+        "tune", help="light two-tower or ranker tuning on the validation window (never the test window)"
     )
     add_source(p, default="movielens")
+    p.add_argument(
+        "--rankers", metavar="FILE", default=None,
+        help="compare ranker candidates instead of tuning the two-tower: a YAML file whose `candidates` "
+        "map names to ranker settings (e.g. client/experiments/ranker_trunks.yaml)",
+    )  # fmt: skip
+    p.add_argument(
+        "--seeds", nargs="+", type=int, default=[], metavar="SEED",
+        help="train every candidate once per seed (default: the configured seed)",
+    )  # fmt: skip
     p.add_argument("--record", action="store_true", help="append the table to docs/TUNING.md")
     p.set_defaults(func=cmd_tune)
 
@@ -130,26 +139,41 @@ def _tradeoff_only(config: Config, args: argparse.Namespace, console: Console) -
 
 @uses_ml_stack
 def cmd_tune(args: argparse.Namespace) -> int:
-    """Tune the two-tower on the validation window and print (``--record``: append) the table."""
+    """Tune the two-tower (or, with ``--rankers``, compare ranker candidates) on the validation window
+    and print (``--record``: append) the table."""
     import time
 
+    import yaml
     from rich.console import Console
 
     from reels.client.record import append_section, machine
     from reels.deploy import jobs
-    from reels.models.evaluation.tune import markdown, tune_two_tower
+    from reels.models.evaluation.tune import markdown, rankers_markdown, tune_rankers, tune_two_tower
+    from reels.workflows.errors import ConfigError
 
     config = load_config(args)
     console = Console()
+    candidates = None
+    if args.rankers:
+        path = Path(args.rankers)
+        if not path.is_file():
+            raise ConfigError(f"--rankers: no file {path}")
+        candidates = (yaml.safe_load(path.read_text()) or {}).get("candidates")
+        if not isinstance(candidates, dict) or not candidates:
+            raise ConfigError(f"{path}: expected a `candidates:` mapping of names to ranker settings")
     with spinner(console, "tuning on the validation window") as say:
         features = jobs.ensure_features(config, args.source, say)
-        result = tune_two_tower(features, config.two_tower, progress=say)
+        if candidates is not None:
+            result = tune_rankers(features, config.ranker, candidates, args.seeds, progress=say)
+        else:
+            result = tune_two_tower(features, config.two_tower, progress=say, seeds=tuple(args.seeds))
+    what = "Rankers" if candidates is not None else "Two-tower"
     header = (
-        f"### Two-tower on {args.source}, validation window — {time.strftime('%Y-%m-%d')}\n\n"
+        f"### {what} on {args.source}, validation window — {time.strftime('%Y-%m-%d')}\n\n"
         f"Machine: {machine()}. Command: `{args.command_line}`."
     )
-    text = markdown(result, header)
-    console.print(text)
+    text = rankers_markdown(result, header) if candidates is not None else markdown(result, header)
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
     if args.record:
         path = append_section(Path("docs") / "TUNING.md", text, "# Tuning (validation windows only)\n")
         console.print(f"recorded in {path}")

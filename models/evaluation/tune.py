@@ -1,22 +1,25 @@
-"""Light tuning of the two-tower on the validation window only (the test window is never looked at).
+"""Light tuning on the validation window only (the test window is never looked at).
 
-Each candidate is a set of TwoTowerConfig overrides; each is trained on the training window (once per seed)
-and scored by Recall@20 on validation queries (same protocol as ``models/evaluation/offline.py``), next to
-popularity.
+Two-tower: each candidate is a set of TwoTowerConfig overrides; each is trained on the training window
+(once per seed) and scored by Recall@20 on validation queries (same protocol as
+``models/evaluation/offline.py``), next to popularity. Rankers (``tune_rankers``): each candidate is a set
+of RankerConfig overrides, trained once per seed and scored by its AUCs on every validation impression
+(``offline.compare_rankers``), so a difference between trunks can be read against the seed-to-seed spread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
 from reels.models import baselines, metrics
-from reels.models.config import TwoTowerConfig
-from reels.models.evaluation.offline import build_queries, catalog_popularity
+from reels.models.config import RankerConfig, TwoTowerConfig
+from reels.models.evaluation.offline import build_queries, catalog_popularity, compare_rankers
 from reels.models.inputs import feature_schema
+from reels.models.ranker import BINARY_TASKS
 from reels.models.train import item_view_counts
 from reels.models.two_tower import TwoTower
 from reels.workflows.manifest import FeatureArtifacts
@@ -113,4 +116,70 @@ def markdown(result: dict, header: str) -> str:
         cells = [f"{per_seed[s]:.4f}" if s in per_seed else "" for s in seeds]
         middle = "".join(f" {c} |" for c in cells)
         lines.append(f"| `{row['candidate']}` | {row[key]:.4f} |{middle} {row.get('train_s', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def tune_rankers(
+    features: FeatureArtifacts,
+    base: RankerConfig,
+    candidates: Mapping[str, Mapping],
+    seeds: Sequence[int] = (),
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Train each candidate (RankerConfig overrides of ``base``; lists become tuples, as a YAML file gives
+    them) once per seed (default: the base seed; the seed overrides any in the candidate) on the training
+    window and score it on the validation window: ``valid_impressions``, ``seeds``, one row per candidate
+    (each binary task's AUC and the mean AUC averaged over seeds, ``mean_auc_by_seed``, the mean training
+    seconds) and the ``best`` candidate by mean AUC. ``ConfigError`` on an unknown setting before anything
+    trains."""
+    seeds = tuple(seeds) or (base.seed,)
+    overrides = {
+        name: {k: tuple(v) if isinstance(v, list) else v for k, v in dict(o).items() if k != "seed"}
+        for name, o in candidates.items()
+    }
+    runs = {
+        seed: compare_rankers(
+            features, base, {n: {**o, "seed": seed} for n, o in overrides.items()}, progress
+        )
+        for seed in seeds
+    }
+    rows = []
+    for name, o in overrides.items():
+        results = [runs[seed][name] for seed in seeds]
+        row: dict = {"candidate": name, "overrides": o}
+        for task in BINARY_TASKS:
+            row[f"auc_{task}"] = float(np.mean([r["valid"][f"auc_{task}"] for r in results]))
+        row["mean_auc"] = float(np.mean([r["mean_auc"] for r in results]))
+        row["mean_auc_by_seed"] = {seed: r["mean_auc"] for seed, r in zip(seeds, results, strict=True)}
+        row["train_s"] = round(float(np.mean([r["train_s"] for r in results])), 1)
+        rows.append(row)
+    return {
+        "valid_impressions": len(features.read_split("valid")),
+        "seeds": list(seeds),
+        "rows": rows,
+        "best": max(rows, key=lambda r: r["mean_auc"])["candidate"],
+    }
+
+
+def rankers_markdown(result: dict, header: str) -> str:
+    """A markdown section under ``header``: per candidate, each task's validation AUC and the mean AUC
+    (means over seeds), the mean AUC of each seed, and the training seconds."""
+    seeds = result["seeds"]
+    tasks = " | ".join(f"AUC {t}" for t in BINARY_TASKS)
+    lines = [
+        header,
+        "",
+        f"{result['valid_impressions']:,} validation impressions; seeds {', '.join(map(str, seeds))}; "
+        f"best mean AUC: `{result['best']}`.",
+        "",
+        f"| candidate | overrides | {tasks} | mean AUC | {' | '.join(f'seed {s}' for s in seeds)} | train s |",
+        "|---|---|" + "---:|" * (len(BINARY_TASKS) + 1 + len(seeds) + 1),
+    ]
+    for row in result["rows"]:
+        overrides = ", ".join(
+            f"{k}={list(v) if isinstance(v, tuple) else v}" for k, v in row["overrides"].items()
+        )
+        cells = [f"{row[f'auc_{t}']:.4f}" for t in BINARY_TASKS] + [f"**{row['mean_auc']:.4f}**"]
+        cells += [f"{row['mean_auc_by_seed'][s]:.4f}" for s in seeds] + [f"{row['train_s']:.1f}"]
+        lines.append(f"| {row['candidate']} | `{overrides}` | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
