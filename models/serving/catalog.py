@@ -57,9 +57,8 @@ class IdLookup:
         if not len(self.keys):
             return np.zeros(len(query), dtype=self.values.dtype), np.zeros(len(query), dtype=bool)
         if self.slots is not None:
-            inside = (query >= self.base) & (
-                query <= self.keys[-1]
-            )  # compared before subtracting: no overflow
+            # Ids outside the span are masked: their offsets (which may wrap around int64) never index.
+            inside = (query >= self.base) & (query <= self.keys[-1])
             at = self.slots[np.where(inside, query - self.base, 0)]
             return self.values[np.maximum(at, 0)], inside & (at >= 0)
         at = np.minimum(np.searchsorted(self.keys, query), len(self.keys) - 1)
