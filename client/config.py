@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Mapping
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if config.device not in ("cpu", "gpu", "auto"):
         raise ConfigError(f"device must be cpu, gpu or auto (got {config.device!r})")
     return config
+
+
+def section_overrides(config: Config, section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` (e.g. one candidate read from a YAML file) as typed overrides of ``section``: each key
+    checked and coerced exactly as a config file's would be (YAML lists become tuples); ``ConfigError``
+    naming an unknown key or a bad value."""
+    for key, value in values.items():
+        config = _apply(config, section, key, value)
+    current = getattr(config, section)
+    return {key: getattr(current, key) for key in values}
 
 
 def as_dict(config: Config) -> dict[str, Any]:

@@ -146,6 +146,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     import yaml
     from rich.console import Console
 
+    from reels.client.config import section_overrides
     from reels.client.record import append_section, machine
     from reels.deploy import jobs
     from reels.models.evaluation.tune import markdown, rankers_markdown, tune_rankers, tune_two_tower
@@ -161,6 +162,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         candidates = (yaml.safe_load(path.read_text()) or {}).get("candidates")
         if not isinstance(candidates, dict) or not candidates:
             raise ConfigError(f"{path}: expected a `candidates:` mapping of names to ranker settings")
+        if not all(isinstance(o, dict) for o in candidates.values()):
+            raise ConfigError(f"{path}: each candidate must be a mapping of ranker settings")
+        # Checked and typed as a config file's `ranker:` section would be, before anything trains.
+        candidates = {name: section_overrides(config, "ranker", o) for name, o in candidates.items()}
     with spinner(console, "tuning on the validation window") as say:
         features = jobs.ensure_features(config, args.source, say)
         if candidates is not None:

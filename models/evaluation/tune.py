@@ -126,17 +126,15 @@ def tune_rankers(
     seeds: Sequence[int] = (),
     progress: Callable[[str], None] | None = None,
 ) -> dict:
-    """Train each candidate (RankerConfig overrides of ``base``; lists become tuples, as a YAML file gives
-    them) once per seed (default: the base seed; the seed overrides any in the candidate) on the training
+    """Train each candidate (RankerConfig overrides of ``base``, typed: a YAML file's go through
+    ``client.config.section_overrides``) once per seed (default: the base seed; the seed overrides any in
+    the candidate) on the training
     window and score it on the validation window: ``valid_impressions``, ``seeds``, one row per candidate
     (each binary task's AUC and the mean AUC averaged over seeds, ``mean_auc_by_seed``, the mean training
     seconds) and the ``best`` candidate by mean AUC. ``ConfigError`` on an unknown setting before anything
     trains."""
     seeds = tuple(seeds) or (base.seed,)
-    overrides = {
-        name: {k: tuple(v) if isinstance(v, list) else v for k, v in dict(o).items() if k != "seed"}
-        for name, o in candidates.items()
-    }
+    overrides = {name: {k: v for k, v in o.items() if k != "seed"} for name, o in candidates.items()}
     runs = {
         seed: compare_rankers(
             features, base, {n: {**o, "seed": seed} for n, o in overrides.items()}, progress

@@ -9,16 +9,18 @@ import numpy as np
 import pytest
 
 from reels.client.cli import main
+from reels.client.config import load_config, section_overrides
 from reels.models.evaluation.tune import rankers_markdown, tune_rankers
 from reels.workflows.errors import ConfigError
 from tests.conftest import TINY_RANKER
 
 
 def test_each_candidate_is_trained_per_seed_and_reported_with_its_spread(tiny_features):
-    candidates = {
+    from_yaml = {
         "shared_bottom": {"architecture": "shared_bottom", "shared_bottom_units": [32, 16]},  # YAML lists
         "mmoe": {"architecture": "mmoe", "seed": 99},  # the seeds below win over a candidate's own
     }
+    candidates = {name: section_overrides(load_config(), "ranker", o) for name, o in from_yaml.items()}
     result = tune_rankers(tiny_features, replace(TINY_RANKER, epochs=1), candidates, seeds=(1, 2))
     assert result["seeds"] == [1, 2] and result["valid_impressions"] > 0
     assert [row["candidate"] for row in result["rows"]] == ["shared_bottom", "mmoe"]
@@ -51,3 +53,13 @@ def test_reels_tune_refuses_a_missing_or_empty_candidates_file(tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("candidates: {}\n")
     assert main(["tune", "synthetic", "--rankers", str(empty)]) == 2
+
+
+def test_candidates_are_checked_as_a_config_files_ranker_section_before_anything_trains(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean 'expert_units'"):
+        section_overrides(load_config(), "ranker", {"expert_unit": [8]})
+    with pytest.raises(ConfigError, match="ranker.epochs: expected int"):
+        section_overrides(load_config(), "ranker", {"epochs": "six"})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("candidates:\n  typo: {epochs: six}\n")
+    assert main(["--set", f"data.root={tmp_path}", "tune", "synthetic", "--rankers", str(bad)]) == 2
