@@ -97,6 +97,21 @@ def build_features(config: Config, source: str, progress: Progress | None = None
     )  # fmt: skip
 
 
+def split_changed(config: Config, source: str) -> bool:
+    """Whether the source's feature build was split otherwise than ``config`` now splits its store (the
+    split settings changed, or events were appended since); False where there is no build or no store."""
+    features = features_of(config, source)
+    store = OfflineStore(config.source_dir(source) / "store")
+    if not features.exists() or not store.has("events"):
+        return False
+    fractions = config.event_fractions(source)
+    if fractions is None:
+        split = store.time_split(*config.split_days(source))
+    else:
+        split = store.time_split_by_events(*fractions)
+    return features.manifest().split != split.as_dict()
+
+
 def ensure_features(config: Config, source: str, progress: Progress | None = None) -> FeatureArtifacts:
     """The source's feature build, filling the store and building the features first where missing."""
     features = features_of(config, source)
@@ -151,6 +166,9 @@ def evaluate(
     for source in sources:
         if fresh or not features_of(config, source).exists():
             import_source(config, source, overwrite=True, progress=say)
+            build_features(config, source, say)
+        elif split_changed(config, source):
+            say(f"{source}: the configured split differs from the feature build's: rebuilding the features")
             build_features(config, source, say)
         chosen, configs, fitted, record = config, None, {}, None
         if searching:

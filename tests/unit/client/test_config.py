@@ -86,8 +86,9 @@ def test_tls_files_in_the_config_may_go_with_an_environment_url(monkeypatch):
 
 
 def test_split_by_events_is_chosen_per_source():
-    config = load_config(overrides=["data.split=events", "data.test_fraction=0.2"])
+    config = load_config(overrides=["data.split=events", "data.test_fraction=0.2", "movielens.split=days"])
     assert config.event_fractions("synthetic") == (0.1, 0.2)
     assert config.event_fractions("movielens") is None  # its own section still splits by days
+    assert load_config().event_fractions("movielens") == (0.1, 0.1)  # MovieLens-100k's default
     with pytest.raises(ConfigError, match="data.split must be days or events"):
         load_config(overrides=["data.split=weekly"])
