@@ -129,6 +129,9 @@ class EvaluationConfig:
     ks: tuple[int, ...] = (10, 20, 50, 100)
     als_factors: tuple[int, ...] = (32, 64, 128)  # grid searched on the validation window only
     als_regularization: tuple[float, ...] = (0.01, 0.1)
+    # The trending baseline: training views of the last N days of the training window, N picked on the
+    # validation window from this grid (like ALS's settings).
+    trending_days: tuple[float, ...] = (1, 3, 7)
     als_iterations: int = 15
     # `reels evaluate` picks every learned model's settings on the validation window (a small grid per
     # model, models/evaluation/search.py) within this many wall seconds per data set; false or 0: off.

@@ -107,6 +107,28 @@ def catalog_popularity(train: pd.DataFrame, catalog_ids: np.ndarray) -> np.ndarr
     return popularity
 
 
+def recent_popularity(train: pd.DataFrame, catalog_ids: np.ndarray, days: float) -> np.ndarray:
+    """Views per catalog position during the last ``days`` days of ``train`` (the trending baseline's
+    scores): ``catalog_popularity`` of the window's end."""
+    start = train["event_time"].max() - days * 86400  # event_time: epoch seconds
+    return catalog_popularity(train[train["event_time"] > start], catalog_ids)
+
+
+def tune_trending(
+    train: pd.DataFrame, queries: Queries, catalog_ids: np.ndarray, config: EvaluationConfig, k: int = 20
+) -> dict:
+    """The trending window (``config.trending_days``) with the best recall@k on ``queries`` (the
+    validation window): ``{"days": best, "valid_recall@20": its recall}``."""
+    best = None
+    for days in config.trending_days:
+        scorer = baselines.popularity_scorer(recent_popularity(train, catalog_ids, days))
+        top = baselines.top_k(scorer, len(queries.frame), queries.seen, k)
+        recall = metrics.retrieval_metrics(top, queries.relevant, [k])[f"recall@{k}"]
+        if best is None or recall > best[f"valid_recall@{k}"]:
+            best = {"days": days, f"valid_recall@{k}": recall}
+    return best
+
+
 def _beyond_accuracy(top: np.ndarray, category: np.ndarray, popularity: np.ndarray, k: int = 20) -> dict:
     return {
         f"coverage@{k}": metrics.coverage(top[:, :k], len(category)),
@@ -319,6 +341,7 @@ def evaluate_retrieval(
     say("tuning ALS on the validation window")
     valid_queries = build_queries(train, valid, ids)
     als_choice = tune_als(train_matrix, valid_queries, n_items, config)
+    trending_choice = tune_trending(train, valid_queries, ids, config)
 
     say("scoring the test window")
     queries = build_queries(pd.concat([train, valid], ignore_index=True), test, ids)
@@ -334,6 +357,7 @@ def evaluate_retrieval(
         ),
         "als": _als_scorer(als, queries, n_items),
         "popularity": baselines.popularity_scorer(popularity),
+        "trending": baselines.popularity_scorer(recent_popularity(train, ids, trending_choice["days"])),
         "random": baselines.random_scorer(n_items, config.seed),
     }
     oracle = oracle_scorer(features, queries, ids, test)
@@ -350,11 +374,12 @@ def evaluate_retrieval(
             **_beyond_accuracy(top, category, popularity),
         }
     results["als"]["tuned_on_valid"] = als_choice
+    results["trending"]["tuned_on_valid"] = trending_choice
     say("bootstrap intervals over test users")
     named = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
-    pairs = [("two_tower", "als"), ("two_tower", "popularity")]
+    pairs = [("two_tower", "als"), ("two_tower", "popularity"), ("two_tower", "trending")]
     if oracle is not None:
-        pairs += [(model, "oracle") for model in ("two_tower", "als", "popularity")]
+        pairs += [(model, "oracle") for model in ("two_tower", "als", "popularity", "trending")]
     intervals = bootstrap.retrieval_intervals(per_user, named, pairs, seed=config.seed)
     for name, bounds in intervals["models"].items():
         results[name]["ci95"] = bounds

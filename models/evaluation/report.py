@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from reels.models.evaluation.bootstrap import MIN_TEST_USERS  # noqa: E402
 
-RETRIEVAL_METHODS = ("two_tower", "als", "popularity", "random", "oracle")
+RETRIEVAL_METHODS = ("two_tower", "als", "popularity", "trending", "random", "oracle")
 RANKING_METHODS = ("mmoe", "ple", "shared_bottom")
 
 
@@ -130,7 +130,8 @@ def markdown(results: dict) -> str:
         "",
     ]
     lines += [
-        "Protocol: time split by whole days; models trained on the training window only; ALS (and, with",
+        "Protocol: time split in whole days (each data set's windows below); models trained on the training",
+        "window only; ALS (and, with",
         "the validation search, the two-tower and every ranker) tuned on the validation window; every number",
         "below is on the test window. Retrieval is full-catalog, excluding",
         "videos the user interacted with before the test window; each query user's query is their first test",
@@ -148,6 +149,14 @@ def markdown(results: dict) -> str:
         proto = data["retrieval"]["_protocol"]
         lines += [f"## {name}", ""]
         events = f", {proto['test_events']:,} test events" if "test_events" in proto else ""
+        split = results.get("data", {}).get(name, {}).get("split")
+        if split:
+            day = {key: str(value)[:10] for key, value in split.items()}
+            lines += [
+                f"Windows: training from {day['start']}, validation from {day['valid_start']}, test from "
+                f"{day['test_start']} until {day['end']} (exclusive).",
+                "",
+            ]
         lines += [
             f"Retrieval: {proto['test_users']} test users{events}, {proto['relevant_per_user']:.1f} relevant videos "
             f"each on average, catalog {proto['catalog']:,} videos.",
@@ -167,6 +176,13 @@ def markdown(results: dict) -> str:
             lines += [
                 "",
                 f"ALS picked on validation: factors={als['factors']}, regularization={als['regularization']}.",
+            ]
+        trending = data["retrieval"].get("trending", {}).get("tuned_on_valid")
+        if trending:
+            lines += [
+                "",
+                f"Trending (the most viewed videos of the training window's last days) picked on validation: "
+                f"the last {trending['days']:g} day(s).",
             ]
         lines += _settings_lines(data.get("settings"), "two_tower")
         ranking = data["ranking"]

@@ -15,15 +15,15 @@ def test_every_number_comes_with_an_interval_and_the_oracle_bounds_what_is_learn
 ):
     result = evaluate(tiny_features, tiny_models, FAST, FAST_RANKER)
     retrieval, ranking = result["retrieval"], result["ranking"]
-    assert {"two_tower", "als", "popularity", "random", "oracle"} <= set(retrieval)
-    for method in ("two_tower", "als", "popularity", "random", "oracle"):
+    assert {"two_tower", "als", "popularity", "trending", "random", "oracle"} <= set(retrieval)
+    for method in ("two_tower", "als", "popularity", "trending", "random", "oracle"):
         lo, hi = retrieval[method]["ci95"]["recall@20"]
         assert lo <= retrieval[method]["recall@20"] <= hi
     share = retrieval["_ratios"]["two_tower/oracle"]["recall@20"]
     assert share["ci"][0] <= share["ratio"] <= share["ci"][1]
     # The generator's own view probabilities bound what is learnable: above every learned model and
     # popularity, far above chance.
-    for method in ("two_tower", "als", "popularity"):
+    for method in ("two_tower", "als", "popularity", "trending"):
         assert retrieval["oracle"]["recall@20"] > retrieval[method]["recall@20"]
     assert retrieval["oracle"]["recall@20"] > 2 * retrieval["random"]["recall@20"]
     assert retrieval["_protocol"]["test_events"] >= retrieval["_protocol"]["test_users"]
@@ -43,3 +43,6 @@ def test_every_number_comes_with_an_interval_and_the_oracle_bounds_what_is_learn
         {"command": "c", "date": "d", "machine": "m", "datasets": {"tiny": {**result, "targets": judged}}}
     )
     assert "95 % bootstrap intervals" in text and "as a share of the oracle" in text
+    # The trending window is picked on validation from the configured grid, and the report says which.
+    assert retrieval["trending"]["tuned_on_valid"]["days"] in FAST.trending_days
+    assert "- two_tower / trending, recall@20" in text and "Trending (the most viewed" in text

@@ -84,8 +84,15 @@ def test_report_shows_every_ranker_and_the_served_target():
     judged = targets(retrieval, ranking)
     assert judged["ple_auc_ge_shared_bottom"]["met"] and "mmoe_auc_ge_shared_bottom" not in judged
     datasets = {"x": {"retrieval": retrieval, "ranking": ranking, "targets": judged}}
-    text = markdown({"command": "c", "date": "d", "machine": "m", "datasets": datasets})
+    split = {"start": "2026-01-01 00:00:00", "valid_start": "2026-03-01 00:00:00",
+             "test_start": "2026-03-20 00:00:00", "end": "2026-04-02 00:00:00"}  # fmt: skip
+    text = markdown(
+        {"command": "c", "date": "d", "machine": "m", "datasets": datasets, "data": {"x": {"split": split}}}
+    )
     assert "| ple | 0.7200 |" in text and "served: ple" in text
+    assert (
+        "training from 2026-01-01, validation from 2026-03-01, test from 2026-03-20 until 2026-04-02" in text
+    )
     assert "- ple-shared_bottom: auc_liked [+0.0050, +0.0300]" in text
     assert "| ple | gate_0_liked | liked_0 0.25, shared_0 0.75 | 0.500 | 0.690 | 0.560 |" in text
     assert np.isclose(judged["ple_auc_ge_shared_bottom"]["per_task"]["auc_liked"]["ple"], 0.72)
