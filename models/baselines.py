@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 
@@ -32,6 +33,19 @@ def top_k(scorer: Scorer, n_users: int, seen: Sequence[np.ndarray], k: int, chun
         order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
         out[rows] = np.take_along_axis(part, order, axis=1)
     return out if out is not None else np.empty((0, k), dtype=np.int64)
+
+
+def recent_popularity(events: pd.DataFrame, catalog_ids: np.ndarray, days: float) -> np.ndarray:
+    """Views per entry of ``catalog_ids`` (raw video ids) during the last ``days`` days of ``events``
+    (``event_time`` in epoch seconds, ``raw_video_id``, ``view``): the trending baseline's scores and the
+    two-tower's trending prior. Videos outside the catalog are left out."""
+    start = events["event_time"].max() - days * 86400
+    recent = events.loc[(events["event_time"] > start) & (events["view"] == 1), "raw_video_id"]
+    order = np.argsort(catalog_ids, kind="stable")
+    slot = np.searchsorted(catalog_ids[order], recent.to_numpy())
+    found = slot < len(order)
+    found[found] = catalog_ids[order][slot[found]] == recent.to_numpy()[found]
+    return np.bincount(order[slot[found]], minlength=len(catalog_ids)).astype(np.float64)
 
 
 def popularity_scorer(item_counts: np.ndarray) -> Scorer:

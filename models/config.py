@@ -44,6 +44,12 @@ class TwoTowerConfig:
     # uniformly from the training videos (Yang et al. 2020), the logQ correction then using the mixture.
     negatives: str = "in-batch"
     sampled_negatives: int = 512
+    # Retrieval ranks by two-tower score + trending_prior * log(1 + the video's views in the last
+    # trending_prior_days days of the training window), through one more index column (0: off). A two-tower
+    # has no notion of time: on logs where fresh or trending videos get pushed, the latest views say more
+    # about tomorrow than the whole window (docs/TUNING.md "Retrieval on synthetic").
+    trending_prior: float = 0.0
+    trending_prior_days: float = 1.0
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -55,6 +61,7 @@ class TwoTowerConfig:
             "history_pooling": self.history_pooling in HISTORY_POOLINGS,
             "attention_heads": self.attention_heads > 0, "attention_layers": self.attention_layers >= 0,
             "negatives": self.negatives in NEGATIVES, "sampled_negatives": self.sampled_negatives > 0,
+            "trending_prior": self.trending_prior >= 0, "trending_prior_days": self.trending_prior_days > 0,
         }, self)  # fmt: skip
 
 

@@ -42,6 +42,30 @@ class IndexReport:
     ] = ()  # what ``auto`` measured: kind, nprobe, recall_at_k, search_p50_ms, search_p99_ms
 
 
+def trending_prior(views: np.ndarray, weight: float) -> np.ndarray | None:
+    """The retrieval prior of each item: ``weight`` x log(1 + its recent ``views``); None when ``weight`` is
+    0 (no prior: the index holds the embeddings alone)."""
+    return weight * np.log1p(views).astype(np.float32) if weight > 0 else None
+
+
+def index_vectors(embeddings: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
+    """The vectors the index holds: item embeddings, with the prior as one more column where there is one
+    (an inner product with a query that ends in 1 then adds the prior to the two-tower score)."""
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    if prior is None:
+        return embeddings
+    return np.hstack([embeddings, np.asarray(prior, dtype=np.float32).reshape(-1, 1)])
+
+
+def query_vectors(dim: int, embeddings: np.ndarray) -> np.ndarray:
+    """Query embeddings as an index of dimension ``dim`` takes them: a 1 appended when the index holds a
+    prior column (one wider than the embeddings), else as they are."""
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if dim == embeddings.shape[1] + 1:
+        return np.hstack([embeddings, np.ones((len(embeddings), 1), dtype=np.float32)])
+    return embeddings
+
+
 def _kind(config: IndexConfig, n_items: int) -> str:
     if config.kind != "auto":
         return config.kind

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from reels.models.baselines import recent_popularity
 from reels.models.config import IndexConfig, RankerConfig, TwoTowerConfig
-from reels.models.index import build_and_measure, save_index
+from reels.models.index import build_and_measure, index_vectors, query_vectors, save_index, trending_prior
 from reels.models.inputs import feature_schema
 from reels.models.ranker import Ranker
 from reels.models.registry import VersionClaim, claim_version, workflow_hash, write_manifest
@@ -43,6 +44,8 @@ class TrainedModels:
     item_embeddings: np.ndarray
     directory: Path
     manifest: dict
+    # each item's trending prior, the index's extra column (None: two_tower.trending_prior is 0)
+    retrieval_prior: np.ndarray | None = None
 
 
 def item_view_counts(train: pd.DataFrame, cardinality: int) -> np.ndarray:
@@ -112,17 +115,27 @@ def _train_into(
     catalog = pd.read_parquet(features.videos_path)
     embeddings = two_tower.item_embeddings(catalog)
     item_ids = catalog["raw_video_id"].to_numpy()
-    pd.DataFrame(
-        {"raw_video_id": item_ids, "video_id": catalog["video_id"].to_numpy(), "embedding": list(embeddings)}
-    ).to_parquet(staging / "item_embeddings.parquet", index=False)
+    prior = trending_prior(
+        recent_popularity(train_rows, item_ids, two_tower_config.trending_prior_days),
+        two_tower_config.trending_prior,
+    )
+    stored = {
+        "raw_video_id": item_ids,
+        "video_id": catalog["video_id"].to_numpy(),
+        "embedding": list(embeddings),
+    }
+    if prior is not None:  # the index's extra column, for whoever scores with the embeddings (the gate)
+        stored["trending_prior"] = prior
+    pd.DataFrame(stored).to_parquet(staging / "item_embeddings.parquet", index=False)
 
     say("FAISS index")
+    vectors = index_vectors(embeddings, prior)
     valid = features.read_split("valid")
     sample = (valid if len(valid) else train_rows).sample(
         min(index_config.recall_queries, max(len(valid), 1)), random_state=0
     )
-    queries = two_tower.query_embeddings(sample)
-    index, index_report = build_and_measure(embeddings, item_ids, queries, index_config, device=device)
+    queries = query_vectors(vectors.shape[1], two_tower.query_embeddings(sample))
+    index, index_report = build_and_measure(vectors, item_ids, queries, index_config, device=device)
     save_index(index, staging / "items.faiss")
     say(f"index {index_report.kind}: recall@{index_report.k} vs exact = {index_report.recall_at_k:.3f}")
 
@@ -170,4 +183,4 @@ def _train_into(
     write_manifest(staging, manifest)
     final = claim.publish()
     say(f"artifacts in {final}")
-    return TrainedModels(two_tower, ranker, item_ids, embeddings, final, manifest)
+    return TrainedModels(two_tower, ranker, item_ids, embeddings, final, manifest, prior)

@@ -179,6 +179,7 @@ def in_process(model_dir: Path, store: OnlineStore, users: np.ndarray, k: int) -
 
 
 def _in_process(model_dir: Path, store: OnlineStore, users: np.ndarray, k: int) -> tuple[dict, dict]:
+    from reels.models.index import query_vectors
     from reels.models.inputs import ITEM_FEATURES, QUERY_FEATURES
     from reels.models.serving.pipeline import InProcessPipeline
     from reels.models.serving.request import QUERY_USER_FIELDS, Request
@@ -209,7 +210,7 @@ def _in_process(model_dir: Path, store: OnlineStore, users: np.ndarray, k: int) 
     for _ in range(len(users)):
         t0 = time.perf_counter()
         embedding = tower({name: query.features[name] for name in QUERY_FEATURES})
-        index.search(np.ascontiguousarray(embedding, dtype=np.float32), pipeline.config.candidates)
+        index.search(query_vectors(index.d, embedding), pipeline.config.candidates)
         ranker.score_candidates(user_inputs, item_inputs)
         latencies.append((time.perf_counter() - t0) * 1000)
     floor = _summary(latencies, time.perf_counter() - started)

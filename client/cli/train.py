@@ -57,6 +57,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--seeds", nargs="+", type=int, default=[], metavar="SEED",
         help="train every candidate once per seed (default: the configured seed)",
     )  # fmt: skip
+    p.add_argument(
+        "--trending-priors", nargs="+", type=float, default=[], metavar="WEIGHT",
+        help="also score every trained two-tower with each two_tower.trending_prior weight (no retraining)",
+    )  # fmt: skip
+    p.add_argument(
+        "--configured", action="store_true",
+        help="train the configured two-tower only, instead of the tuning grid",
+    )  # fmt: skip
     p.add_argument("--record", action="store_true", help="append the table to docs/TUNING.md")
     p.set_defaults(func=cmd_tune)
 
@@ -171,7 +179,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         if candidates is not None:
             result = tune_rankers(features, config.ranker, candidates, args.seeds, progress=say)
         else:
-            result = tune_two_tower(features, config.two_tower, progress=say, seeds=tuple(args.seeds))
+            result = tune_two_tower(
+                features, config.two_tower, **({"grid": ({},)} if args.configured else {}), progress=say,
+                seeds=tuple(args.seeds), priors=tuple(args.trending_priors),
+            )  # fmt: skip
     what = "Rankers" if candidates is not None else "Two-tower"
     header = (
         f"### {what} on {args.source}, validation window — {time.strftime('%Y-%m-%d')}\n\n"

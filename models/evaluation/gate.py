@@ -76,12 +76,15 @@ def score_version(model_dir: Path, window: FeatureArtifacts, catalog_ids: np.nda
     matrix[rows] = np.stack(items.loc[known, "embedding"])
     unknown = np.ones(len(catalog_ids), dtype=bool)
     unknown[rows] = False
+    prior = np.zeros(len(catalog_ids), dtype=np.float32)  # the index's trending prior, where it has one
+    if "trending_prior" in items.columns:
+        prior[rows] = items.loc[known, "trending_prior"].to_numpy(np.float32)
 
     tower = QueryTower(model_dir / "query_tower")
     query = np.concatenate(_batched(tower, queries.frame, QUERY_FEATURES)).astype(np.float32)
 
     def scorer(rows: np.ndarray) -> np.ndarray:
-        scores = query[rows] @ matrix.T
+        scores = query[rows] @ matrix.T + prior
         scores[:, unknown] = -np.inf  # a video this version never saw cannot be retrieved
         return scores
 

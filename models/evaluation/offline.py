@@ -107,13 +107,6 @@ def catalog_popularity(train: pd.DataFrame, catalog_ids: np.ndarray) -> np.ndarr
     return popularity
 
 
-def recent_popularity(train: pd.DataFrame, catalog_ids: np.ndarray, days: float) -> np.ndarray:
-    """Views per catalog position during the last ``days`` days of ``train`` (the trending baseline's
-    scores): ``catalog_popularity`` of the window's end."""
-    start = train["event_time"].max() - days * 86400  # event_time: epoch seconds
-    return catalog_popularity(train[train["event_time"] > start], catalog_ids)
-
-
 def tune_trending(
     train: pd.DataFrame, queries: Queries, catalog_ids: np.ndarray, config: EvaluationConfig, k: int = 20
 ) -> dict:
@@ -121,7 +114,7 @@ def tune_trending(
     validation window): ``{"days": best, "valid_recall@20": its recall}``."""
     best = None
     for days in config.trending_days:
-        scorer = baselines.popularity_scorer(recent_popularity(train, catalog_ids, days))
+        scorer = baselines.popularity_scorer(baselines.recent_popularity(train, catalog_ids, days))
         top = baselines.top_k(scorer, len(queries.frame), queries.seen, k)
         recall = metrics.retrieval_metrics(top, queries.relevant, [k])[f"recall@{k}"]
         if best is None or recall > best[f"valid_recall@{k}"]:
@@ -320,6 +313,16 @@ def _taste_only_scorer(
     return score
 
 
+def _two_tower_scorer(trained: TrainedModels, queries: Queries) -> baselines.Scorer:
+    """The two-tower as its index ranks: query x item embeddings, plus the version's trending prior."""
+    from reels.models.index import index_vectors, query_vectors
+
+    items = index_vectors(trained.item_embeddings, trained.retrieval_prior)
+    return baselines.embedding_scorer(
+        query_vectors(items.shape[1], trained.two_tower.query_embeddings(queries.frame)), items
+    )
+
+
 def evaluate_retrieval(
     features: FeatureArtifacts,
     trained: TrainedModels,
@@ -352,12 +355,12 @@ def evaluate_retrieval(
     )
     als.fit(train_matrix)
     scorers = {
-        "two_tower": baselines.embedding_scorer(
-            trained.two_tower.query_embeddings(queries.frame), trained.item_embeddings
-        ),
+        "two_tower": _two_tower_scorer(trained, queries),
         "als": _als_scorer(als, queries, n_items),
         "popularity": baselines.popularity_scorer(popularity),
-        "trending": baselines.popularity_scorer(recent_popularity(train, ids, trending_choice["days"])),
+        "trending": baselines.popularity_scorer(
+            baselines.recent_popularity(train, ids, trending_choice["days"])
+        ),
         "random": baselines.random_scorer(n_items, config.seed),
     }
     oracle = oracle_scorer(features, queries, ids, test)

@@ -18,6 +18,7 @@ import pandas as pd
 from reels.models import baselines, metrics
 from reels.models.config import RankerConfig, TwoTowerConfig
 from reels.models.evaluation.offline import build_queries, catalog_popularity, compare_rankers
+from reels.models.index import index_vectors, query_vectors, trending_prior
 from reels.models.inputs import feature_schema
 from reels.models.ranker import BINARY_TASKS
 from reels.models.train import item_view_counts
@@ -51,9 +52,12 @@ def tune_two_tower(
     k: int = 20,
     progress: Callable[[str], None] | None = None,
     seeds: tuple[int, ...] = (),
+    priors: tuple[float, ...] = (),
 ) -> dict:
     """Train one two-tower per ``grid`` entry (overrides of ``base``) and ``seeds`` entry (default: the
-    base seed only) and score each by validation recall@``k``; returns ``valid_users``, one row per
+    base seed only) and score each by validation recall@``k``, as its index ranks (with the entry's
+    ``trending_prior``); each trained model is also scored at every ``trending_prior`` of ``priors``
+    without training again (a row of its own, ``rescored``). Returns ``valid_users``, one row per
     candidate (popularity first; a candidate's recall is its mean over seeds, ``recall_by_seed`` holds
     each) and the ``best`` overrides."""
     say = progress or (lambda _m: None)
@@ -75,26 +79,40 @@ def tune_two_tower(
             f"valid_recall@{k}": metrics.retrieval_metrics(top, queries.relevant, [k])[f"recall@{k}"],
         }
     ]
+    recent: dict[float, np.ndarray] = {}  # trending_prior_days -> recent views per catalog video
+
+    def recall(query: np.ndarray, items: np.ndarray, config: TwoTowerConfig) -> float:
+        days = config.trending_prior_days
+        if days not in recent:
+            recent[days] = baselines.recent_popularity(train, ids, days)
+        vectors = index_vectors(items, trending_prior(recent[days], config.trending_prior))
+        scorer = baselines.embedding_scorer(query_vectors(vectors.shape[1], query), vectors)
+        top = baselines.top_k(scorer, len(queries.frame), queries.seen, k)
+        return metrics.retrieval_metrics(top, queries.relevant, [k])[f"recall@{k}"]
+
     for overrides in grid:
-        by_seed, seconds = {}, []
+        variants = [dict(overrides)] + [{**overrides, "trending_prior": p} for p in priors]
+        by_seed: list[dict[int, float]] = [{} for _ in variants]
+        seconds = []
         for seed in seeds:
             config = replace(base, **{"seed": seed, **overrides})
             say(f"two-tower {overrides} seed {config.seed}")
             model = TwoTower(schema, config, counts)
             seconds.append(model.fit(positives).seconds)
-            scorer = baselines.embedding_scorer(
-                model.query_embeddings(queries.frame), model.item_embeddings(catalog)
-            )
-            top = baselines.top_k(scorer, len(queries.frame), queries.seen, k)
-            by_seed[config.seed] = metrics.retrieval_metrics(top, queries.relevant, [k])[f"recall@{k}"]
-        row = {
-            "candidate": overrides,
-            f"valid_recall@{k}": float(np.mean(list(by_seed.values()))),
-            "train_s": round(float(np.mean(seconds)), 1),
-        }
-        if len(seeds) > 1:
-            row["recall_by_seed"] = by_seed
-        rows.append(row)
+            query, items = model.query_embeddings(queries.frame), model.item_embeddings(catalog)
+            for scores, variant in zip(by_seed, variants, strict=True):
+                scores[config.seed] = recall(query, items, replace(config, **variant))
+        for i, (variant, scores) in enumerate(zip(variants, by_seed, strict=True)):
+            row = {
+                "candidate": variant,
+                f"valid_recall@{k}": float(np.mean(list(scores.values()))),
+                "train_s": round(float(np.mean(seconds)), 1),
+            }
+            if i:
+                row["rescored"] = True  # the model above, scored with this prior: no training of its own
+            if len(seeds) > 1:
+                row["recall_by_seed"] = scores
+            rows.append(row)
     best = max(rows[1:], key=lambda r: r[f"valid_recall@{k}"])
     return {"valid_users": len(queries.frame), "rows": rows, "best": best["candidate"]}
 
@@ -115,7 +133,8 @@ def markdown(result: dict, header: str) -> str:
         per_seed = row.get("recall_by_seed", {})
         cells = [f"{per_seed[s]:.4f}" if s in per_seed else "" for s in seeds]
         middle = "".join(f" {c} |" for c in cells)
-        lines.append(f"| `{row['candidate']}` | {row[key]:.4f} |{middle} {row.get('train_s', '')} |")
+        seconds = "rescored" if row.get("rescored") else row.get("train_s", "")
+        lines.append(f"| `{row['candidate']}` | {row[key]:.4f} |{middle} {seconds} |")
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import faiss
 import numpy as np
 
+from reels.models.index import query_vectors
 from reels.models.inputs import QUERY_FEATURES
 from reels.models.serving.catalog import Catalog
 from reels.models.serving.config import ServingConfig
@@ -68,7 +69,7 @@ class Retrieval:
         embedding = self.query_tower({name: query.features[name] for name in QUERY_FEATURES})
         embedding = np.ascontiguousarray(embedding, dtype=np.float32)
         fresh = self.fresh(embedding, query.request_time_s, excluded)
-        scores, ids = self.index.search(embedding, n + len(excluded))
+        scores, ids = self.index.search(query_vectors(self.index.d, embedding), n + len(excluded))
         keep = (ids[0] >= 0) & ~np.isin(ids[0], excluded) & ~np.isin(ids[0], fresh)
         ids, scores = ids[0][keep][: n - len(fresh)], scores[0][keep][: n - len(fresh)]
         if len(fresh) == 0:

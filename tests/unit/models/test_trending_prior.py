@@ -1,0 +1,104 @@
+"""The two-tower's trending prior: one more index column (weight x log(1 + recent views)) that the query
+meets with a 1, so FAISS ranks by two-tower score + prior; the served retrieval step, the offline scorer
+and the validation tuning all rank the same way, and without a prior nothing changes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reels.models.baselines import recent_popularity
+from reels.models.config import IndexConfig, RankerConfig, TwoTowerConfig
+from reels.models.evaluation.offline import _two_tower_scorer, build_queries
+from reels.models.evaluation.tradeoff import window_feeds
+from reels.models.evaluation.tune import tune_two_tower
+from reels.models.index import index_vectors, load_index, query_vectors, trending_prior
+from reels.models.serving.config import ServingConfig
+from reels.models.train import train
+from reels.workflows.errors import ConfigError
+
+FAST_TWO_TOWER = TwoTowerConfig(epochs=1, batch_size=512, output_dim=16, feature_dim=8, hidden_units=(32,))
+FAST_RANKER = RankerConfig(epochs=1, batch_size=1024, expert_units=(8,), tower_units=(8,), num_experts=2)
+
+
+def test_recent_popularity_counts_the_last_days_views_of_catalog_videos():
+    day = 86_400
+    events = pd.DataFrame(
+        {
+            "event_time": [0, 2 * day, 2 * day + 5, 2 * day + 9, 2 * day + 10, 2 * day + 11],
+            "raw_video_id": [5, 5, 7, 9, 5, 42],  # 42 is not in the catalog
+            "view": [1, 1, 1, 1, 0, 1],
+        }
+    )
+    np.testing.assert_array_equal(recent_popularity(events, np.array([9, 5, 7, 3]), 1), [1, 1, 1, 0])
+    np.testing.assert_array_equal(recent_popularity(events, np.array([9, 5, 7, 3]), 3), [1, 2, 1, 0])
+
+
+def test_an_index_with_the_prior_column_adds_the_prior_to_the_dot_product():
+    rng = np.random.default_rng(0)
+    items, query = rng.normal(size=(6, 4)), rng.normal(size=(2, 4))
+    views = np.array([0, 1, 3, 10, 0, 100])
+    prior = trending_prior(views, 0.5)
+    vectors = index_vectors(items, prior)
+    assert vectors.shape == (6, 5) and trending_prior(views, 0.0) is None
+    scores = query_vectors(vectors.shape[1], query) @ vectors.T
+    np.testing.assert_allclose(scores, query @ items.T + 0.5 * np.log1p(views), rtol=1e-5)
+    assert query_vectors(4, query).shape == (2, 4)  # an index without the column takes the query as it is
+    with pytest.raises(ConfigError, match="trending_prior"):
+        TwoTowerConfig(trending_prior=-1.0)
+
+
+def test_served_retrieval_and_the_offline_scorer_rank_by_score_plus_prior(tiny_features, tmp_path):
+    config = replace(FAST_TWO_TOWER, trending_prior=2.0)
+    trained = train(tiny_features, tmp_path, config, FAST_RANKER, IndexConfig())
+    index = load_index(trained.directory / "items.faiss")
+    assert index.d == config.output_dim + 1
+    train_rows = tiny_features.read_split("train")
+    views = recent_popularity(train_rows, trained.item_ids, config.trending_prior_days)
+    assert views.max() > 0
+    stored = pd.read_parquet(trained.directory / "item_embeddings.parquet")
+    np.testing.assert_allclose(stored["trending_prior"], 2.0 * np.log1p(views), rtol=1e-5)
+    np.testing.assert_allclose(trained.retrieval_prior, 2.0 * np.log1p(views), rtol=1e-5)
+
+    # The serving step's candidates and scores are the offline scorer's, prior included.
+    feeds, _ = window_feeds(
+        tiny_features, trained.directory, "valid", ServingConfig(fresh_candidates=0), use_ranker=False
+    )
+    queries = build_queries(train_rows, tiny_features.read_split("valid"), trained.item_ids)
+    assert list(feeds.user_ids) == list(queries.frame["raw_user_id"])
+    offline = _two_tower_scorer(trained, queries)(np.arange(len(queries.frame)))
+    position = {int(v): i for i, v in enumerate(trained.item_ids)}
+    for u in range(min(len(feeds), 20)):
+        top = [position[int(v)] for v in feeds.candidates[u][:10]]
+        np.testing.assert_allclose(feeds.scores[u][:10], offline[u, top], rtol=1e-3, atol=1e-3)
+        assert np.all(np.diff(feeds.scores[u][:10]) <= 1e-5)
+
+
+def test_a_version_without_the_prior_keeps_the_plain_index(tiny_models):
+    assert tiny_models.retrieval_prior is None
+    assert load_index(tiny_models.directory / "items.faiss").d == tiny_models.item_embeddings.shape[1]
+    assert "trending_prior" not in pd.read_parquet(tiny_models.directory / "item_embeddings.parquet")
+
+
+def test_tuning_rescores_each_trained_two_tower_with_every_prior(tiny_features):
+    result = tune_two_tower(tiny_features, FAST_TWO_TOWER, grid=({},), priors=(0.5, 1.0))
+    rows = result["rows"]
+    assert [r["candidate"] for r in rows] == [
+        "popularity",
+        {},
+        {"trending_prior": 0.5},
+        {"trending_prior": 1.0},
+    ]
+    assert [r.get("rescored", False) for r in rows[1:]] == [False, True, True]
+    assert all(0.0 <= r["valid_recall@20"] <= 1.0 for r in rows)
+
+
+def test_reels_tune_takes_the_priors_and_the_configured_two_tower_alone():
+    from reels.client.cli import build_parser
+
+    args = build_parser().parse_args(["tune", "synthetic", "--configured", "--trending-priors", "0.5", "1"])
+    assert args.configured and args.trending_priors == [0.5, 1.0]
+    assert build_parser().parse_args(["tune", "synthetic"]).trending_priors == []
