@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from reels.models import baselines, metrics
 from reels.models.baselines import recent_popularity
 from reels.models.config import IndexConfig, RankerConfig, TwoTowerConfig
+from reels.models.evaluation.gate import score_version
 from reels.models.evaluation.offline import _two_tower_scorer, build_queries
 from reels.models.evaluation.tradeoff import window_feeds
 from reels.models.evaluation.tune import tune_two_tower
@@ -75,6 +77,19 @@ def test_served_retrieval_and_the_offline_scorer_rank_by_score_plus_prior(tiny_f
         top = [position[int(v)] for v in feeds.candidates[u][:10]]
         np.testing.assert_allclose(feeds.scores[u][:10], offline[u, top], rtol=1e-3, atol=1e-3)
         assert np.all(np.diff(feeds.scores[u][:10]) <= 1e-5)
+
+    # The promotion gate scores the version's test window with the prior too: the offline scorer's recall.
+    test_queries = build_queries(
+        pd.concat([train_rows, tiny_features.read_split("valid")], ignore_index=True),
+        tiny_features.read_split("test"),
+        trained.item_ids,
+    )
+    top = baselines.top_k(
+        _two_tower_scorer(trained, test_queries), len(test_queries.frame), test_queries.seen, 20
+    )
+    offline_recall = metrics.retrieval_metrics(top, test_queries.relevant, [20])["recall@20"]
+    gated = score_version(trained.directory, tiny_features, trained.item_ids)
+    assert gated["recall@20"] == pytest.approx(offline_recall, abs=0.003)
 
 
 def test_a_version_without_the_prior_keeps_the_plain_index(tiny_models):
