@@ -104,11 +104,7 @@ def split_changed(config: Config, source: str) -> bool:
     store = OfflineStore(config.source_dir(source) / "store")
     if not features.exists() or not store.has("events"):
         return False
-    fractions = config.event_fractions(source)
-    if fractions is None:
-        split = store.time_split(*config.split_days(source))
-    else:
-        split = store.time_split_by_events(*fractions)
+    split = store.split(*config.split_days(source), config.event_fractions(source))
     return features.manifest().split != split.as_dict()
 
 

@@ -35,17 +35,27 @@ def top_k(scorer: Scorer, n_users: int, seen: Sequence[np.ndarray], k: int, chun
     return out if out is not None else np.empty((0, k), dtype=np.int64)
 
 
+def catalog_positions(catalog_ids: np.ndarray) -> pd.Series:
+    """Raw video id -> its row in the catalog (the first row where an id repeats)."""
+    positions = pd.Series(np.arange(len(catalog_ids)), index=catalog_ids)
+    return positions[~positions.index.duplicated()]
+
+
+def catalog_popularity(train: pd.DataFrame, catalog_ids: np.ndarray) -> np.ndarray:
+    """Training views per catalog position (the popularity baseline's scores and novelty's p)."""
+    popularity = np.zeros(len(catalog_ids))
+    counts = train.loc[train["view"] == 1, "raw_video_id"].value_counts()
+    position_of = catalog_positions(catalog_ids)
+    counts = counts[counts.index.isin(position_of.index)]
+    popularity[position_of.loc[counts.index].to_numpy()] = counts.to_numpy()
+    return popularity
+
+
 def recent_popularity(events: pd.DataFrame, catalog_ids: np.ndarray, days: float) -> np.ndarray:
-    """Views per entry of ``catalog_ids`` (raw video ids) during the last ``days`` days of ``events``
-    (``event_time`` in epoch seconds, ``raw_video_id``, ``view``): the trending baseline's scores and the
-    two-tower's trending prior. Videos outside the catalog are left out."""
+    """``catalog_popularity`` of the last ``days`` days of ``events`` (``event_time`` in epoch seconds):
+    the trending baseline's scores and the two-tower's trending prior."""
     start = events["event_time"].max() - days * 86400
-    recent = events.loc[(events["event_time"] > start) & (events["view"] == 1), "raw_video_id"]
-    order = np.argsort(catalog_ids, kind="stable")
-    slot = np.searchsorted(catalog_ids[order], recent.to_numpy())
-    found = slot < len(order)
-    found[found] = catalog_ids[order][slot[found]] == recent.to_numpy()[found]
-    return np.bincount(order[slot[found]], minlength=len(catalog_ids)).astype(np.float64)
+    return catalog_popularity(events[events["event_time"] > start], catalog_ids)
 
 
 def popularity_scorer(item_counts: np.ndarray) -> Scorer:

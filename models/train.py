@@ -115,10 +115,12 @@ def _train_into(
     catalog = pd.read_parquet(features.videos_path)
     embeddings = two_tower.item_embeddings(catalog)
     item_ids = catalog["raw_video_id"].to_numpy()
-    prior = trending_prior(
-        recent_popularity(train_rows, item_ids, two_tower_config.trending_prior_days),
-        two_tower_config.trending_prior,
-    )
+    prior = None  # recent views are counted only for a prior that is on
+    if two_tower_config.trending_prior > 0:
+        prior = trending_prior(
+            recent_popularity(train_rows, item_ids, two_tower_config.trending_prior_days),
+            two_tower_config.trending_prior,
+        )
     stored = {
         "raw_video_id": item_ids,
         "video_id": catalog["video_id"].to_numpy(),

@@ -512,6 +512,15 @@ class OfflineStore:
             end=days[-1] + pd.Timedelta(days=1),
         )
 
+    def split(
+        self, valid_days: int = 1, test_days: int = 1, event_fractions: tuple[float, float] | None = None
+    ) -> TimeSplit:
+        """The store's split as a feature build makes it: by ``event_fractions`` ((validation, test) shares
+        of the events, whole days; ``time_split_by_events``) when given, else by days (``time_split``)."""
+        if event_fractions is None:
+            return self.time_split(valid_days=valid_days, test_days=test_days)
+        return self.time_split_by_events(*event_fractions)
+
     def fingerprint(self) -> str:
         """A content hash over committed file names and sizes: changes whenever data is appended."""
         digest = hashlib.sha256()

@@ -153,10 +153,7 @@ def build_features(
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
-    if event_fractions is None:
-        split = store.time_split(valid_days=valid_days, test_days=test_days)
-    else:  # (valid, test) shares of the events, whole days
-        split = store.time_split_by_events(*event_fractions)
+    split = store.split(valid_days, test_days, event_fractions)
     users = store.read_table("users")
     videos = store.read_table("videos")
     events = store.read_events()

@@ -157,7 +157,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from reels.client.config import section_overrides
     from reels.client.record import append_section, machine
     from reels.deploy import jobs
-    from reels.models.evaluation.tune import markdown, rankers_markdown, tune_rankers, tune_two_tower
+    from reels.models.evaluation.tune import (
+        DEFAULT_GRID,
+        markdown,
+        rankers_markdown,
+        tune_rankers,
+        tune_two_tower,
+    )
     from reels.workflows.errors import ConfigError
 
     config = load_config(args)
@@ -179,9 +185,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         if candidates is not None:
             result = tune_rankers(features, config.ranker, candidates, args.seeds, progress=say)
         else:
+            grid = ({},) if args.configured else DEFAULT_GRID  # {}: the configured two-tower
             result = tune_two_tower(
-                features, config.two_tower, **({"grid": ({},)} if args.configured else {}), progress=say,
-                seeds=tuple(args.seeds), priors=tuple(args.trending_priors),
+                features, config.two_tower, grid, progress=say, seeds=tuple(args.seeds),
+                priors=tuple(args.trending_priors),
             )  # fmt: skip
     what = "Rankers" if candidates is not None else "Two-tower"
     header = (

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from reels.models import baselines, metrics
-from reels.models.evaluation.offline import build_queries, catalog_positions
+from reels.models.baselines import catalog_positions
+from reels.models.evaluation.offline import build_queries
 from reels.models.inputs import QUERY_FEATURES, RANKER_FEATURES
 from reels.models.ranker import BINARY_TASKS
 from reels.models.two_tower import query_inputs

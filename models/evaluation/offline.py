@@ -22,8 +22,10 @@ import scipy.special
 import scipy.stats
 
 from reels.models import baselines, metrics
+from reels.models.baselines import catalog_popularity, catalog_positions
 from reels.models.config import RANKER_ARCHITECTURES, RANKER_TASKS, EvaluationConfig, RankerConfig
 from reels.models.evaluation import bootstrap
+from reels.models.index import index_vectors, query_vectors
 from reels.models.inputs import feature_schema
 from reels.models.ranker import BINARY_TASKS, Ranker
 from reels.models.train import TrainedModels
@@ -41,12 +43,6 @@ class Queries:
     relevant: list[set[int]]  # catalog positions viewed in the window and unseen before
     seen: list[np.ndarray]  # catalog positions interacted with before the window
     prior_views: pd.DataFrame  # raw_user_id, position: views before the window (for ALS)
-
-
-def catalog_positions(catalog_ids: np.ndarray) -> pd.Series:
-    """Raw video id -> its row in the catalog (the first row where an id repeats)."""
-    positions = pd.Series(np.arange(len(catalog_ids)), index=catalog_ids)
-    return positions[~positions.index.duplicated()]
 
 
 def build_queries(before: pd.DataFrame, window: pd.DataFrame, catalog_ids: np.ndarray) -> Queries:
@@ -95,16 +91,6 @@ def _train_matrix(train: pd.DataFrame, catalog_ids: np.ndarray):
         len(users.cat.categories), len(catalog_ids),
     )  # fmt: skip
     return matrix
-
-
-def catalog_popularity(train: pd.DataFrame, catalog_ids: np.ndarray) -> np.ndarray:
-    """Training views per catalog position (the popularity baseline's scores and novelty's p)."""
-    popularity = np.zeros(len(catalog_ids))
-    counts = train.loc[train["view"] == 1, "raw_video_id"].value_counts()
-    position_of = catalog_positions(catalog_ids)
-    counts = counts[counts.index.isin(position_of.index)]
-    popularity[position_of.loc[counts.index].to_numpy()] = counts.to_numpy()
-    return popularity
 
 
 def tune_trending(
@@ -315,8 +301,6 @@ def _taste_only_scorer(
 
 def _two_tower_scorer(trained: TrainedModels, queries: Queries) -> baselines.Scorer:
     """The two-tower as its index ranks: query x item embeddings, plus the version's trending prior."""
-    from reels.models.index import index_vectors, query_vectors
-
     items = index_vectors(trained.item_embeddings, trained.retrieval_prior)
     return baselines.embedding_scorer(
         query_vectors(items.shape[1], trained.two_tower.query_embeddings(queries.frame)), items

@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 
 from reels.models import baselines, metrics
+from reels.models.baselines import catalog_popularity
 from reels.models.config import RankerConfig, TwoTowerConfig
-from reels.models.evaluation.offline import build_queries, catalog_popularity, compare_rankers
+from reels.models.evaluation.offline import build_queries, compare_rankers
 from reels.models.index import index_vectors, query_vectors, trending_prior
 from reels.models.inputs import feature_schema
 from reels.models.ranker import BINARY_TASKS
