@@ -139,6 +139,13 @@ class EvaluationConfig:
     # The trending baseline: training views of the last N days of the training window, N picked on the
     # validation window from this grid (like ALS's settings).
     trending_days: tuple[float, ...] = (1, 3, 7)
+    # The validation search scores each trained two-tower again with the trending prior at each of these
+    # weights over each trending_days window (no retraining) and keeps the best; empty: the prior as
+    # configured.
+    trending_prior_weights: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    # The diversity trade-off picks the feed score (serving.retrieval_weight) by validation recall@20
+    # before sweeping the re-rank on top of it; false: the configured weight.
+    pick_feed_score: bool = True
     als_iterations: int = 15
     # `reels evaluate` picks every learned model's settings on the validation window (a small grid per
     # model, models/evaluation/search.py) within this many wall seconds per data set; false or 0: off.
@@ -152,6 +159,8 @@ class EvaluationConfig:
             {
                 "ks": bool(self.ks) and min(self.ks) > 0,
                 "als_iterations": self.als_iterations > 0,
+                "trending_days": bool(self.trending_days) and min(self.trending_days) > 0,
+                "trending_prior_weights": all(w > 0 for w in self.trending_prior_weights),
                 "search_budget_s": self.search_budget_s >= 0,
             },
             self,

@@ -62,6 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also score every trained two-tower with each two_tower.trending_prior weight (no retraining)",
     )  # fmt: skip
     p.add_argument(
+        "--trending-prior-days", nargs="+", type=float, default=[], metavar="DAYS",
+        help="with --trending-priors: score each weight over each of these windows of last training days "
+        "(default: the configured two_tower.trending_prior_days)",
+    )  # fmt: skip
+    p.add_argument(
         "--configured", action="store_true",
         help="train the configured two-tower only, instead of the tuning grid",
     )  # fmt: skip
@@ -135,6 +140,7 @@ def _tradeoff_only(config: Config, args: argparse.Namespace, console: Console) -
                 config.serving,
                 seed=config.evaluation.seed,
                 progress=say,
+                pick_feed_score=config.evaluation.pick_feed_score,
             )
         image = None
         if args.docs:
@@ -169,6 +175,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     config = load_config(args)
     console = Console()
     candidates = None
+    if args.trending_prior_days and not args.trending_priors:
+        raise ConfigError(
+            "--trending-prior-days needs --trending-priors: the weights to score over those days"
+        )
     if args.rankers:
         path = Path(args.rankers)
         if not path.is_file():
@@ -188,7 +198,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             grid = ({},) if args.configured else DEFAULT_GRID  # {}: the configured two-tower
             result = tune_two_tower(
                 features, config.two_tower, grid, progress=say, seeds=tuple(args.seeds),
-                priors=tuple(args.trending_priors),
+                priors=tuple(args.trending_priors), prior_days=tuple(args.trending_prior_days),
             )  # fmt: skip
     what = "Rankers" if candidates is not None else "Two-tower"
     header = (

@@ -12,7 +12,10 @@ compared after the same number of rounds, and a budget cut never gives one trunk
 not get. The two-tower's trial of a round starts when its own seconds per epoch say it ends in time (its
 first whenever time is left). What was not tried is recorded with the reason. Models are trained on the
 training window and scored on the validation window: the two-tower by recall@20 (``tune_two_tower``, the
-protocol of ``offline.py``), a ranker by its mean AUC over the binary tasks.
+protocol of ``offline.py``), a ranker by its mean AUC over the binary tasks. Each trained two-tower is
+also scored with the trending prior at every weight x window of ``EvaluationConfig.trending_prior_weights``
+x ``trending_days`` (rescoring, no training); a trial's score is its best, and the prior is part of the
+trial's settings only where it beats the model without one.
 
 Picked: the best trial per model (the configured settings where none ran), and as the served ranker the
 better multi-task architecture (MMoE or PLE) on validation. The best ranker of each architecture is kept
@@ -72,6 +75,9 @@ RANKER_GRID: dict[str, tuple[Overrides, ...]] = {
     ),
 }
 MODELS = (TWO_TOWER, *RANKER_ARCHITECTURES)
+# The two-tower settings a trial rescores without training again (EvaluationConfig.trending_prior_weights
+# x trending_days).
+PRIOR_SETTINGS = ("trending_prior", "trending_prior_days")
 # Settings the report shows for each model (plus whatever the chosen overrides change).
 SHOWN = {
     TWO_TOWER: ("epochs", "learning_rate", "temperature"),
@@ -209,7 +215,14 @@ def search(
     fitted: dict[str, tuple[Ranker, float]] = {}
     seen: dict[str, list[dict]] = {m: [] for m in grids}
     candidate: tuple[Ranker, float] | None = None
-    record: dict = {"budget_s": config.search_budget_s, "valid_impressions": len(valid)}
+    record: dict = {
+        "budget_s": config.search_budget_s,
+        "valid_impressions": len(valid),
+        "trending_prior_grid": {
+            "weights": list(config.trending_prior_weights),
+            "days": list(config.trending_days),
+        },
+    }
     rounds: list[list[tuple[str, Overrides, dict, dict]]] = []  # (model, overrides, resolved, row)
     for round_trials in trial_rounds(grids):
         planned = []
@@ -244,9 +257,11 @@ def search(
             began = time.perf_counter()
             try:
                 if model == TWO_TOWER:
-                    result = tune_two_tower(features, two_tower, grid=(overrides,), k=20, progress=say)
-                    scored = result["rows"][1]
-                    row.update(metric="valid_recall@20", score=float(scored["valid_recall@20"]))
+                    result = tune_two_tower(
+                        features, two_tower, grid=(overrides,), k=20, progress=say,
+                        priors=config.trending_prior_weights, prior_days=config.trending_days,
+                    )  # fmt: skip
+                    row.update(metric="valid_recall@20", **_with_best_prior(result["rows"][1:]))
                     record["valid_users"] = result["valid_users"]
                     record["popularity_valid_recall@20"] = float(result["rows"][0]["valid_recall@20"])
                 else:
@@ -271,7 +286,7 @@ def search(
                 if candidate is not None:
                     fitted[model] = candidate
             candidate = fitting = None  # a worse ranker is dropped at once
-    chosen = {m: dict(best[m]["overrides"]) if m in best else {} for m in MODELS}
+    chosen = {m: {**best[m]["overrides"], **best[m].get("prior", {})} if m in best else {} for m in MODELS}
     for model in MODELS:  # the record holds lists (JSON); the configs want tuples
         chosen[model] = {k: tuple(v) if isinstance(v, list) else v for k, v in chosen[model].items()}
     chosen["served_architecture"] = _served(ranker.architecture, best)
@@ -284,6 +299,26 @@ def search(
         failed=sum(r["status"] == "failed" for r in trials),
     )
     return SearchResult(record, fitted)
+
+
+def _with_best_prior(rows: Sequence[dict]) -> dict:
+    """A two-tower trial's fields from its ``tune_two_tower`` rows (the trained model, then the same model
+    rescored at each trending prior): ``score``, the best recall@20; with a prior that beats the model as
+    trained, that ``prior`` (its overrides) and ``score_without_prior``; ``rescored``: each prior's
+    recall."""
+    plain, rescored = rows[0], rows[1:]
+    fields: dict = {"score": float(plain["valid_recall@20"])}
+    best = max(rescored, key=lambda r: r["valid_recall@20"], default=None)
+    if best is not None and best["valid_recall@20"] > plain["valid_recall@20"]:
+        prior = {k: best["candidate"][k] for k in PRIOR_SETTINGS if k in best["candidate"]}
+        fields.update(score=float(best["valid_recall@20"]), prior=prior, score_without_prior=fields["score"])
+    if rescored:
+        fields["rescored"] = [
+            {**{k: r["candidate"][k] for k in PRIOR_SETTINGS if k in r["candidate"]},
+             "valid_recall@20": float(r["valid_recall@20"])}
+            for r in rescored
+        ]  # fmt: skip
+    return fields
 
 
 def _served(configured: str, best: Mapping[str, dict]) -> str:
@@ -314,11 +349,27 @@ def markdown(record: dict, name: str) -> str:
     ]
     if "popularity_valid_recall@20" in record:
         lines.append(f"Popularity's validation recall@20: {record['popularity_valid_recall@20']:.4f}.")
+    prior_grid = record.get("trending_prior_grid", {})
+    if prior_grid.get("weights"):
+        lines.append(
+            "Each trained two-tower is also scored with the trending prior at weights "
+            f"{', '.join(f'{w:g}' for w in prior_grid['weights'])} over the training window's last "
+            f"{', '.join(f'{d:g}' for d in prior_grid['days'])} days (no retraining); the best prior is kept "
+            "where it beats the model without one."
+        )
     lines += ["", "| model | overrides | score | seconds | picked |", "|---|---|---:|---:|---|"]
     chosen = record["chosen"]
     for row in record["trials"]:
         overrides = ", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "configured"
-        picked = {k: _plain(v) for k, v in chosen[row["model"]].items()} == row["overrides"]
+        if "prior" in row:
+            prior = row["prior"]
+            days = f" over {prior['trending_prior_days']:g} days" if "trending_prior_days" in prior else ""
+            overrides += (
+                f" + trending prior {prior['trending_prior']:g}{days} "
+                f"({row['score_without_prior']:.4f} without)"
+            )
+        trial = {**row["overrides"], **row.get("prior", {})}
+        picked = {k: _plain(v) for k, v in chosen[row["model"]].items()} == trial
         if row["status"] == "tried":
             score = f"{row['score']:.4f}"
             mark = "**picked**" if picked else ""

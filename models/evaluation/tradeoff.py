@@ -168,6 +168,13 @@ def blend_sweep(
     return rows
 
 
+def best_blend(rows: Sequence[Mapping], k: int = K) -> float:
+    """The feed-score weight of ``blend_sweep`` ``rows`` with the highest recall@k (the two-tower alone
+    is not a feed score the serving ranking step offers; a tie keeps the smaller weight)."""
+    blends = [row for row in rows if row["retrieval_weight"] is not None]
+    return min(blends, key=lambda row: (-row[f"recall@{k}"], row["retrieval_weight"]))["retrieval_weight"]
+
+
 def candidate_coverage(feeds: Feeds, catalog: Catalog) -> float:
     """The share of the catalog among anybody's candidates: the most coverage any re-rank can reach."""
     every = np.concatenate(feeds.candidates) if len(feeds) else np.array([], dtype=np.int64)
@@ -372,17 +379,27 @@ def tradeoff_of_version(
     seed: int = 42,
     progress: Progress | None = None,
     use_ranker: bool = True,
+    pick_feed_score: bool = True,
 ) -> dict:
     """Sweep on validation, choose by the rule, report baseline / current default / choice on test
     (``assemble``) for the version in ``model_dir``: ``{"validation": [rows], "choice": choose(...),
     "test": {label: metrics}, "_ratios", "_protocol"}``. ``use_ranker`` False sweeps the retrieval order
-    (the two-tower's scores) instead of the ranked one."""
+    (the two-tower's scores) instead of the ranked one. With the ranker and ``pick_feed_score``, the feed
+    score is picked first: the ``BLEND_WEIGHTS`` weight whose ranked order has the best validation
+    recall@k (``blend_sweep``), and the re-rank settings are then swept and reported on that order; else
+    on ``base``'s ``retrieval_weight``."""
     say = progress or (lambda _m: None)
     base = base or ServingConfig()
+    configured_weight = base.retrieval_weight
     grid = DEFAULT_GRID if grid is None else grid
     say("trade-off: retrieval and ranking of the validation window")
     valid_feeds, catalog = window_feeds(features, model_dir, "valid", base, use_ranker)
     blends = blend_sweep(valid_feeds, catalog, base) if use_ranker else None
+    if blends is not None and pick_feed_score:
+        weight = best_blend(blends)
+        say(f"trade-off: feed score picked on validation: retrieval_weight {weight:g}")
+        base = replace(base, retrieval_weight=weight)
+        valid_feeds = valid_feeds.blended(weight)
     frame = sweep(valid_feeds, catalog, base, grid, K, say)
     say("trade-off: the test window")
     test_feeds, catalog = window_feeds(features, model_dir, "test", base, use_ranker)
@@ -390,6 +407,8 @@ def tradeoff_of_version(
     result["_protocol"]["scores"] = "ranker" if use_ranker else "retrieval"
     result["_protocol"]["valid_candidate_coverage"] = candidate_coverage(valid_feeds, catalog)
     result["_protocol"]["retrieval_weight"] = base.retrieval_weight
+    result["_protocol"]["configured_retrieval_weight"] = configured_weight
+    result["_protocol"]["feed_score_picked"] = blends is not None and pick_feed_score
     if blends is not None:
         result["feed_score"] = blends
     return result
@@ -406,8 +425,9 @@ def evaluate_tradeoff(
     """``offline.evaluate``'s inputs -> ``tradeoff_of_version`` on the version ``trained`` wrote (its
     exported ranker already carries ``ranker_config``'s score weights)."""
     return tradeoff_of_version(
-        features, Path(trained.directory), serving, seed=config.seed, progress=progress
-    )
+        features, Path(trained.directory), serving, seed=config.seed, progress=progress,
+        pick_feed_score=config.pick_feed_score,
+    )  # fmt: skip
 
 
 def markdown(result: dict, name: str = "", plot_path: Path | str | None = None) -> str:
@@ -433,7 +453,10 @@ def markdown(result: dict, name: str = "", plot_path: Path | str | None = None) 
             "",
         ]
     if result.get("feed_score"):
-        lines += feed_score_markdown(result["feed_score"], proto.get("retrieval_weight"), k)
+        lines += feed_score_markdown(
+            result["feed_score"], proto.get("retrieval_weight"), k,
+            picked=proto.get("feed_score_picked", False), configured=proto.get("configured_retrieval_weight"),
+        )  # fmt: skip
     if choice["met"]:
         row = choice["chosen"]
         lines.append(f"Chosen: **{describe(row)}** (validation: recall loss {row['recall_loss']:.1%}, "
@@ -486,12 +509,25 @@ def markdown(result: dict, name: str = "", plot_path: Path | str | None = None) 
     return "\n".join(lines) + "\n"
 
 
-def feed_score_markdown(rows: Sequence[Mapping], serving_weight: float | None, k: int = K) -> list[str]:
-    """The feed-score table of ``blend_sweep`` (validation window, ranked order without re-rank)."""
+def feed_score_markdown(
+    rows: Sequence[Mapping],
+    serving_weight: float | None,
+    k: int = K,
+    picked: bool = False,
+    configured: float | None = None,
+) -> list[str]:
+    """The feed-score table of ``blend_sweep`` (validation window, ranked order without re-rank) and
+    which weight the re-rank below ran on (``picked`` there, or the configured one)."""
+    used = f"{serving_weight:g}" if serving_weight is not None else "n/a"
+    how = (
+        f"picked on this table by recall@{k}: **retrieval_weight {used}** (configured: {configured:g}); "
+        "the re-rank settings below are swept and reported on that order"
+        if picked and configured is not None
+        else f"this version's sweep used {used}"
+    )
     lines = [
         f"Feed score on the validation window, ranked order without re-rank: the ranker's score blended "
-        f"with the two-tower's (serving setting `retrieval_weight`; this version's sweep used "
-        f"{serving_weight if serving_weight is not None else 'n/a'}).",
+        f"with the two-tower's (serving setting `retrieval_weight`; {how}).",
         "",
         f"| feed score | recall@{k} | coverage@{k} |",
         "|---|---:|---:|",

@@ -53,14 +53,16 @@ def tune_two_tower(
     k: int = 20,
     progress: Callable[[str], None] | None = None,
     seeds: tuple[int, ...] = (),
-    priors: tuple[float, ...] = (),
+    priors: Sequence[float] = (),
+    prior_days: Sequence[float] = (),
 ) -> dict:
     """Train one two-tower per ``grid`` entry (overrides of ``base``) and ``seeds`` entry (default: the
     base seed only) and score each by validation recall@``k``, as its index ranks (with the entry's
     ``trending_prior``); each trained model is also scored at every ``trending_prior`` of ``priors``
-    without training again (a row of its own, ``rescored``). Returns ``valid_users``, one row per
-    candidate (popularity first; a candidate's recall is its mean over seeds, ``recall_by_seed`` holds
-    each) and the ``best`` overrides."""
+    (over the last ``trending_prior_days`` of ``prior_days``, each; default: the entry's days) without
+    training again (a row of its own, ``rescored``). Returns ``valid_users``, one row per candidate
+    (popularity first; a candidate's recall is its mean over seeds, ``recall_by_seed`` holds each) and
+    the ``best`` overrides."""
     say = progress or (lambda _m: None)
     seeds = tuple(seeds) or (base.seed,)
     schema = feature_schema(features)
@@ -92,7 +94,7 @@ def tune_two_tower(
         return metrics.retrieval_metrics(top, queries.relevant, [k])[f"recall@{k}"]
 
     for overrides in grid:
-        variants = [dict(overrides)] + [{**overrides, "trending_prior": p} for p in priors]
+        variants = [dict(overrides)] + [{**overrides, **prior} for prior in prior_grid(priors, prior_days)]
         by_seed: list[dict[int, float]] = [{} for _ in variants]
         seconds = []
         for seed in seeds:
@@ -116,6 +118,14 @@ def tune_two_tower(
             rows.append(row)
     best = max(rows[1:], key=lambda r: r[f"valid_recall@{k}"])
     return {"valid_users": len(queries.frame), "rows": rows, "best": best["candidate"]}
+
+
+def prior_grid(weights: Sequence[float], days: Sequence[float] = ()) -> list[dict[str, float]]:
+    """Two-tower overrides for every trending prior weight of ``weights`` over each window of ``days``
+    (none given: the configured window, so only the weight is overridden), days by days."""
+    if not days:
+        return [{"trending_prior": w} for w in weights]
+    return [{"trending_prior": w, "trending_prior_days": d} for d in days for w in weights]
 
 
 def markdown(result: dict, header: str) -> str:

@@ -10,7 +10,16 @@ import pandas as pd
 import pytest
 
 from reels.feature_store.encoding import RequestEncoder
-from reels.models.evaluation.tradeoff import _served, blend_sweep, feed_metrics, no_rerank, window_feeds
+from reels.models.evaluation.tradeoff import (
+    _served,
+    best_blend,
+    blend_sweep,
+    feed_metrics,
+    markdown,
+    no_rerank,
+    tradeoff_of_version,
+    window_feeds,
+)
 from reels.models.ranker_numpy import load_ranker
 from reels.models.serving.config import ServingConfig
 from reels.models.serving.experiment import Experiment
@@ -103,3 +112,30 @@ def test_an_experiment_variant_sets_its_own_feed_score(tiny_features, tiny_model
         np.testing.assert_array_equal(scores, expected)
     with pytest.raises(ConfigError, match="retrieval_weight"):
         Experiment(variants={"control": {}, "bad": {"retrieval_weight": -1.0}})
+
+
+def test_the_best_blend_is_the_feed_score_with_the_best_recall():
+    rows = [
+        {"retrieval_weight": 0.0, "recall@20": 0.07},
+        {"retrieval_weight": 1.0, "recall@20": 0.18},
+        {"retrieval_weight": 2.0, "recall@20": 0.18},  # a tie keeps the smaller weight
+        {"retrieval_weight": None, "recall@20": 0.30},  # the two-tower alone is not a feed score
+    ]
+    assert best_blend(rows) == 1.0
+
+
+@pytest.mark.parametrize("pick", [True, False])
+def test_the_tradeoff_reranks_on_the_feed_score_picked_on_validation(tiny_features, tiny_models, pick):
+    base = replace(ServingConfig(), retrieval_weight=0.5)
+    result = tradeoff_of_version(
+        tiny_features, tiny_models.directory, base, grid={"mmr_lambda": (1.0, 0.5)}, pick_feed_score=pick
+    )
+    proto = result["_protocol"]
+    weight = best_blend(result["feed_score"]) if pick else 0.5
+    assert proto["retrieval_weight"] == weight and proto["configured_retrieval_weight"] == 0.5
+    assert proto["feed_score_picked"] is pick
+    # The re-rank's baseline is the ranked order at that weight: the feed-score table's row for it.
+    blend_row = next(r for r in result["feed_score"] if r["retrieval_weight"] == weight)
+    assert result["validation"][0]["recall@20"] == pytest.approx(blend_row["recall@20"])
+    text = markdown(result, "tiny")
+    assert ("picked on this table" in text) is pick

@@ -9,7 +9,15 @@ import pytest
 from reels.client.cli import build_parser
 from reels.models.config import EvaluationConfig, RankerConfig, TwoTowerConfig
 from reels.models.evaluation.offline import evaluate_ranking, ranking_metrics
-from reels.models.evaluation.search import MODELS, RANKER_GRID, _Clock, markdown, search, trial_order
+from reels.models.evaluation.search import (
+    MODELS,
+    RANKER_GRID,
+    _Clock,
+    _with_best_prior,
+    markdown,
+    search,
+    trial_order,
+)
 from reels.workflows.errors import ConfigError
 
 FAST_TWO_TOWER = TwoTowerConfig(epochs=1, batch_size=512, output_dim=16, feature_dim=8, hidden_units=(32,))
@@ -130,3 +138,40 @@ def test_reels_evaluate_search_flag():
     assert not EvaluationConfig(search_budget_s=0).searches and not EvaluationConfig(search=False).searches
     with pytest.raises(ValueError, match="search_budget_s"):
         EvaluationConfig(search_budget_s=-1)
+
+
+def test_a_trending_prior_is_kept_only_where_it_beats_the_model_without_one():
+    rows = [
+        {"candidate": {}, "valid_recall@20": 0.15},
+        {"candidate": {"trending_prior": 1.0, "trending_prior_days": 1}, "valid_recall@20": 0.14},
+        {"candidate": {"trending_prior": 2.0, "trending_prior_days": 7}, "valid_recall@20": 0.19},
+    ]
+    fields = _with_best_prior(rows)
+    assert fields["score"] == 0.19 and fields["score_without_prior"] == 0.15
+    assert fields["prior"] == {"trending_prior": 2.0, "trending_prior_days": 7}
+    assert [r["valid_recall@20"] for r in fields["rescored"]] == [0.14, 0.19]
+    worse = [rows[0], {**rows[2], "valid_recall@20": 0.15}]  # a tie keeps the model as trained
+    assert "prior" not in _with_best_prior(worse) and _with_best_prior(worse)["score"] == 0.15
+    assert _with_best_prior(rows[:1]) == {"score": 0.15}  # no prior grid: the trial as trained
+
+
+def test_the_search_rescores_each_two_tower_with_the_prior_grid_and_keeps_the_best(tiny_features):
+    config = EvaluationConfig(search_budget_s=600, trending_prior_weights=(1.0, 4.0), trending_days=(1, 7))
+    found = search(tiny_features, FAST_TWO_TOWER, FAST_RANKER, config, grids={"two_tower": ({},)})
+    (trial,) = found.record["trials"]
+    assert [(r["trending_prior"], r["trending_prior_days"]) for r in trial["rescored"]] == [
+        (1.0, 1), (4.0, 1), (1.0, 7), (4.0, 7),
+    ]  # fmt: skip
+    best = max(trial["rescored"], key=lambda r: r["valid_recall@20"])
+    chosen = found.two_tower_config(FAST_TWO_TOWER)
+    if "prior" in trial:  # the best prior beat the model without one: it is the chosen setting
+        assert trial["score"] == best["valid_recall@20"] > trial["score_without_prior"]
+        assert (chosen.trending_prior, chosen.trending_prior_days) == (
+            best["trending_prior"], best["trending_prior_days"],
+        )  # fmt: skip
+        assert "+ trending prior" in markdown(found.record, "tiny")
+    else:
+        assert trial["score"] >= best["valid_recall@20"] and chosen == FAST_TWO_TOWER
+    assert "trending prior at weights 1, 4 over the training window's last 1, 7 days" in markdown(
+        found.record, "tiny"
+    )

@@ -117,3 +117,25 @@ def test_reels_tune_takes_the_priors_and_the_configured_two_tower_alone():
     args = build_parser().parse_args(["tune", "synthetic", "--configured", "--trending-priors", "0.5", "1"])
     assert args.configured and args.trending_priors == [0.5, 1.0]
     assert build_parser().parse_args(["tune", "synthetic"]).trending_priors == []
+    args = build_parser().parse_args(
+        ["tune", "movielens", "--trending-priors", "1", "--trending-prior-days", "1", "7"]
+    )
+    assert args.trending_prior_days == [1.0, 7.0]
+
+
+def test_each_prior_weight_is_scored_over_each_window():
+    from reels.models.evaluation.tune import prior_grid
+
+    assert prior_grid((1.0, 2.0), (1, 7)) == [
+        {"trending_prior": 1.0, "trending_prior_days": 1}, {"trending_prior": 2.0, "trending_prior_days": 1},
+        {"trending_prior": 1.0, "trending_prior_days": 7}, {"trending_prior": 2.0, "trending_prior_days": 7},
+    ]  # fmt: skip
+    assert prior_grid((0.5,)) == [{"trending_prior": 0.5}]  # no windows given: the configured one
+    assert prior_grid(()) == []
+
+
+def test_reels_tune_refuses_prior_days_without_weights(capsys):
+    from reels.client.cli import main
+
+    assert main(["tune", "synthetic", "--trending-prior-days", "7"]) != 0
+    assert "--trending-prior-days needs --trending-priors" in capsys.readouterr().err
