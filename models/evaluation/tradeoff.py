@@ -63,6 +63,9 @@ DEFAULT_GRID: dict[str, tuple] = {
 }
 SETTING_COLUMNS = ("mmr_lambda", "max_per_creator", "max_per_category", "exploration_slots")
 BASELINE, DEFAULT = "no re-rank", "current default"
+# On test, beside the re-rank: the ranked order at the configured feed score, where validation picked
+# another (``tradeoff_of_version``), so the pick is checked on test too.
+CONFIGURED_FEED = "no re-rank, configured feed score"
 
 
 @dataclass
@@ -336,25 +339,31 @@ def assemble(
     catalog: Catalog,
     base: ServingConfig,
     seed: int = 42,
+    configured_feeds: Feeds | None = None,
 ) -> dict:
     """The trade-off result from a validation ``sweep`` frame, its ``choose`` verdict and the test
     window's feeds: the baseline, current default and chosen setting (where none meets the rule, the
     most covering one within the recall budget, labelled ``closest``) served on test, with bootstrap
     intervals of recall over test users and of each setting's recall relative to the baseline's (paired
-    resamples)."""
+    resamples). ``configured_feeds``: the same test feeds scored by the configured feed score, whose
+    ranked order is then reported too (``CONFIGURED_FEED``, with the baseline's recall relative to it)."""
     if not len(test_feeds):
         raise InvalidInput("no test users with new viewed videos: the test window is too small")
     picked = choice["chosen"] or choice["closest"]["most_coverage_within_recall_loss"]
     picked_label = "chosen" if choice["met"] else "closest"
     report, per_user = {}, {}
-    for label, name in ((BASELINE, BASELINE), (DEFAULT, DEFAULT), (picked_label, picked["setting"])):
+    served = [(BASELINE, BASELINE, test_feeds), (DEFAULT, DEFAULT, test_feeds)]
+    served.append((picked_label, picked["setting"], test_feeds))
+    pairs = [(picked_label, BASELINE), (DEFAULT, BASELINE)]
+    if configured_feeds is not None:
+        served.append((CONFIGURED_FEED, BASELINE, configured_feeds))
+        pairs.append((BASELINE, CONFIGURED_FEED))
+    for label, name, feeds in served:
         config = named[name]
-        m = feed_metrics(_served(DiversityRerank(catalog, config), test_feeds, K), test_feeds, catalog, K)
+        m = feed_metrics(_served(DiversityRerank(catalog, config), feeds, K), feeds, catalog, K)
         per_user[label] = {f"recall@{K}": m.pop("per_user_recall")}
         report[label] = {"setting": name, **{c: getattr(config, c) for c in SETTING_COLUMNS}, **m}
-    intervals = bootstrap.retrieval_intervals(
-        per_user, [f"recall@{K}"], [(picked_label, BASELINE), (DEFAULT, BASELINE)], seed=seed
-    )
+    intervals = bootstrap.retrieval_intervals(per_user, [f"recall@{K}"], pairs, seed=seed)
     for label, bounds in intervals["models"].items():
         report[label]["ci95"] = bounds
     valid_users = frame.attrs.get("users")
@@ -403,7 +412,12 @@ def tradeoff_of_version(
     frame = sweep(valid_feeds, catalog, base, grid, K, say)
     say("trade-off: the test window")
     test_feeds, catalog = window_feeds(features, model_dir, "test", base, use_ranker)
-    result = assemble(frame, choose(frame), settings(base, grid, K), test_feeds, catalog, base, seed)
+    configured_feeds = None
+    if blends is not None and pick_feed_score and base.retrieval_weight != configured_weight:
+        configured_feeds = test_feeds.blended(configured_weight)
+    result = assemble(
+        frame, choose(frame), settings(base, grid, K), test_feeds, catalog, base, seed, configured_feeds
+    )
     result["_protocol"]["scores"] = "ranker" if use_ranker else "retrieval"
     result["_protocol"]["valid_candidate_coverage"] = candidate_coverage(valid_feeds, catalog)
     result["_protocol"]["retrieval_weight"] = base.retrieval_weight

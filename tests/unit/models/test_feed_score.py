@@ -11,6 +11,7 @@ import pytest
 
 from reels.feature_store.encoding import RequestEncoder
 from reels.models.evaluation.tradeoff import (
+    CONFIGURED_FEED,
     _served,
     best_blend,
     blend_sweep,
@@ -126,16 +127,23 @@ def test_the_best_blend_is_the_feed_score_with_the_best_recall():
 
 @pytest.mark.parametrize("pick", [True, False])
 def test_the_tradeoff_reranks_on_the_feed_score_picked_on_validation(tiny_features, tiny_models, pick):
-    base = replace(ServingConfig(), retrieval_weight=0.5)
+    base = replace(ServingConfig(), retrieval_weight=0.3)  # not a weight of the sweep: a pick moves it
     result = tradeoff_of_version(
         tiny_features, tiny_models.directory, base, grid={"mmr_lambda": (1.0, 0.5)}, pick_feed_score=pick
     )
     proto = result["_protocol"]
-    weight = best_blend(result["feed_score"]) if pick else 0.5
-    assert proto["retrieval_weight"] == weight and proto["configured_retrieval_weight"] == 0.5
+    weight = best_blend(result["feed_score"]) if pick else 0.3
+    assert proto["retrieval_weight"] == weight and proto["configured_retrieval_weight"] == 0.3
     assert proto["feed_score_picked"] is pick
-    # The re-rank's baseline is the ranked order at that weight: the feed-score table's row for it.
-    blend_row = next(r for r in result["feed_score"] if r["retrieval_weight"] == weight)
-    assert result["validation"][0]["recall@20"] == pytest.approx(blend_row["recall@20"])
-    text = markdown(result, "tiny")
-    assert ("picked on this table" in text) is pick
+    assert ("picked on this table" in markdown(result, "tiny")) is pick
+    # The test window also serves the configured feed score's ranked order where validation moved it.
+    assert (CONFIGURED_FEED in result["test"]) is pick
+    assert (f"no re-rank/{CONFIGURED_FEED}" in result["_ratios"]) is pick
+    if pick:  # the re-rank's baseline is the ranked order at the picked weight: its feed-score row
+        blend_row = next(r for r in result["feed_score"] if r["retrieval_weight"] == weight)
+        assert result["validation"][0]["recall@20"] == pytest.approx(blend_row["recall@20"])
+        test_feeds, catalog = window_feeds(tiny_features, tiny_models.directory, "test", base)
+        configured = feed_metrics(
+            _served(DiversityRerank(catalog, no_rerank(base)), test_feeds, 20), test_feeds, catalog
+        )
+        assert result["test"][CONFIGURED_FEED]["recall@20"] == pytest.approx(configured["recall@20"])
