@@ -22,6 +22,7 @@ import numpy as np
 from reels.models.config import IndexConfig
 from reels.workflows.device import DeviceUnavailable, resolve_device
 from reels.workflows.errors import ConfigError
+from reels.workflows.spec import FIRST_ID
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,35 @@ def trending_prior(views: np.ndarray, weight: float) -> np.ndarray | None:
     """The retrieval prior of each item: ``weight`` x log(1 + its recent ``views``); None when ``weight`` is
     0 (no prior: the index holds the embeddings alone)."""
     return weight * np.log1p(views).astype(np.float32) if weight > 0 else None
+
+
+def category_rows(video_ids: np.ndarray, categories: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Catalog categories as rows 0..C-1: each catalog video's row (catalog order), a lookup from encoded
+    video id to row (-1 for padding, null, out-of-vocabulary and ids outside the catalog: the videos
+    sharing the OOV id have no one category) and C."""
+    names, rows = np.unique(np.asarray(categories), return_inverse=True)
+    video_ids = np.asarray(video_ids, dtype=np.int64)
+    lookup = np.full(max(int(video_ids.max(initial=0)) + 1, FIRST_ID), -1, dtype=np.int64)
+    vocabulary = video_ids >= FIRST_ID
+    lookup[video_ids[vocabulary]] = rows[vocabulary]
+    return rows, lookup, len(names)
+
+
+def category_affinity(
+    histories: np.ndarray, lookup: np.ndarray, n_categories: int, smoothing: float = 1.0
+) -> np.ndarray:
+    """Per query, the log share of each category among the videos of its history (encoded video ids,
+    (n, L); ids ``lookup`` maps to -1 or does not hold are skipped), with ``smoothing`` added to
+    every category's count so that an empty history is uniform: (n, C) float32. Added to the two-tower
+    score with a weight, it favours the categories the user has been watching."""
+    histories = np.asarray(histories, dtype=np.int64).reshape(len(histories), -1)
+    known = (histories >= 0) & (histories < len(lookup))
+    rows = np.where(known, lookup[np.where(known, histories, 0)], -1)
+    counts = np.zeros((len(histories), n_categories), dtype=np.float64)
+    users, slots = np.nonzero(rows >= 0)
+    np.add.at(counts, (users, rows[users, slots]), 1.0)
+    shares = (counts + smoothing) / (counts.sum(axis=1, keepdims=True) + smoothing * n_categories)
+    return np.log(shares).astype(np.float32)
 
 
 def index_vectors(embeddings: np.ndarray, prior: np.ndarray | None) -> np.ndarray:

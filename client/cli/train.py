@@ -67,6 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default: the configured two_tower.trending_prior_days)",
     )  # fmt: skip
     p.add_argument(
+        "--category-priors", nargs="+", type=float, default=[], metavar="WEIGHT",
+        help="also score every trained two-tower (and each trending prior) with each weight on the query's "
+        "category affinity, the log share of each category in its history (offline only: serving does not "
+        "add it yet)",
+    )  # fmt: skip
+    p.add_argument(
         "--configured", action="store_true",
         help="train the configured two-tower only, instead of the tuning grid",
     )  # fmt: skip
@@ -199,6 +205,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             result = tune_two_tower(
                 features, config.two_tower, grid, progress=say, seeds=tuple(args.seeds),
                 priors=tuple(args.trending_priors), prior_days=tuple(args.trending_prior_days),
+                category_priors=tuple(args.category_priors),
             )  # fmt: skip
     what = "Rankers" if candidates is not None else "Two-tower"
     header = (

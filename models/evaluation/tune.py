@@ -19,12 +19,13 @@ from reels.models import baselines, metrics
 from reels.models.baselines import catalog_popularity
 from reels.models.config import RankerConfig, TwoTowerConfig
 from reels.models.evaluation.offline import build_queries, compare_rankers
-from reels.models.index import index_vectors, query_vectors, trending_prior
+from reels.models.index import category_affinity, category_rows, index_vectors, query_vectors, trending_prior
 from reels.models.inputs import feature_schema
 from reels.models.ranker import BINARY_TASKS
 from reels.models.train import item_view_counts
 from reels.models.two_tower import TwoTower
 from reels.workflows.manifest import FeatureArtifacts
+from reels.workflows.spec import HISTORY
 
 DEFAULT_GRID = (
     {"epochs": 5, "temperature": 0.1, "learning_rate": 0.001},
@@ -55,12 +56,16 @@ def tune_two_tower(
     seeds: tuple[int, ...] = (),
     priors: Sequence[float] = (),
     prior_days: Sequence[float] = (),
+    category_priors: Sequence[float] = (),
 ) -> dict:
     """Train one two-tower per ``grid`` entry (overrides of ``base``) and ``seeds`` entry (default: the
     base seed only) and score each by validation recall@``k``, as its index ranks (with the entry's
     ``trending_prior``); each trained model is also scored at every ``trending_prior`` of ``priors``
     (over the last ``trending_prior_days`` of ``prior_days``, each; default: the entry's days) without
-    training again (a row of its own, ``rescored``). Returns ``valid_users``, one row per candidate
+    training again (a row of its own, ``rescored``); each of those, and the model without a prior, also
+    with every weight of ``category_priors`` on the query's category affinity (``index.category_affinity``
+    of its history; candidate key ``category_prior``, an offline measurement: serving does not add it).
+    Returns ``valid_users``, one row per candidate
     (popularity first; a candidate's recall is its mean over seeds, ``recall_by_seed`` holds each) and
     the ``best`` overrides."""
     say = progress or (lambda _m: None)
@@ -83,18 +88,29 @@ def tune_two_tower(
         }
     ]
     recent: dict[float, np.ndarray] = {}  # trending_prior_days -> recent views per catalog video
+    if category_priors:
+        item_rows, lookup, n_categories = category_rows(catalog["video_id"].to_numpy(), catalog["category"])
+        one_hot = np.eye(n_categories, dtype=np.float32)[item_rows]
+        affinity = category_affinity(np.stack(queries.frame[HISTORY].to_numpy()), lookup, n_categories)
 
-    def recall(query: np.ndarray, items: np.ndarray, config: TwoTowerConfig) -> float:
+    def recall(
+        query: np.ndarray, items: np.ndarray, config: TwoTowerConfig, category_prior: float = 0.0
+    ) -> float:
         days = config.trending_prior_days
         if days not in recent:
             recent[days] = baselines.recent_popularity(train, ids, days)
         vectors = index_vectors(items, trending_prior(recent[days], config.trending_prior))
-        scorer = baselines.embedding_scorer(query_vectors(vectors.shape[1], query), vectors)
+        query = query_vectors(vectors.shape[1], query)
+        if category_prior:  # the affinity as more columns: query x item adds category_prior x log share
+            vectors = np.hstack([vectors, category_prior * one_hot])
+            query = np.hstack([query, affinity])
+        scorer = baselines.embedding_scorer(query, vectors)
         top = baselines.top_k(scorer, len(queries.frame), queries.seen, k)
         return metrics.retrieval_metrics(top, queries.relevant, [k])[f"recall@{k}"]
 
     for overrides in grid:
         variants = [dict(overrides)] + [{**overrides, **prior} for prior in prior_grid(priors, prior_days)]
+        variants += [{**v, "category_prior": c} for c in category_priors for v in list(variants)]
         by_seed: list[dict[int, float]] = [{} for _ in variants]
         seconds = []
         for seed in seeds:
@@ -104,7 +120,10 @@ def tune_two_tower(
             seconds.append(model.fit(positives).seconds)
             query, items = model.query_embeddings(queries.frame), model.item_embeddings(catalog)
             for scores, variant in zip(by_seed, variants, strict=True):
-                scores[config.seed] = recall(query, items, replace(config, **variant))
+                settings = {k: v for k, v in variant.items() if k != "category_prior"}
+                scores[config.seed] = recall(
+                    query, items, replace(config, **settings), variant.get("category_prior", 0.0)
+                )
         for i, (variant, scores) in enumerate(zip(variants, by_seed, strict=True)):
             row = {
                 "candidate": variant,
