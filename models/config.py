@@ -50,6 +50,10 @@ class TwoTowerConfig:
     # about tomorrow than the whole window (docs/TUNING.md "Retrieval on synthetic").
     trending_prior: float = 0.0
     trending_prior_days: float = 1.0
+    # Plus category_prior * log(the smoothed share of the video's category among the query's history),
+    # through one more index column per category (0: off): taste x recency, which the towers miss on data
+    # whose users draw from a personal mix of categories (docs/TUNING.md "Category affinity").
+    category_prior: float = 0.0
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -62,6 +66,7 @@ class TwoTowerConfig:
             "attention_heads": self.attention_heads > 0, "attention_layers": self.attention_layers >= 0,
             "negatives": self.negatives in NEGATIVES, "sampled_negatives": self.sampled_negatives > 0,
             "trending_prior": self.trending_prior >= 0, "trending_prior_days": self.trending_prior_days > 0,
+            "category_prior": self.category_prior >= 0,
         }, self)  # fmt: skip
 
 
@@ -143,6 +148,9 @@ class EvaluationConfig:
     # weights over each trending_days window (no retraining) and keeps the best; empty: the prior as
     # configured.
     trending_prior_weights: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    # ... and each of those (and the model without one) with the category affinity at each of these
+    # weights (two_tower.category_prior); empty: as configured.
+    category_prior_weights: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
     # The diversity trade-off picks the feed score (serving.retrieval_weight) by validation recall@20
     # before sweeping the re-rank on top of it; false: the configured weight.
     pick_feed_score: bool = True
@@ -161,6 +169,7 @@ class EvaluationConfig:
                 "als_iterations": self.als_iterations > 0,
                 "trending_days": bool(self.trending_days) and min(self.trending_days) > 0,
                 "trending_prior_weights": all(w > 0 for w in self.trending_prior_weights),
+                "category_prior_weights": all(w > 0 for w in self.category_prior_weights),
                 "search_budget_s": self.search_budget_s >= 0,
             },
             self,

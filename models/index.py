@@ -49,16 +49,45 @@ def trending_prior(views: np.ndarray, weight: float) -> np.ndarray | None:
     return weight * np.log1p(views).astype(np.float32) if weight > 0 else None
 
 
-def category_rows(video_ids: np.ndarray, categories: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Catalog categories as rows 0..C-1: each catalog video's row (catalog order), a lookup from encoded
-    video id to row (-1 for padding, null, out-of-vocabulary and ids outside the catalog: the videos
-    sharing the OOV id have no one category) and C."""
-    names, rows = np.unique(np.asarray(categories), return_inverse=True)
-    video_ids = np.asarray(video_ids, dtype=np.int64)
-    lookup = np.full(max(int(video_ids.max(initial=0)) + 1, FIRST_ID), -1, dtype=np.int64)
-    vocabulary = video_ids >= FIRST_ID
-    lookup[video_ids[vocabulary]] = rows[vocabulary]
-    return rows, lookup, len(names)
+@dataclass(frozen=True)
+class CategoryAffinity:
+    """The category-affinity prior of a version (``two_tower.category_prior``): ``weight`` x the log share
+    of each video's category among the query's history. The index holds ``weight`` x a one-hot of each
+    item's category (``item_columns``), the query its history's log shares (``query_columns``), so their
+    inner product adds the prior to the two-tower score. ``lookup``: encoded video id -> category row (-1
+    for padding, null, out-of-vocabulary and ids outside the catalog: the videos sharing the OOV id have
+    no one category)."""
+
+    weight: float
+    item_rows: np.ndarray  # category row of each index item, in index order
+    lookup: np.ndarray
+    n_categories: int
+
+    @classmethod
+    def of(cls, video_ids: np.ndarray, categories: np.ndarray, weight: float) -> CategoryAffinity | None:
+        """From the index items' encoded video ids and categories (any labels); None when ``weight`` is 0."""
+        if weight <= 0:
+            return None
+        _, rows = np.unique(np.asarray(categories), return_inverse=True)
+        return cls.from_rows(video_ids, rows, weight)
+
+    @classmethod
+    def from_rows(cls, video_ids: np.ndarray, item_rows: np.ndarray, weight: float) -> CategoryAffinity:
+        """From the index items' encoded video ids and category rows (as a version stores them)."""
+        video_ids = np.asarray(video_ids, dtype=np.int64)
+        item_rows = np.asarray(item_rows, dtype=np.int64)
+        lookup = np.full(max(int(video_ids.max(initial=0)) + 1, FIRST_ID), -1, dtype=np.int64)
+        vocabulary = video_ids >= FIRST_ID
+        lookup[video_ids[vocabulary]] = item_rows[vocabulary]
+        return cls(weight, item_rows, lookup, int(item_rows.max(initial=-1)) + 1)
+
+    def item_columns(self) -> np.ndarray:
+        """(n_items, C) float32: ``weight`` x each item's one-hot category."""
+        return (self.weight * np.eye(self.n_categories, dtype=np.float32)[self.item_rows]).astype(np.float32)
+
+    def query_columns(self, histories) -> np.ndarray:
+        """(n, C) float32 ``category_affinity`` of each query's history (encoded video ids, (n, L))."""
+        return category_affinity(np.stack([np.asarray(h) for h in histories]), self.lookup, self.n_categories)
 
 
 def category_affinity(
@@ -66,8 +95,7 @@ def category_affinity(
 ) -> np.ndarray:
     """Per query, the log share of each category among the videos of its history (encoded video ids,
     (n, L); ids ``lookup`` maps to -1 or does not hold are skipped), with ``smoothing`` added to
-    every category's count so that an empty history is uniform: (n, C) float32. Added to the two-tower
-    score with a weight, it favours the categories the user has been watching."""
+    every category's count so that an empty history is uniform: (n, C) float32."""
     histories = np.asarray(histories, dtype=np.int64).reshape(len(histories), -1)
     known = (histories >= 0) & (histories < len(lookup))
     rows = np.where(known, lookup[np.where(known, histories, 0)], -1)
@@ -78,22 +106,31 @@ def category_affinity(
     return np.log(shares).astype(np.float32)
 
 
-def index_vectors(embeddings: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
-    """The vectors the index holds: item embeddings, with the prior as one more column where there is one
-    (an inner product with a query that ends in 1 then adds the prior to the two-tower score)."""
-    embeddings = np.asarray(embeddings, dtype=np.float32)
-    if prior is None:
-        return embeddings
-    return np.hstack([embeddings, np.asarray(prior, dtype=np.float32).reshape(-1, 1)])
+def index_vectors(
+    embeddings: np.ndarray, prior: np.ndarray | None, affinity: CategoryAffinity | None = None
+) -> np.ndarray:
+    """The vectors the index holds: item embeddings, then the trending prior as one more column where
+    there is one (an inner product with a query holding a 1 there adds it to the two-tower score), then
+    the category-affinity columns where there are."""
+    columns = [np.asarray(embeddings, dtype=np.float32)]
+    if prior is not None:
+        columns.append(np.asarray(prior, dtype=np.float32).reshape(-1, 1))
+    if affinity is not None:
+        columns.append(affinity.item_columns())
+    return columns[0] if len(columns) == 1 else np.hstack(columns)
 
 
-def query_vectors(dim: int, embeddings: np.ndarray) -> np.ndarray:
-    """Query embeddings as an index of dimension ``dim`` takes them: a 1 appended when the index holds a
-    prior column (one wider than the embeddings), else as they are."""
-    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-    if dim == embeddings.shape[1] + 1:
-        return np.hstack([embeddings, np.ones((len(embeddings), 1), dtype=np.float32)])
-    return embeddings
+def query_vectors(dim: int, embeddings: np.ndarray, affinity: np.ndarray | None = None) -> np.ndarray:
+    """Query embeddings as an index of dimension ``dim`` takes them: a 1 where the index holds a trending
+    prior column (one wider than the embeddings and the ``affinity`` columns, ``CategoryAffinity
+    .query_columns``), then the affinity columns where given."""
+    columns = [np.ascontiguousarray(embeddings, dtype=np.float32)]
+    width = columns[0].shape[1] + (0 if affinity is None else affinity.shape[1])
+    if dim == width + 1:
+        columns.append(np.ones((len(columns[0]), 1), dtype=np.float32))
+    if affinity is not None:
+        columns.append(np.asarray(affinity, dtype=np.float32))
+    return columns[0] if len(columns) == 1 else np.ascontiguousarray(np.hstack(columns))
 
 
 def _kind(config: IndexConfig, n_items: int) -> str:

@@ -21,13 +21,21 @@ import pandas as pd
 
 from reels.models.baselines import recent_popularity
 from reels.models.config import IndexConfig, RankerConfig, TwoTowerConfig
-from reels.models.index import build_and_measure, index_vectors, query_vectors, save_index, trending_prior
+from reels.models.index import (
+    CategoryAffinity,
+    build_and_measure,
+    index_vectors,
+    query_vectors,
+    save_index,
+    trending_prior,
+)
 from reels.models.inputs import feature_schema
 from reels.models.ranker import Ranker
 from reels.models.registry import VersionClaim, claim_version, workflow_hash, write_manifest
 from reels.models.two_tower import TwoTower
 from reels.workflows.errors import InvalidInput
 from reels.workflows.manifest import FeatureArtifacts, library_versions
+from reels.workflows.spec import HISTORY
 
 Progress = Callable[[str], None]
 LIBRARIES_EXTRA = ("merlin-models", "tensorflow-cpu", "faiss-cpu", "implicit", "scikit-learn")
@@ -46,6 +54,8 @@ class TrainedModels:
     manifest: dict
     # each item's trending prior, the index's extra column (None: two_tower.trending_prior is 0)
     retrieval_prior: np.ndarray | None = None
+    # the category-affinity prior, the index's last columns (None: two_tower.category_prior is 0)
+    affinity: CategoryAffinity | None = None
 
 
 def item_view_counts(train: pd.DataFrame, cardinality: int) -> np.ndarray:
@@ -128,15 +138,21 @@ def _train_into(
     }
     if prior is not None:  # the index's extra column, for whoever scores with the embeddings (the gate)
         stored["trending_prior"] = prior
+    affinity = CategoryAffinity.of(
+        catalog["video_id"].to_numpy(), catalog["category"], two_tower_config.category_prior
+    )
+    if affinity is not None:  # serving and the gate rebuild the query side from these rows
+        stored["category_row"] = affinity.item_rows
     pd.DataFrame(stored).to_parquet(staging / "item_embeddings.parquet", index=False)
 
     say("FAISS index")
-    vectors = index_vectors(embeddings, prior)
+    vectors = index_vectors(embeddings, prior, affinity)
     valid = features.read_split("valid")
     sample = (valid if len(valid) else train_rows).sample(
         min(index_config.recall_queries, max(len(valid), 1)), random_state=0
     )
-    queries = query_vectors(vectors.shape[1], two_tower.query_embeddings(sample))
+    columns = None if affinity is None else affinity.query_columns(sample[HISTORY].to_numpy())
+    queries = query_vectors(vectors.shape[1], two_tower.query_embeddings(sample), columns)
     index, index_report = build_and_measure(vectors, item_ids, queries, index_config, device=device)
     save_index(index, staging / "items.faiss")
     say(f"index {index_report.kind}: recall@{index_report.k} vs exact = {index_report.recall_at_k:.3f}")
@@ -185,4 +201,4 @@ def _train_into(
     write_manifest(staging, manifest)
     final = claim.publish()
     say(f"artifacts in {final}")
-    return TrainedModels(two_tower, ranker, item_ids, embeddings, final, manifest, prior)
+    return TrainedModels(two_tower, ranker, item_ids, embeddings, final, manifest, prior, affinity)

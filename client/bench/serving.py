@@ -183,7 +183,7 @@ def _in_process(model_dir: Path, store: OnlineStore, users: np.ndarray, k: int) 
     from reels.models.inputs import ITEM_FEATURES, QUERY_FEATURES
     from reels.models.serving.pipeline import InProcessPipeline
     from reels.models.serving.request import QUERY_USER_FIELDS, Request
-    from reels.workflows.spec import REQUEST_CONTEXT
+    from reels.workflows.spec import HISTORY, REQUEST_CONTEXT
 
     pipeline = InProcessPipeline(model_dir, store)
     for user in users[:20]:  # warm-up
@@ -206,11 +206,13 @@ def _in_process(model_dir: Path, store: OnlineStore, users: np.ndarray, k: int) 
     item_inputs = {name: rows.videos[name] for name in ITEM_FEATURES}
     item_inputs["video_age"] = np.zeros(n, dtype=np.float32)
     tower, index, ranker = pipeline.retrieval.query_tower, pipeline.retrieval.index, pipeline.ranking.ranker
+    affinity = pipeline.retrieval.catalog.affinity if pipeline.retrieval.catalog is not None else None
     latencies, started = [], time.perf_counter()
     for _ in range(len(users)):
         t0 = time.perf_counter()
         embedding = tower({name: query.features[name] for name in QUERY_FEATURES})
-        index.search(query_vectors(index.d, embedding), pipeline.config.candidates)
+        columns = None if affinity is None else affinity.query_columns(query.features[HISTORY])
+        index.search(query_vectors(index.d, embedding, columns), pipeline.config.candidates)
         ranker.score_candidates(user_inputs, item_inputs)
         latencies.append((time.perf_counter() - t0) * 1000)
     floor = _summary(latencies, time.perf_counter() - started)

@@ -68,9 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--category-priors", nargs="+", type=float, default=[], metavar="WEIGHT",
-        help="also score every trained two-tower (and each trending prior) with each weight on the query's "
-        "category affinity, the log share of each category in its history (offline only: serving does not "
-        "add it yet)",
+        help="also score every trained two-tower (and each trending prior) with each two_tower.category_prior "
+        "weight on the query's category affinity, the log share of each category in its history",
     )  # fmt: skip
     p.add_argument(
         "--configured", action="store_true",

@@ -20,11 +20,14 @@ import pandas as pd
 from reels.models import baselines, metrics
 from reels.models.baselines import catalog_positions
 from reels.models.evaluation.offline import build_queries
+from reels.models.index import CategoryAffinity
 from reels.models.inputs import QUERY_FEATURES, RANKER_FEATURES
 from reels.models.ranker import BINARY_TASKS
+from reels.models.registry import load_manifest
 from reels.models.two_tower import query_inputs
 from reels.workflows.errors import ConfigError, InvalidInput
 from reels.workflows.manifest import FeatureArtifacts
+from reels.workflows.spec import HISTORY
 
 BATCH = 4096
 
@@ -80,12 +83,21 @@ def score_version(model_dir: Path, window: FeatureArtifacts, catalog_ids: np.nda
     prior = np.zeros(len(catalog_ids), dtype=np.float32)  # the index's trending prior, where it has one
     if "trending_prior" in items.columns:
         prior[rows] = items.loc[known, "trending_prior"].to_numpy(np.float32)
+    affinity, category = None, np.zeros(len(catalog_ids), dtype=np.int64)
+    if "category_row" in items.columns:  # the index's category-affinity columns: their weight is the config's
+        weight = load_manifest(model_dir)["config"]["two_tower"]["category_prior"]
+        affinity = CategoryAffinity.from_rows(items["video_id"], items["category_row"], weight)
+        category[rows] = items.loc[known, "category_row"].to_numpy()
 
     tower = QueryTower(model_dir / "query_tower")
     query = np.concatenate(_batched(tower, queries.frame, QUERY_FEATURES)).astype(np.float32)
 
+    shares = None if affinity is None else affinity.query_columns(queries.frame[HISTORY].to_numpy())
+
     def scorer(rows: np.ndarray) -> np.ndarray:
         scores = query[rows] @ matrix.T + prior
+        if affinity is not None:
+            scores += affinity.weight * shares[rows][:, category]
         scores[:, unknown] = -np.inf  # a video this version never saw cannot be retrieved
         return scores
 

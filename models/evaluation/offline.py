@@ -31,6 +31,7 @@ from reels.models.ranker import BINARY_TASKS, Ranker
 from reels.models.train import TrainedModels
 from reels.workflows.errors import ConfigError, InvalidInput
 from reels.workflows.manifest import FeatureArtifacts
+from reels.workflows.spec import HISTORY
 
 Progress = Callable[[str], None]
 
@@ -300,10 +301,13 @@ def _taste_only_scorer(
 
 
 def _two_tower_scorer(trained: TrainedModels, queries: Queries) -> baselines.Scorer:
-    """The two-tower as its index ranks: query x item embeddings, plus the version's trending prior."""
-    items = index_vectors(trained.item_embeddings, trained.retrieval_prior)
+    """The two-tower as its index ranks: query x item embeddings, plus the version's trending prior and
+    category affinity."""
+    affinity = trained.affinity
+    items = index_vectors(trained.item_embeddings, trained.retrieval_prior, affinity)
+    columns = None if affinity is None else affinity.query_columns(queries.frame[HISTORY].to_numpy())
     return baselines.embedding_scorer(
-        query_vectors(items.shape[1], trained.two_tower.query_embeddings(queries.frame)), items
+        query_vectors(items.shape[1], trained.two_tower.query_embeddings(queries.frame), columns), items
     )
 
 

@@ -76,8 +76,8 @@ RANKER_GRID: dict[str, tuple[Overrides, ...]] = {
 }
 MODELS = (TWO_TOWER, *RANKER_ARCHITECTURES)
 # The two-tower settings a trial rescores without training again (EvaluationConfig.trending_prior_weights
-# x trending_days).
-PRIOR_SETTINGS = ("trending_prior", "trending_prior_days")
+# x trending_days, each and none x category_prior_weights).
+PRIOR_SETTINGS = ("trending_prior", "trending_prior_days", "category_prior")
 # Settings the report shows for each model (plus whatever the chosen overrides change).
 SHOWN = {
     TWO_TOWER: ("epochs", "learning_rate", "temperature"),
@@ -221,6 +221,7 @@ def search(
         "trending_prior_grid": {
             "weights": list(config.trending_prior_weights),
             "days": list(config.trending_days),
+            "category_weights": list(config.category_prior_weights),
         },
     }
     rounds: list[list[tuple[str, Overrides, dict, dict]]] = []  # (model, overrides, resolved, row)
@@ -260,6 +261,7 @@ def search(
                     result = tune_two_tower(
                         features, two_tower, grid=(overrides,), k=20, progress=say,
                         priors=config.trending_prior_weights, prior_days=config.trending_days,
+                        category_priors=config.category_prior_weights,
                     )  # fmt: skip
                     row.update(metric="valid_recall@20", **_with_best_prior(result["rows"][1:]))
                     record["valid_users"] = result["valid_users"]
@@ -321,6 +323,18 @@ def _with_best_prior(rows: Sequence[dict]) -> dict:
     return fields
 
 
+def describe_prior(prior: Mapping) -> str:
+    """A two-tower trial's rescoring prior in words, e.g. ``trending prior 2 over 1 days + category
+    affinity 4``."""
+    parts = []
+    if prior.get("trending_prior"):
+        days = f" over {prior['trending_prior_days']:g} days" if "trending_prior_days" in prior else ""
+        parts.append(f"trending prior {prior['trending_prior']:g}{days}")
+    if prior.get("category_prior"):
+        parts.append(f"category affinity {prior['category_prior']:g}")
+    return " + ".join(parts)
+
+
 def _served(configured: str, best: Mapping[str, dict]) -> str:
     """The better multi-task architecture on validation; the configured one when neither was scored or
     when the configuration asks for shared-bottom outright."""
@@ -350,24 +364,26 @@ def markdown(record: dict, name: str) -> str:
     if "popularity_valid_recall@20" in record:
         lines.append(f"Popularity's validation recall@20: {record['popularity_valid_recall@20']:.4f}.")
     prior_grid = record.get("trending_prior_grid", {})
-    if prior_grid.get("weights"):
+    if prior_grid.get("weights") or prior_grid.get("category_weights"):
+        category = prior_grid.get("category_weights")
         lines.append(
             "Each trained two-tower is also scored with the trending prior at weights "
             f"{', '.join(f'{w:g}' for w in prior_grid['weights'])} over the training window's last "
-            f"{', '.join(f'{d:g}' for d in prior_grid['days'])} days (no retraining); the best prior is kept "
-            "where it beats the model without one."
+            f"{', '.join(f'{d:g}' for d in prior_grid['days'])} days"
+            + (
+                f", each and the model alone also with the category affinity at weights "
+                f"{', '.join(f'{w:g}' for w in category)}"
+                if category
+                else ""
+            )
+            + " (no retraining); the best is kept where it beats the model without a prior."
         )
     lines += ["", "| model | overrides | score | seconds | picked |", "|---|---|---:|---:|---|"]
     chosen = record["chosen"]
     for row in record["trials"]:
         overrides = ", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "configured"
         if "prior" in row:
-            prior = row["prior"]
-            days = f" over {prior['trending_prior_days']:g} days" if "trending_prior_days" in prior else ""
-            overrides += (
-                f" + trending prior {prior['trending_prior']:g}{days} "
-                f"({row['score_without_prior']:.4f} without)"
-            )
+            overrides += f" + {describe_prior(row['prior'])} ({row['score_without_prior']:.4f} without)"
         trial = {**row["overrides"], **row.get("prior", {})}
         picked = {k: _plain(v) for k, v in chosen[row["model"]].items()} == trial
         if row["status"] == "tried":

@@ -19,7 +19,7 @@ from reels.models import baselines, metrics
 from reels.models.baselines import catalog_popularity
 from reels.models.config import RankerConfig, TwoTowerConfig
 from reels.models.evaluation.offline import build_queries, compare_rankers
-from reels.models.index import category_affinity, category_rows, index_vectors, query_vectors, trending_prior
+from reels.models.index import CategoryAffinity, index_vectors, query_vectors, trending_prior
 from reels.models.inputs import feature_schema
 from reels.models.ranker import BINARY_TASKS
 from reels.models.train import item_view_counts
@@ -63,8 +63,8 @@ def tune_two_tower(
     ``trending_prior``); each trained model is also scored at every ``trending_prior`` of ``priors``
     (over the last ``trending_prior_days`` of ``prior_days``, each; default: the entry's days) without
     training again (a row of its own, ``rescored``); each of those, and the model without a prior, also
-    with every weight of ``category_priors`` on the query's category affinity (``index.category_affinity``
-    of its history; candidate key ``category_prior``, an offline measurement: serving does not add it).
+    with every ``category_prior`` of ``category_priors`` (the category affinity of the query's history,
+    ``index.CategoryAffinity``).
     Returns ``valid_users``, one row per candidate
     (popularity first; a candidate's recall is its mean over seeds, ``recall_by_seed`` holds each) and
     the ``best`` overrides."""
@@ -88,22 +88,18 @@ def tune_two_tower(
         }
     ]
     recent: dict[float, np.ndarray] = {}  # trending_prior_days -> recent views per catalog video
-    if category_priors:
-        item_rows, lookup, n_categories = category_rows(catalog["video_id"].to_numpy(), catalog["category"])
-        one_hot = np.eye(n_categories, dtype=np.float32)[item_rows]
-        affinity = category_affinity(np.stack(queries.frame[HISTORY].to_numpy()), lookup, n_categories)
+    histories = queries.frame[HISTORY].to_numpy()
 
-    def recall(
-        query: np.ndarray, items: np.ndarray, config: TwoTowerConfig, category_prior: float = 0.0
-    ) -> float:
+    def recall(query: np.ndarray, items: np.ndarray, config: TwoTowerConfig) -> float:
         days = config.trending_prior_days
         if days not in recent:
             recent[days] = baselines.recent_popularity(train, ids, days)
-        vectors = index_vectors(items, trending_prior(recent[days], config.trending_prior))
-        query = query_vectors(vectors.shape[1], query)
-        if category_prior:  # the affinity as more columns: query x item adds category_prior x log share
-            vectors = np.hstack([vectors, category_prior * one_hot])
-            query = np.hstack([query, affinity])
+        affinity = CategoryAffinity.of(
+            catalog["video_id"].to_numpy(), catalog["category"], config.category_prior
+        )
+        vectors = index_vectors(items, trending_prior(recent[days], config.trending_prior), affinity)
+        columns = None if affinity is None else affinity.query_columns(histories)
+        query = query_vectors(vectors.shape[1], query, columns)
         scorer = baselines.embedding_scorer(query, vectors)
         top = baselines.top_k(scorer, len(queries.frame), queries.seen, k)
         return metrics.retrieval_metrics(top, queries.relevant, [k])[f"recall@{k}"]
@@ -120,10 +116,7 @@ def tune_two_tower(
             seconds.append(model.fit(positives).seconds)
             query, items = model.query_embeddings(queries.frame), model.item_embeddings(catalog)
             for scores, variant in zip(by_seed, variants, strict=True):
-                settings = {k: v for k, v in variant.items() if k != "category_prior"}
-                scores[config.seed] = recall(
-                    query, items, replace(config, **settings), variant.get("category_prior", 0.0)
-                )
+                scores[config.seed] = recall(query, items, replace(config, **variant))
         for i, (variant, scores) in enumerate(zip(variants, by_seed, strict=True)):
             row = {
                 "candidate": variant,

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from reels.models.index import CategoryAffinity
+from reels.models.registry import load_manifest
 from reels.workflows.offline_store import OfflineStore
 from reels.workflows.spec import OOV
 
@@ -82,6 +84,12 @@ class Catalog:
         self.n_categories = len(categories)
         self.upload_s = raw["upload_time"].astype("int64").to_numpy() // 10**9
         encoded = stored["video_id"].to_numpy()
+        # The index's category-affinity columns, where the version has them: retrieval appends the query's
+        # history shares (the weight is in the index; the manifest keeps it for the gate).
+        self.affinity: CategoryAffinity | None = None
+        if "category_row" in stored.columns:
+            weight = load_manifest(model_dir)["config"]["two_tower"]["category_prior"]
+            self.affinity = CategoryAffinity.from_rows(encoded, stored["category_row"].to_numpy(), weight)
         known = encoded > OOV  # OOV/null ids are shared by many videos: no unique raw id to explain with
         self.raw_of_encoded = IdLookup(encoded[known], self.raw_ids[known])
 

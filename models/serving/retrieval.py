@@ -15,6 +15,7 @@ from reels.models.serving.request import (
     Fallback,
     QueryFeatures,
 )
+from reels.workflows.spec import HISTORY
 
 if TYPE_CHECKING:  # TensorFlow is imported only where the SavedModel tower runs
     from reels.models.query_tower_numpy import NumpyQueryTower
@@ -69,7 +70,9 @@ class Retrieval:
         embedding = self.query_tower({name: query.features[name] for name in QUERY_FEATURES})
         embedding = np.ascontiguousarray(embedding, dtype=np.float32)
         fresh = self.fresh(embedding, query.request_time_s, excluded)
-        scores, ids = self.index.search(query_vectors(self.index.d, embedding), n + len(excluded))
+        affinity = None if self.catalog is None else self.catalog.affinity
+        columns = None if affinity is None else affinity.query_columns(query.features[HISTORY])
+        scores, ids = self.index.search(query_vectors(self.index.d, embedding, columns), n + len(excluded))
         keep = (ids[0] >= 0) & ~np.isin(ids[0], excluded) & ~np.isin(ids[0], fresh)
         ids, scores = ids[0][keep][: n - len(fresh)], scores[0][keep][: n - len(fresh)]
         if len(fresh) == 0:

@@ -14,6 +14,7 @@ from reels.models.evaluation.search import (
     RANKER_GRID,
     _Clock,
     _with_best_prior,
+    describe_prior,
     markdown,
     search,
     trial_order,
@@ -156,22 +157,27 @@ def test_a_trending_prior_is_kept_only_where_it_beats_the_model_without_one():
 
 
 def test_the_search_rescores_each_two_tower_with_the_prior_grid_and_keeps_the_best(tiny_features):
-    config = EvaluationConfig(search_budget_s=600, trending_prior_weights=(1.0, 4.0), trending_days=(1, 7))
+    config = EvaluationConfig(
+        search_budget_s=600,
+        trending_prior_weights=(1.0, 4.0),
+        trending_days=(1, 7),
+        category_prior_weights=(2.0,),
+    )
     found = search(tiny_features, FAST_TWO_TOWER, FAST_RANKER, config, grids={"two_tower": ({},)})
     (trial,) = found.record["trials"]
-    assert [(r["trending_prior"], r["trending_prior_days"]) for r in trial["rescored"]] == [
-        (1.0, 1), (4.0, 1), (1.0, 7), (4.0, 7),
+    priors = [(1.0, 1), (4.0, 1), (1.0, 7), (4.0, 7)]
+    assert [(r.get("trending_prior"), r.get("trending_prior_days"), r.get("category_prior")) for r in trial["rescored"]] == [
+        *((w, d, None) for w, d in priors), (None, None, 2.0), *((w, d, 2.0) for w, d in priors),
     ]  # fmt: skip
     best = max(trial["rescored"], key=lambda r: r["valid_recall@20"])
     chosen = found.two_tower_config(FAST_TWO_TOWER)
     if "prior" in trial:  # the best prior beat the model without one: it is the chosen setting
         assert trial["score"] == best["valid_recall@20"] > trial["score_without_prior"]
-        assert (chosen.trending_prior, chosen.trending_prior_days) == (
-            best["trending_prior"], best["trending_prior_days"],
-        )  # fmt: skip
-        assert "+ trending prior" in markdown(found.record, "tiny")
+        picked = {k: v for k, v in best.items() if k != "valid_recall@20"}
+        assert {k: getattr(chosen, k) for k in picked} == picked
+        assert f"+ {describe_prior(picked)}" in markdown(found.record, "tiny")
     else:
         assert trial["score"] >= best["valid_recall@20"] and chosen == FAST_TWO_TOWER
-    assert "trending prior at weights 1, 4 over the training window's last 1, 7 days" in markdown(
-        found.record, "tiny"
-    )
+    text = markdown(found.record, "tiny")
+    assert "trending prior at weights 1, 4 over the training window's last 1, 7 days" in text
+    assert "category affinity at weights 2" in text

@@ -1,6 +1,8 @@
-"""The two-tower's trending prior: one more index column (weight x log(1 + recent views)) that the query
-meets with a 1, so FAISS ranks by two-tower score + prior; the served retrieval step, the offline scorer
-and the validation tuning all rank the same way, and without a prior nothing changes."""
+"""The two-tower's retrieval priors: the trending prior, one more index column (weight x log(1 + recent
+views)) that the query meets with a 1, and the category affinity, one column per category (weight x the
+item's one-hot category) that the query meets with its history's log category shares; FAISS ranks by
+two-tower score + priors. The served retrieval step, the offline scorer, the promotion gate and the
+validation tuning all rank the same way, and without a prior nothing changes."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from reels.models.evaluation.gate import score_version
 from reels.models.evaluation.offline import _two_tower_scorer, build_queries
 from reels.models.evaluation.tradeoff import window_feeds
 from reels.models.evaluation.tune import tune_two_tower
-from reels.models.index import index_vectors, load_index, query_vectors, trending_prior
+from reels.models.index import CategoryAffinity, index_vectors, load_index, query_vectors, trending_prior
 from reels.models.serving.config import ServingConfig
 from reels.models.train import train
 from reels.workflows.errors import ConfigError
@@ -53,15 +55,25 @@ def test_an_index_with_the_prior_column_adds_the_prior_to_the_dot_product():
         TwoTowerConfig(trending_prior=-1.0)
 
 
-def test_served_retrieval_and_the_offline_scorer_rank_by_score_plus_prior(tiny_features, tmp_path):
-    config = replace(FAST_TWO_TOWER, trending_prior=2.0)
+@pytest.mark.parametrize("category_prior", [0.0, 4.0])
+def test_served_retrieval_and_the_offline_scorer_rank_by_score_plus_prior(
+    tiny_features, tmp_path, category_prior
+):
+    config = replace(FAST_TWO_TOWER, trending_prior=2.0, category_prior=category_prior)
     trained = train(tiny_features, tmp_path, config, FAST_RANKER, IndexConfig())
     index = load_index(trained.directory / "items.faiss")
-    assert index.d == config.output_dim + 1
+    stored = pd.read_parquet(trained.directory / "item_embeddings.parquet")
+    if category_prior:
+        n_categories = pd.read_parquet(tiny_features.videos_path)["category"].nunique()
+        assert trained.affinity is not None and trained.affinity.n_categories == n_categories > 1
+        assert index.d == config.output_dim + 1 + n_categories
+        np.testing.assert_array_equal(stored["category_row"], trained.affinity.item_rows)
+    else:
+        assert trained.affinity is None and "category_row" not in stored
+        assert index.d == config.output_dim + 1
     train_rows = tiny_features.read_split("train")
     views = recent_popularity(train_rows, trained.item_ids, config.trending_prior_days)
     assert views.max() > 0
-    stored = pd.read_parquet(trained.directory / "item_embeddings.parquet")
     np.testing.assert_allclose(stored["trending_prior"], 2.0 * np.log1p(views), rtol=1e-5)
     np.testing.assert_allclose(trained.retrieval_prior, 2.0 * np.log1p(views), rtol=1e-5)
 
@@ -142,16 +154,28 @@ def test_reels_tune_refuses_prior_days_without_weights(capsys):
 
 
 def test_category_affinity_is_the_smoothed_log_share_of_each_category_in_the_history():
-    from reels.models.index import category_affinity, category_rows
-
     # Encoded ids 3..5 are catalog videos; 2 (out of vocabulary) has no one category.
-    rows, lookup, n = category_rows(np.array([3, 4, 5, 2]), np.array(["drama", "news", "drama", "sport"]))
-    assert n == 3 and list(rows) == [0, 1, 0, 2] and list(lookup[:3]) == [-1, -1, -1]
+    affinity = CategoryAffinity.of(np.array([3, 4, 5, 2]), np.array(["drama", "news", "drama", "sport"]), 2.0)
+    assert affinity.n_categories == 3 and list(affinity.item_rows) == [0, 1, 0, 2]
+    assert list(affinity.lookup[:3]) == [-1, -1, -1]
+    assert CategoryAffinity.of(np.array([3]), np.array(["drama"]), 0.0) is None
     histories = np.array([[3, 5, 4, 0], [0, 0, 0, 0], [2, 1, 99, 4]])  # padding, null, OOV, unknown skipped
-    shares = np.exp(category_affinity(histories, lookup, n))
+    shares = np.exp(affinity.query_columns(histories))
     np.testing.assert_allclose(shares[0], [3 / 6, 2 / 6, 1 / 6], rtol=1e-6)  # add-one smoothing
     np.testing.assert_allclose(shares[1], [1 / 3] * 3, rtol=1e-6)  # an empty history is uniform
     np.testing.assert_allclose(shares[2], [1 / 4, 2 / 4, 1 / 4], rtol=1e-6)
+    # In the index: the inner product adds weight x log share of the item's category, after the prior.
+    rng = np.random.default_rng(0)
+    items, query = rng.normal(size=(4, 3)), rng.normal(size=(3, 3))
+    prior = np.array([0.5, 0.0, 1.0, 2.0], dtype=np.float32)
+    for with_prior in (prior, None):
+        vectors = index_vectors(items, with_prior, affinity)
+        scores = query_vectors(vectors.shape[1], query, affinity.query_columns(histories)) @ vectors.T
+        expected = query @ items.T + (0 if with_prior is None else prior)
+        expected = expected + 2.0 * np.log(shares)[:, affinity.item_rows]
+        np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="category_prior"):
+        TwoTowerConfig(category_prior=-1.0)
 
 
 def test_tuning_rescores_with_the_category_affinity_too(tiny_features):
