@@ -11,7 +11,7 @@ them): that staleness is what a retrain is for.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import pandas as pd
 from reels.models import baselines, metrics
 from reels.models.baselines import catalog_positions
 from reels.models.evaluation.offline import build_queries
-from reels.models.index import CategoryAffinity
+from reels.models.index import CategoryAffinity, index_vectors, query_vectors
 from reels.models.inputs import QUERY_FEATURES, RANKER_FEATURES
 from reels.models.ranker import BINARY_TASKS
 from reels.models.registry import load_manifest
@@ -80,24 +80,27 @@ def score_version(model_dir: Path, window: FeatureArtifacts, catalog_ids: np.nda
     matrix[rows] = np.stack(items.loc[known, "embedding"])
     unknown = np.ones(len(catalog_ids), dtype=bool)
     unknown[rows] = False
-    prior = np.zeros(len(catalog_ids), dtype=np.float32)  # the index's trending prior, where it has one
+    prior = None  # the index's trending prior, where it has one, by catalog position
     if "trending_prior" in items.columns:
+        prior = np.zeros(len(catalog_ids), dtype=np.float32)
         prior[rows] = items.loc[known, "trending_prior"].to_numpy(np.float32)
-    affinity, category = None, np.zeros(len(catalog_ids), dtype=np.int64)
-    if "category_row" in items.columns:  # the index's category-affinity columns: their weight is the config's
+    affinity = None  # the index's category-affinity columns, where it has them: their weight is the config's
+    if "category_row" in items.columns:
         weight = load_manifest(model_dir)["config"]["two_tower"]["category_prior"]
         affinity = CategoryAffinity.from_rows(items["video_id"], items["category_row"], weight)
+        category = np.zeros(len(catalog_ids), dtype=np.int64)
         category[rows] = items.loc[known, "category_row"].to_numpy()
+        affinity = replace(affinity, item_rows=category)  # by catalog position, like the matrix
+    vectors = index_vectors(matrix, prior, affinity)  # as the version's index holds them
 
     tower = QueryTower(model_dir / "query_tower")
     query = np.concatenate(_batched(tower, queries.frame, QUERY_FEATURES)).astype(np.float32)
 
     shares = None if affinity is None else affinity.query_columns(queries.frame[HISTORY].to_numpy())
+    query = query_vectors(vectors.shape[1], query, shares)
 
     def scorer(rows: np.ndarray) -> np.ndarray:
-        scores = query[rows] @ matrix.T + prior
-        if affinity is not None:
-            scores += affinity.weight * shares[rows][:, category]
+        scores = query[rows] @ vectors.T
         scores[:, unknown] = -np.inf  # a video this version never saw cannot be retrieved
         return scores
 

@@ -9,6 +9,7 @@ of RankerConfig overrides, trained once per seed and scored by its AUCs on every
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
@@ -88,17 +89,23 @@ def tune_two_tower(
         }
     ]
     recent: dict[float, np.ndarray] = {}  # trending_prior_days -> recent views per catalog video
-    histories = queries.frame[HISTORY].to_numpy()
+
+    @functools.cache
+    def category_shares() -> tuple[CategoryAffinity, np.ndarray]:
+        """The catalog's categories at weight 1 and the queries' history shares: the same for every
+        ``category_prior``, so computed once."""
+        unit = CategoryAffinity.of(catalog["video_id"].to_numpy(), catalog["category"], 1.0)
+        return unit, unit.query_columns(queries.frame[HISTORY].to_numpy())
 
     def recall(query: np.ndarray, items: np.ndarray, config: TwoTowerConfig) -> float:
         days = config.trending_prior_days
         if days not in recent:
             recent[days] = baselines.recent_popularity(train, ids, days)
-        affinity = CategoryAffinity.of(
-            catalog["video_id"].to_numpy(), catalog["category"], config.category_prior
-        )
+        affinity, columns = None, None
+        if config.category_prior > 0:
+            unit, columns = category_shares()
+            affinity = replace(unit, weight=config.category_prior)
         vectors = index_vectors(items, trending_prior(recent[days], config.trending_prior), affinity)
-        columns = None if affinity is None else affinity.query_columns(histories)
         query = query_vectors(vectors.shape[1], query, columns)
         scorer = baselines.embedding_scorer(query, vectors)
         top = baselines.top_k(scorer, len(queries.frame), queries.seen, k)
