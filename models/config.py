@@ -151,6 +151,11 @@ class EvaluationConfig:
     # ... and each of those (and the model without one) with the category affinity at each of these
     # weights (two_tower.category_prior); empty: as configured.
     category_prior_weights: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    # Then up to this many rounds refine the best prior found: each weight it sets multiplied and divided
+    # by prior_refine_factor, one at a time, kept where validation recall rises (the grid is coarse, and
+    # its best can sit on an edge); 0: the grid alone.
+    prior_refine_rounds: int = 3
+    prior_refine_factor: float = 1.5
     # The diversity trade-off picks the feed score (serving.retrieval_weight) by validation recall@20
     # before sweeping the re-rank on top of it; false: the configured weight.
     pick_feed_score: bool = True
@@ -170,6 +175,8 @@ class EvaluationConfig:
                 "trending_days": bool(self.trending_days) and min(self.trending_days) > 0,
                 "trending_prior_weights": all(w > 0 for w in self.trending_prior_weights),
                 "category_prior_weights": all(w > 0 for w in self.category_prior_weights),
+                "prior_refine_rounds": self.prior_refine_rounds >= 0,
+                "prior_refine_factor": self.prior_refine_factor > 1,
                 "search_budget_s": self.search_budget_s >= 0,
             },
             self,

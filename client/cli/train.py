@@ -72,6 +72,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "weight on the query's category affinity, the log share of each category in its history",
     )  # fmt: skip
     p.add_argument(
+        "--refine-rounds", type=int, default=0, metavar="N",
+        help="then up to N rounds move the best prior's weights by x and / evaluation.prior_refine_factor, "
+        "one at a time, while validation recall rises (as reels evaluate's search does)",
+    )  # fmt: skip
+    p.add_argument(
         "--configured", action="store_true",
         help="train the configured two-tower only, instead of the tuning grid",
     )  # fmt: skip
@@ -184,6 +189,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--trending-prior-days needs --trending-priors: the weights to score over those days"
         )
+    if args.refine_rounds < 0:
+        raise ConfigError(f"--refine-rounds: expected 0 or more, got {args.refine_rounds}")
     if args.rankers:
         path = Path(args.rankers)
         if not path.is_file():
@@ -204,7 +211,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             result = tune_two_tower(
                 features, config.two_tower, grid, progress=say, seeds=tuple(args.seeds),
                 priors=tuple(args.trending_priors), prior_days=tuple(args.trending_prior_days),
-                category_priors=tuple(args.category_priors),
+                category_priors=tuple(args.category_priors), refine_rounds=args.refine_rounds,
+                refine_factor=config.evaluation.prior_refine_factor,
             )  # fmt: skip
     what = "Rankers" if candidates is not None else "Two-tower"
     header = (

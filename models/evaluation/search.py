@@ -14,8 +14,10 @@ first whenever time is left). What was not tried is recorded with the reason. Mo
 training window and scored on the validation window: the two-tower by recall@20 (``tune_two_tower``, the
 protocol of ``offline.py``), a ranker by its mean AUC over the binary tasks. Each trained two-tower is
 also scored with the trending prior at every weight x window of ``EvaluationConfig.trending_prior_weights``
-x ``trending_days`` (rescoring, no training); a trial's score is its best, and the prior is part of the
-trial's settings only where it beats the model without one.
+x ``trending_days``, each and none with the category affinity at ``category_prior_weights``, then around
+the best of those (``prior_refine_rounds``, ``tune.refine_prior``) (rescoring, no training); a trial's
+score is its best, and the prior is part of the trial's settings only where it beats the model without
+one.
 
 Picked: the best trial per model (the configured settings where none ran), and as the served ranker the
 better multi-task architecture (MMoE or PLE) on validation. The best ranker of each architecture is kept
@@ -222,6 +224,8 @@ def search(
             "weights": list(config.trending_prior_weights),
             "days": list(config.trending_days),
             "category_weights": list(config.category_prior_weights),
+            "refine_rounds": config.prior_refine_rounds,
+            "refine_factor": config.prior_refine_factor,
         },
     }
     rounds: list[list[tuple[str, Overrides, dict, dict]]] = []  # (model, overrides, resolved, row)
@@ -262,6 +266,7 @@ def search(
                         features, two_tower, grid=(overrides,), k=20, progress=say,
                         priors=config.trending_prior_weights, prior_days=config.trending_days,
                         category_priors=config.category_prior_weights,
+                        refine_rounds=config.prior_refine_rounds, refine_factor=config.prior_refine_factor,
                     )  # fmt: skip
                     row.update(metric="valid_recall@20", **_with_best_prior(result["rows"][1:]))
                     record["valid_users"] = result["valid_users"]
@@ -317,7 +322,7 @@ def _with_best_prior(rows: Sequence[dict]) -> dict:
     if rescored:
         fields["rescored"] = [
             {**{k: r["candidate"][k] for k in PRIOR_SETTINGS if k in r["candidate"]},
-             "valid_recall@20": float(r["valid_recall@20"])}
+             "valid_recall@20": float(r["valid_recall@20"]), **({"refined": True} if r.get("refined") else {})}
             for r in rescored
         ]  # fmt: skip
     return fields
@@ -376,7 +381,14 @@ def markdown(record: dict, name: str) -> str:
                 if category
                 else ""
             )
-            + " (no retraining); the best is kept where it beats the model without a prior."
+            + " (no retraining)"
+            + (
+                f", then up to {prior_grid['refine_rounds']} rounds move the best one's weights by x and / "
+                f"{prior_grid['refine_factor']:g} while recall rises"
+                if prior_grid.get("refine_rounds")
+                else ""
+            )
+            + "; the best is kept where it beats the model without a prior."
         )
     lines += ["", "| model | overrides | score | seconds | picked |", "|---|---|---:|---:|---|"]
     chosen = record["chosen"]

@@ -58,6 +58,8 @@ def tune_two_tower(
     priors: Sequence[float] = (),
     prior_days: Sequence[float] = (),
     category_priors: Sequence[float] = (),
+    refine_rounds: int = 0,
+    refine_factor: float = 1.5,
 ) -> dict:
     """Train one two-tower per ``grid`` entry (overrides of ``base``) and ``seeds`` entry (default: the
     base seed only) and score each by validation recall@``k``, as its index ranks (with the entry's
@@ -65,7 +67,8 @@ def tune_two_tower(
     (over the last ``trending_prior_days`` of ``prior_days``, each; default: the entry's days) without
     training again (a row of its own, ``rescored``); each of those, and the model without a prior, also
     with every ``category_prior`` of ``category_priors`` (the category affinity of the query's history,
-    ``index.CategoryAffinity``).
+    ``index.CategoryAffinity``). Then up to ``refine_rounds`` rounds of ``refine_prior`` around the best of
+    those (rows marked ``refined``).
     Returns ``valid_users``, one row per candidate
     (popularity first; a candidate's recall is its mean over seeds, ``recall_by_seed`` holds each) and
     the ``best`` overrides."""
@@ -114,17 +117,21 @@ def tune_two_tower(
     for overrides in grid:
         variants = [dict(overrides)] + [{**overrides, **prior} for prior in prior_grid(priors, prior_days)]
         variants += [{**v, "category_prior": c} for c in category_priors for v in list(variants)]
-        by_seed: list[dict[int, float]] = [{} for _ in variants]
-        seconds = []
+        trained, seconds = [], []
         for seed in seeds:
             config = replace(base, **{"seed": seed, **overrides})
             say(f"two-tower {overrides} seed {config.seed}")
             model = TwoTower(schema, config, counts)
             seconds.append(model.fit(positives).seconds)
-            query, items = model.query_embeddings(queries.frame), model.item_embeddings(catalog)
-            for scores, variant in zip(by_seed, variants, strict=True):
-                scores[config.seed] = recall(query, items, replace(config, **variant))
-        for i, (variant, scores) in enumerate(zip(variants, by_seed, strict=True)):
+            trained.append((config, model.query_embeddings(queries.frame), model.item_embeddings(catalog)))
+
+        def by_seed(variant: dict, trained: list = trained) -> dict[int, float]:
+            """The trained models' recall, one per seed, scored as ``variant`` sets the priors."""
+            return {c.seed: recall(query, items, replace(c, **variant)) for c, query, items in trained}
+
+        scored = [(variant, by_seed(variant)) for variant in variants]
+        refined = refine_prior(scored[1:], by_seed, refine_rounds, refine_factor)
+        for i, (variant, scores) in enumerate(scored + refined):
             row = {
                 "candidate": variant,
                 f"valid_recall@{k}": float(np.mean(list(scores.values()))),
@@ -132,11 +139,57 @@ def tune_two_tower(
             }
             if i:
                 row["rescored"] = True  # the model above, scored with this prior: no training of its own
+            if i >= len(scored):
+                row["refined"] = True
             if len(seeds) > 1:
                 row["recall_by_seed"] = scores
             rows.append(row)
     best = max(rows[1:], key=lambda r: r[f"valid_recall@{k}"])
     return {"valid_users": len(queries.frame), "rows": rows, "best": best["candidate"]}
+
+
+# The prior weights ``refine_prior`` moves (the window, trending_prior_days, stays as the grid found it).
+PRIOR_WEIGHTS = ("trending_prior", "category_prior")
+
+
+def refine_prior(
+    scored: Sequence[tuple[dict, dict[int, float]]],
+    score: Callable[[dict], dict[int, float]],
+    rounds: int,
+    factor: float,
+) -> list[tuple[dict, dict[int, float]]]:
+    """Coordinate steps around the best of ``scored`` (prior overrides, recall per seed) that sets a prior
+    weight: each round scores every weight it sets times and divided by ``factor``, one weight at a time
+    (rounded to 3 decimals, skipping overrides already scored), and moves to the best of those while the
+    mean recall rises; at most ``rounds`` rounds. Returns what it scored, in order."""
+
+    def mean(entry: tuple[dict, dict[int, float]]) -> float:
+        return float(np.mean(list(entry[1].values())))
+
+    with_weight = [e for e in scored if any(e[0].get(key) for key in PRIOR_WEIGHTS)]
+    if not with_weight or rounds <= 0:
+        return []
+    tried = {_key(variant) for variant, _ in scored}
+    best = max(with_weight, key=mean)
+    found: list[tuple[dict, dict[int, float]]] = []
+    for _ in range(rounds):
+        steps = []
+        for key in PRIOR_WEIGHTS:
+            for weight in (best[0][key] * factor, best[0][key] / factor) if best[0].get(key) else ():
+                variant = {**best[0], key: round(float(weight), 3)}
+                if _key(variant) not in tried:
+                    tried.add(_key(variant))
+                    steps.append((variant, score(variant)))
+        found += steps
+        step = max(steps, key=mean, default=None)
+        if step is None or mean(step) <= mean(best):
+            break
+        best = step
+    return found
+
+
+def _key(variant: Mapping) -> str:
+    return repr(sorted((name, float(v) if isinstance(v, int) else v) for name, v in variant.items()))
 
 
 def prior_grid(weights: Sequence[float], days: Sequence[float] = ()) -> list[dict[str, float]]:
@@ -163,7 +216,11 @@ def markdown(result: dict, header: str) -> str:
         per_seed = row.get("recall_by_seed", {})
         cells = [f"{per_seed[s]:.4f}" if s in per_seed else "" for s in seeds]
         middle = "".join(f" {c} |" for c in cells)
-        seconds = "rescored" if row.get("rescored") else row.get("train_s", "")
+        seconds = (
+            ("refined" if row.get("refined") else "rescored")
+            if row.get("rescored")
+            else row.get("train_s", "")
+        )
         lines.append(f"| `{row['candidate']}` | {row[key]:.4f} |{middle} {seconds} |")
     return "\n".join(lines) + "\n"
 

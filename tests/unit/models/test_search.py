@@ -19,6 +19,7 @@ from reels.models.evaluation.search import (
     search,
     trial_order,
 )
+from reels.models.evaluation.tune import refine_prior
 from reels.workflows.errors import ConfigError
 
 FAST_TWO_TOWER = TwoTowerConfig(epochs=1, batch_size=512, output_dim=16, feature_dim=8, hidden_units=(32,))
@@ -162,6 +163,7 @@ def test_the_search_rescores_each_two_tower_with_the_prior_grid_and_keeps_the_be
         trending_prior_weights=(1.0, 4.0),
         trending_days=(1, 7),
         category_prior_weights=(2.0,),
+        prior_refine_rounds=0,
     )
     found = search(tiny_features, FAST_TWO_TOWER, FAST_RANKER, config, grids={"two_tower": ({},)})
     (trial,) = found.record["trials"]
@@ -181,3 +183,57 @@ def test_the_search_rescores_each_two_tower_with_the_prior_grid_and_keeps_the_be
     text = markdown(found.record, "tiny")
     assert "trending prior at weights 1, 4 over the training window's last 1, 7 days" in text
     assert "category affinity at weights 2" in text
+    assert "rounds move the best one's weights" not in text  # no refinement asked for
+
+
+def test_refining_steps_each_weight_of_the_best_prior_while_recall_rises():
+    # A recall surface peaking at trending 6, category 2 (the test is about the walk, so the surface is a
+    # formula; the search test below runs it on a really trained two-tower).
+    def surface(variant):
+        t, c = variant.get("trending_prior", 0.0), variant.get("category_prior", 0.0)
+        return {42: 1.0 - (t - 6.0) ** 2 / 100 - (c - 2.0) ** 2 / 10}
+
+    grid = [
+        ({"trending_prior": t, "trending_prior_days": 1, "category_prior": 1.0}, None) for t in (1.0, 4.0)
+    ]
+    grid = [(v, surface(v)) for v, _ in grid]
+    found = refine_prior(grid, surface, rounds=5, factor=1.5)
+    walked = [(v["trending_prior"], v["category_prior"]) for v, _ in found]
+    # round 1 around (4, 1): category 1.5 wins; round 2 around (4, 1.5): trending 6; round 3 around
+    # (6, 1.5): category 2.25; round 4 around (6, 2.25): nothing better and (4, 2.25), (6, 1.5) already
+    # scored, so the walk stops before its 5 rounds
+    assert walked == [
+        (6.0, 1.0), (2.667, 1.0), (4.0, 1.5), (4.0, 0.667),
+        (6.0, 1.5), (2.667, 1.5), (4.0, 2.25),
+        (9.0, 1.5), (6.0, 2.25),
+        (9.0, 2.25), (6.0, 3.375),
+    ]  # fmt: skip
+    best = max(found, key=lambda e: e[1][42])[0]
+    assert (best["trending_prior"], best["category_prior"], best["trending_prior_days"]) == (6.0, 2.25, 1)
+    assert len({repr(sorted(v.items())) for v, _ in found}) == len(found)  # nothing scored twice
+    assert refine_prior(grid, surface, rounds=0, factor=1.5) == []
+    assert refine_prior([({}, {42: 0.5})], surface, rounds=3, factor=1.5) == []  # no weight to move
+
+
+def test_the_search_refines_the_best_prior_of_the_grid(tiny_features):
+    config = EvaluationConfig(
+        search_budget_s=600,
+        trending_prior_weights=(1.0, 4.0),
+        trending_days=(1,),
+        category_prior_weights=(2.0,),
+        prior_refine_rounds=2,
+        prior_refine_factor=2.0,
+    )
+    found = search(tiny_features, FAST_TWO_TOWER, FAST_RANKER, config, grids={"two_tower": ({},)})
+    (trial,) = found.record["trials"]
+    grid, refined = trial["rescored"][:5], trial["rescored"][5:]
+    assert not any(r.get("refined") for r in grid) and refined and all(r["refined"] for r in refined)
+    start = max((r for r in grid if r.get("trending_prior") or r.get("category_prior")),
+                key=lambda r: r["valid_recall@20"])  # fmt: skip
+    moved = [
+        {k for k in ("trending_prior", "category_prior") if r.get(k) != start.get(k)} for r in refined[:2]
+    ]
+    assert all(len(m) == 1 for m in moved)  # one weight at a time, from the grid's best
+    assert trial["score"] == max([trial.get("score_without_prior", trial["score"])]
+                                 + [r["valid_recall@20"] for r in trial["rescored"]])  # fmt: skip
+    assert "then up to 2 rounds move the best one's weights by x and / 2" in markdown(found.record, "tiny")

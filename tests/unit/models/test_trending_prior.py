@@ -18,7 +18,7 @@ from reels.models.config import IndexConfig, RankerConfig, TwoTowerConfig
 from reels.models.evaluation.gate import score_version
 from reels.models.evaluation.offline import _two_tower_scorer, build_queries
 from reels.models.evaluation.tradeoff import window_feeds
-from reels.models.evaluation.tune import tune_two_tower
+from reels.models.evaluation.tune import markdown, tune_two_tower
 from reels.models.index import CategoryAffinity, index_vectors, load_index, query_vectors, trending_prior
 from reels.models.serving.config import ServingConfig
 from reels.models.train import train
@@ -192,3 +192,27 @@ def test_tuning_rescores_with_the_category_affinity_too(tiny_features):
     assert rows["{'category_prior': 0.0}"] == rows["{}"]
     assert rows["{'trending_prior': 1.0, 'category_prior': 0.0}"] == rows["{'trending_prior': 1.0}"]
     assert all(0.0 <= r <= 1.0 for r in rows.values())
+
+
+def test_tuning_refines_the_best_prior_and_marks_those_rows(tiny_features):
+    result = tune_two_tower(
+        tiny_features, FAST_TWO_TOWER, grid=({},), priors=(1.0,), category_priors=(2.0,),
+        refine_rounds=1, refine_factor=2.0,
+    )  # fmt: skip
+    rows = result["rows"][1:]
+    grid, refined = rows[:4], rows[4:]
+    assert not any(r.get("refined") for r in grid) and all(r["refined"] and r["rescored"] for r in refined)
+    start = max(grid[1:], key=lambda r: r["valid_recall@20"])["candidate"]  # the best with a weight set
+    steps = [{k: v for k, v in start.items() if k != key} | {key: start[key] * f}
+             for key in ("trending_prior", "category_prior") if key in start for f in (2.0, 0.5)]  # fmt: skip
+    assert [r["candidate"] for r in refined] == steps  # one round: each weight set, x and / 2
+    assert "| refined |" in markdown(result, "### t")
+    best = max(rows, key=lambda r: r["valid_recall@20"])
+    assert result["best"] == best["candidate"]
+
+
+def test_reels_tune_refuses_negative_refine_rounds(capsys):
+    from reels.client.cli import main
+
+    assert main(["tune", "synthetic", "--refine-rounds", "-1"]) != 0
+    assert "--refine-rounds: expected 0 or more" in capsys.readouterr().err
