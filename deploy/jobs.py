@@ -148,7 +148,7 @@ def evaluate(
     from dataclasses import replace
 
     from reels.models.evaluation.offline import evaluate as evaluate_version
-    from reels.models.evaluation.report import targets
+    from reels.models.evaluation.report import RATIO_TARGETS, targets
     from reels.models.evaluation.search import TWO_TOWER, settings
     from reels.models.evaluation.search import search as validation_search
     from reels.models.evaluation.tradeoff import evaluate_tradeoff
@@ -196,8 +196,8 @@ def evaluate(
         result["tradeoff"] = evaluate_tradeoff(
             features, trained, config.evaluation, chosen.ranker, say, serving=config.serving
         )
-        if source == "movielens":  # the targets are stated for MovieLens-100k only
-            result["targets"] = targets(result["retrieval"], result["ranking"])
+        # Every data set's ranker target; the two-tower's stated ratios where RATIO_TARGETS has some.
+        result["targets"] = targets(result["retrieval"], result["ranking"], RATIO_TARGETS.get(source, {}))
         manifest = features.manifest()
         name = DATASETS.get(source, source)  # an imported source goes by its own name
         datasets[name] = result

@@ -5,7 +5,7 @@ import pytest
 
 from reels.models import metrics
 from reels.models.evaluation.bootstrap import MIN_TEST_USERS, ranking_intervals, retrieval_intervals
-from reels.models.evaluation.report import markdown, targets
+from reels.models.evaluation.report import RATIO_TARGETS, markdown, targets
 
 
 def test_per_user_metrics_average_to_the_reported_means():
@@ -70,3 +70,22 @@ def test_targets_are_not_judged_on_a_tiny_test_window():
     assert list(t) == ["not_judged"] and "test users" in t["not_judged"]
     results = {"command": "reels evaluate", "date": "d", "machine": "m", "datasets": {}}
     assert "Results" in markdown(results)
+
+
+def test_the_oracle_share_is_a_target_where_the_data_set_states_one():
+    retrieval, ranking = _dataset(1.25, 500)
+    retrieval["_ratios"]["two_tower/oracle"] = {"recall@20": {"ratio": 0.65, "ci": [0.61, 0.69]}}
+    judged = targets(retrieval, ranking, RATIO_TARGETS["synthetic"])
+    share = judged["two_tower_recall@20_share_of_oracle"]
+    assert share["met"] and share["target"] == 0.6 and "two_tower_recall@20_vs_als" not in judged
+    retrieval["_ratios"]["two_tower/oracle"]["recall@20"]["ci"] = [0.59, 0.67]  # point 0.65, bound below
+    assert not targets(retrieval, ranking, RATIO_TARGETS["synthetic"])["two_tower_recall@20_share_of_oracle"][
+        "met"
+    ]
+    # A data set with no stated ratio (an imported one) is judged on its ranker alone; a stated ratio the
+    # results lack (no oracle on MovieLens) is skipped.
+    assert list(targets(retrieval, ranking, {})) == ["mmoe_auc_ge_shared_bottom"]
+    del retrieval["_ratios"]["two_tower/oracle"]
+    assert "two_tower_recall@20_share_of_oracle" not in targets(
+        retrieval, ranking, RATIO_TARGETS["synthetic"]
+    )
