@@ -18,8 +18,10 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pandas as pd
 
 from reels.models.config import IndexConfig
+from reels.models.registry import load_manifest
 from reels.workflows.device import DeviceUnavailable, resolve_device
 from reels.workflows.errors import ConfigError
 from reels.workflows.spec import FIRST_ID
@@ -80,6 +82,15 @@ class CategoryAffinity:
         vocabulary = video_ids >= FIRST_ID
         lookup[video_ids[vocabulary]] = item_rows[vocabulary]
         return cls(weight, item_rows, lookup, int(item_rows.max(initial=-1)) + 1)
+
+    @classmethod
+    def of_version(cls, model_dir: Path, items: pd.DataFrame) -> CategoryAffinity | None:
+        """A trained version's affinity from its ``item_embeddings.parquet`` rows (``items``) and the weight
+        its manifest was trained with; None when the version has none (no ``category_row`` column)."""
+        if "category_row" not in items.columns:
+            return None
+        weight = load_manifest(model_dir)["config"]["two_tower"]["category_prior"]
+        return cls.from_rows(items["video_id"].to_numpy(), items["category_row"].to_numpy(), weight)
 
     def item_columns(self) -> np.ndarray:
         """(n_items, C) float32: ``weight`` x each item's one-hot category."""

@@ -179,11 +179,10 @@ def in_process(model_dir: Path, store: OnlineStore, users: np.ndarray, k: int) -
 
 
 def _in_process(model_dir: Path, store: OnlineStore, users: np.ndarray, k: int) -> tuple[dict, dict]:
-    from reels.models.index import query_vectors
     from reels.models.inputs import ITEM_FEATURES, QUERY_FEATURES
     from reels.models.serving.pipeline import InProcessPipeline
     from reels.models.serving.request import QUERY_USER_FIELDS, Request
-    from reels.workflows.spec import HISTORY, REQUEST_CONTEXT
+    from reels.workflows.spec import REQUEST_CONTEXT
 
     pipeline = InProcessPipeline(model_dir, store)
     for user in users[:20]:  # warm-up
@@ -205,14 +204,12 @@ def _in_process(model_dir: Path, store: OnlineStore, users: np.ndarray, k: int) 
     user_inputs = {name: query.features[name] for name in QUERY_USER_FIELDS + REQUEST_CONTEXT}
     item_inputs = {name: rows.videos[name] for name in ITEM_FEATURES}
     item_inputs["video_age"] = np.zeros(n, dtype=np.float32)
-    tower, index, ranker = pipeline.retrieval.query_tower, pipeline.retrieval.index, pipeline.ranking.ranker
-    affinity = pipeline.retrieval.catalog.affinity if pipeline.retrieval.catalog is not None else None
+    retrieval, ranker = pipeline.retrieval, pipeline.ranking.ranker
     latencies, started = [], time.perf_counter()
     for _ in range(len(users)):
         t0 = time.perf_counter()
-        embedding = tower({name: query.features[name] for name in QUERY_FEATURES})
-        columns = None if affinity is None else affinity.query_columns(query.features[HISTORY])
-        index.search(query_vectors(index.d, embedding, columns), pipeline.config.candidates)
+        embedding = retrieval.query_tower({name: query.features[name] for name in QUERY_FEATURES})
+        retrieval.index.search(retrieval.index_query(embedding, query.features), pipeline.config.candidates)
         ranker.score_candidates(user_inputs, item_inputs)
         latencies.append((time.perf_counter() - t0) * 1000)
     floor = _summary(latencies, time.perf_counter() - started)

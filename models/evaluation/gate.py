@@ -23,7 +23,6 @@ from reels.models.evaluation.offline import build_queries
 from reels.models.index import CategoryAffinity, index_vectors, query_vectors
 from reels.models.inputs import QUERY_FEATURES, RANKER_FEATURES
 from reels.models.ranker import BINARY_TASKS
-from reels.models.registry import load_manifest
 from reels.models.two_tower import query_inputs
 from reels.workflows.errors import ConfigError, InvalidInput
 from reels.workflows.manifest import FeatureArtifacts
@@ -84,10 +83,9 @@ def score_version(model_dir: Path, window: FeatureArtifacts, catalog_ids: np.nda
     if "trending_prior" in items.columns:
         prior = np.zeros(len(catalog_ids), dtype=np.float32)
         prior[rows] = items.loc[known, "trending_prior"].to_numpy(np.float32)
-    affinity = None  # the index's category-affinity columns, where it has them: their weight is the config's
-    if "category_row" in items.columns:
-        weight = load_manifest(model_dir)["config"]["two_tower"]["category_prior"]
-        affinity = CategoryAffinity.from_rows(items["video_id"], items["category_row"], weight)
+    # The index's category-affinity columns, where it has them.
+    affinity = CategoryAffinity.of_version(model_dir, items)
+    if affinity is not None:
         category = np.zeros(len(catalog_ids), dtype=np.int64)
         category[rows] = items.loc[known, "category_row"].to_numpy()
         affinity = replace(affinity, item_rows=category)  # by catalog position, like the matrix

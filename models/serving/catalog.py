@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 
 from reels.models.index import CategoryAffinity
-from reels.models.registry import load_manifest
 from reels.workflows.offline_store import OfflineStore
 from reels.workflows.spec import OOV
 
@@ -86,10 +85,7 @@ class Catalog:
         encoded = stored["video_id"].to_numpy()
         # The index's category-affinity columns, where the version has them: retrieval appends the query's
         # history shares (the weight is in the index; the manifest keeps it for the gate).
-        self.affinity: CategoryAffinity | None = None
-        if "category_row" in stored.columns:
-            weight = load_manifest(model_dir)["config"]["two_tower"]["category_prior"]
-            self.affinity = CategoryAffinity.from_rows(encoded, stored["category_row"].to_numpy(), weight)
+        self.affinity = CategoryAffinity.of_version(model_dir, stored)
         known = encoded > OOV  # OOV/null ids are shared by many videos: no unique raw id to explain with
         self.raw_of_encoded = IdLookup(encoded[known], self.raw_ids[known])
 

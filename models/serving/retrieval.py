@@ -61,6 +61,13 @@ class Retrieval:
             rows = rows[np.argsort(-similarity, kind="stable")[: cfg.fresh_candidates]]
         return self.catalog.raw_ids[rows]
 
+    def index_query(self, embedding: np.ndarray, features: dict[str, np.ndarray]) -> np.ndarray:
+        """The query embedding as the version's index takes it: with a 1 for its trending prior and the
+        history's category shares for its affinity columns, where it has them."""
+        affinity = None if self.catalog is None else self.catalog.affinity
+        columns = None if affinity is None else affinity.query_columns(features[HISTORY])
+        return query_vectors(self.index.d, embedding, columns)
+
     def __call__(self, query: QueryFeatures, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Candidate raw ids and retrieval scores, without ``excluded`` (seen / hidden) videos."""
         n = self.config.candidates
@@ -70,9 +77,7 @@ class Retrieval:
         embedding = self.query_tower({name: query.features[name] for name in QUERY_FEATURES})
         embedding = np.ascontiguousarray(embedding, dtype=np.float32)
         fresh = self.fresh(embedding, query.request_time_s, excluded)
-        affinity = None if self.catalog is None else self.catalog.affinity
-        columns = None if affinity is None else affinity.query_columns(query.features[HISTORY])
-        scores, ids = self.index.search(query_vectors(self.index.d, embedding, columns), n + len(excluded))
+        scores, ids = self.index.search(self.index_query(embedding, query.features), n + len(excluded))
         keep = (ids[0] >= 0) & ~np.isin(ids[0], excluded) & ~np.isin(ids[0], fresh)
         ids, scores = ids[0][keep][: n - len(fresh)], scores[0][keep][: n - len(fresh)]
         if len(fresh) == 0:
