@@ -86,7 +86,8 @@ class CategoryAffinity:
     @classmethod
     def of_version(cls, model_dir: Path, items: pd.DataFrame) -> CategoryAffinity | None:
         """A trained version's affinity from its ``item_embeddings.parquet`` rows (``items``) and the weight
-        its manifest was trained with; None when the version has none (no ``category_row`` column)."""
+        its manifest was trained with (a version folder: a release step's artifacts have no manifest);
+        None when the version has none (no ``category_row`` column)."""
         if "category_row" not in items.columns:
             return None
         weight = load_manifest(model_dir)["config"]["two_tower"]["category_prior"]

@@ -83,9 +83,14 @@ class Catalog:
         self.n_categories = len(categories)
         self.upload_s = raw["upload_time"].astype("int64").to_numpy() // 10**9
         encoded = stored["video_id"].to_numpy()
-        # The index's category-affinity columns, where the version has them: retrieval appends the query's
-        # history shares (the weight is in the index; the manifest keeps it for the gate).
-        self.affinity = CategoryAffinity.of_version(model_dir, stored)
+        # The query side of the index's category-affinity columns, where the version has them: retrieval
+        # appends the query's history shares. Their weight is in the index already, and a release step's
+        # artifacts carry no manifest, so none is read here (1.0: the item columns are never built here).
+        self.affinity = (
+            CategoryAffinity.from_rows(encoded, stored["category_row"].to_numpy(), 1.0)
+            if "category_row" in stored.columns
+            else None
+        )
         known = encoded > OOV  # OOV/null ids are shared by many videos: no unique raw id to explain with
         self.raw_of_encoded = IdLookup(encoded[known], self.raw_ids[known])
 

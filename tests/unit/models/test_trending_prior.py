@@ -6,6 +6,7 @@ validation tuning all rank the same way, and without a prior nothing changes."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -20,9 +21,12 @@ from reels.models.evaluation.offline import _two_tower_scorer, build_queries
 from reels.models.evaluation.tradeoff import window_feeds
 from reels.models.evaluation.tune import markdown, tune_two_tower
 from reels.models.index import CategoryAffinity, index_vectors, load_index, query_vectors, trending_prior
+from reels.models.serving.catalog import Catalog, video_metadata
 from reels.models.serving.config import ServingConfig
 from reels.models.train import train
 from reels.workflows.errors import ConfigError
+from reels.workflows.offline_store import OfflineStore
+from reels.workflows.spec import HISTORY
 
 FAST_TWO_TOWER = TwoTowerConfig(epochs=1, batch_size=512, output_dim=16, feature_dim=8, hidden_units=(32,))
 FAST_RANKER = RankerConfig(epochs=1, batch_size=1024, expert_units=(8,), tower_units=(8,), num_experts=2)
@@ -102,6 +106,20 @@ def test_served_retrieval_and_the_offline_scorer_rank_by_score_plus_prior(
     offline_recall = metrics.retrieval_metrics(top, test_queries.relevant, [20])["recall@20"]
     gated = score_version(trained.directory, tiny_features, trained.item_ids)
     assert gated["recall@20"] == pytest.approx(offline_recall, abs=0.003)
+
+    # A release step's artifacts hold the version's item rows but no manifest: the served query side
+    # needs none, and meets the index with the same history shares.
+    step = tmp_path / "step_artifacts"
+    step.mkdir()
+    shutil.copy(trained.directory / "item_embeddings.parquet", step)
+    catalog = Catalog(step, video_metadata(OfflineStore(tiny_features.manifest().store)))
+    if category_prior:
+        histories = queries.frame[HISTORY]
+        np.testing.assert_array_equal(
+            catalog.affinity.query_columns(histories), trained.affinity.query_columns(histories)
+        )
+    else:
+        assert catalog.affinity is None
 
 
 def test_a_version_without_the_prior_keeps_the_plain_index(tiny_models):
