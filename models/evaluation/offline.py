@@ -300,6 +300,55 @@ def _taste_only_scorer(
     return score
 
 
+def hindsight_scorer(queries: Queries, n_items: int) -> baselines.Scorer:
+    """The best feed one could show every query user alike, chosen in hindsight: each video scores the
+    recall it earns among the *other* query users (the sum of ``1 / |relevant|`` over those who view it
+    in the window), so a user's own views never rank their feed. It reads the window it is scored on: a
+    reference, not a model. A model above it knows something about the user that no common feed of the
+    window's hits shows."""
+    weight = [1.0 / len(relevant) for relevant in queries.relevant]
+    total = np.zeros(n_items)
+    for relevant, w in zip(queries.relevant, weight, strict=True):
+        total[list(relevant)] += w
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        out = np.tile(total, (len(rows), 1))
+        for r, row in enumerate(rows):
+            out[r, list(queries.relevant[row])] -= weight[row]
+        return out
+
+    return score
+
+
+# Query users split by whether they interacted with the catalog before the window: "no history" is a new
+# user, whose query holds only their own features and the request's context.
+HISTORY_SEGMENTS = ("no history", "with history")
+
+
+def segment_intervals(
+    per_user: Mapping[str, Mapping[str, np.ndarray]],
+    has_history: np.ndarray,
+    pairs: list[tuple[str, str]],
+    seed: int,
+    metric: str = "recall@20",
+) -> dict:
+    """``metric`` per model, with its bootstrap interval, and the ``pairs`` ratios on each of
+    ``HISTORY_SEGMENTS`` (``has_history``: one bool per query user); a segment with no users is left out."""
+    out = {}
+    for name, mask in zip(HISTORY_SEGMENTS, (~has_history, has_history), strict=True):
+        if not mask.any():
+            continue
+        sliced = {model: {metric: values[metric][mask]} for model, values in per_user.items()}
+        intervals = bootstrap.retrieval_intervals(sliced, [metric], pairs, seed=seed)
+        out[name] = {
+            "users": int(mask.sum()),
+            metric: {model: float(values[metric].mean()) for model, values in sliced.items()},
+            "ci95": {model: bounds[metric] for model, bounds in intervals["models"].items()},
+            "ratios": {pair: by_metric[metric] for pair, by_metric in intervals["ratios"].items()},
+        }
+    return out
+
+
 def _two_tower_scorer(trained: TrainedModels, queries: Queries) -> baselines.Scorer:
     """The two-tower as its index ranks: query x item embeddings, plus the version's trending prior and
     category affinity."""
@@ -354,6 +403,7 @@ def evaluate_retrieval(
     oracle = oracle_scorer(features, queries, ids, test)
     if oracle is not None:
         scorers["oracle"] = oracle
+    scorers["hindsight"] = hindsight_scorer(queries, n_items)
     k_max = min(max(config.ks), n_items)
     ks = [k for k in config.ks if k <= n_items]
     results, per_user = {}, {}
@@ -369,12 +419,17 @@ def evaluate_retrieval(
     say("bootstrap intervals over test users")
     named = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
     pairs = [("two_tower", "als"), ("two_tower", "popularity"), ("two_tower", "trending")]
+    pairs += [("two_tower", "hindsight")]
     if oracle is not None:
         pairs += [(model, "oracle") for model in ("two_tower", "als", "popularity", "trending")]
     intervals = bootstrap.retrieval_intervals(per_user, named, pairs, seed=config.seed)
     for name, bounds in intervals["models"].items():
         results[name]["ci95"] = bounds
     results["_ratios"] = intervals["ratios"]
+    has_history = np.array([len(s) > 0 for s in queries.seen], dtype=bool)
+    results["_segments"] = segment_intervals(
+        per_user, has_history, [("two_tower", "popularity"), ("two_tower", "hindsight")], config.seed
+    )
     results["_protocol"] = {
         "test_users": len(queries.frame),
         "test_events": int(sum(len(r) for r in queries.relevant)),
