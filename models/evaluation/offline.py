@@ -455,6 +455,24 @@ def ranking_metrics(ranker: Ranker, frame: pd.DataFrame) -> tuple[dict[str, floa
     return row, {task: predictions[task] for task in BINARY_TASKS}
 
 
+def task_transfer(labels: Mapping[str, np.ndarray], predictions: Mapping[str, np.ndarray]) -> dict:
+    """How much the tasks share: ``{"auc": {head: {task: AUC of head's predictions on task's labels}},
+    "given": {task: {other: P(other = 1 | task = 1)}}}``. A head that ranks another task's labels about
+    as well as that task's own head, or labels nested in each other, mean the tasks follow one driver:
+    experts kept apart per task then have nothing different to learn, and no multi-task architecture
+    can beat one shared trunk by much."""
+    auc = {
+        head: {task: metrics.binary_metrics(y, predictions[head])["auc"] for task, y in labels.items()}
+        for head in labels
+    }
+    positive = {task: np.asarray(y).astype(bool) for task, y in labels.items()}
+    given = {
+        task: {other: float(positive[other][y].mean()) if y.any() else float("nan") for other in positive}
+        for task, y in positive.items()
+    }
+    return {"auc": auc, "given": given}
+
+
 def gate_diagnostics(ranker: Ranker, frame: pd.DataFrame, sample: int = 5000, seed: int = 0) -> dict:
     """Expert utilisation of an MMoE or PLE ranker on up to ``sample`` rows of ``frame`` (a validation
     window), per gate (``gate_<task>`` for MMoE, ``gate_<level>_<task|shared>`` for PLE): the experts it
@@ -559,6 +577,7 @@ def evaluate_ranking(
     for name, bounds in intervals["models"].items():
         out[name]["ci95"] = bounds
     out["_differences"] = intervals["differences"]
+    out["_task_transfer"] = task_transfer(labels, scored[served])
     if len(valid):
         out["_gates"] = {name: gate_diagnostics(rankers[name], valid) for name in ("mmoe", "ple")}
     out["_protocol"] = {

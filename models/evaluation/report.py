@@ -113,6 +113,34 @@ def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def _transfer_lines(ranking: dict) -> list[str]:
+    """The served ranker's task heads against every task's labels, and how the labels nest."""
+    transfer = ranking.get("_task_transfer")
+    if not transfer:
+        return []
+    tasks = list(transfer["auc"])
+    served = ranking["_protocol"].get("served_architecture", "mmoe")
+    lines = [
+        "",
+        f"How much the tasks share, on the test impressions: AUC of each {served} head's scores on every",
+        "task's labels, and the share of one task's positives that are also another's. A head that ranks",
+        "another task about as well as that task's own head, or labels nested in each other, mean one",
+        "driver behind the tasks: experts kept apart per task then have little different to learn.",
+        "",
+        "| row task | "
+        + " | ".join(f"its head's AUC on {t}" for t in tasks)
+        + " | "
+        + " | ".join(f"P({t} \\| row task)" for t in tasks)
+        + " |",
+        "|---|" + "---:|" * (2 * len(tasks)),
+    ]
+    for head in tasks:
+        auc = " | ".join(f"{transfer['auc'][head][t]:.4f}" for t in tasks)
+        given = " | ".join(f"{transfer['given'][head][t]:.2f}" for t in tasks)
+        lines.append(f"| {head} | {auc} | {given} |")
+    return lines
+
+
 def _interval_lines(retrieval: dict) -> list[str]:
     """Recall@20 intervals per method, the ratios we claim with theirs, and each model as a share of the
     oracle (synthetic data only)."""
@@ -267,6 +295,7 @@ def markdown(results: dict) -> str:
                 lines.append(
                     f"- {pair}: " + ", ".join(f"{k} [{lo:+.4f}, {hi:+.4f}]" for k, (lo, hi) in diff.items())
                 )
+        lines += _transfer_lines(ranking)
         lines += _gate_lines(ranking.get("_gates", {}))
         if "targets" in data:
             lines += ["", "Targets (met only when the 95 % interval's lower bound clears the target):", ""]

@@ -37,6 +37,12 @@ def test_every_number_comes_with_an_interval_and_the_oracle_bounds_what_is_learn
     for method in methods:
         whole = sum(s["users"] * s["recall@20"][method] for s in segments.values()) / users
         assert whole == pytest.approx(retrieval[method]["recall@20"])
+    # The served model's heads on every task's labels: its own task's AUC on the diagonal.
+    transfer = ranking["_task_transfer"]
+    served = ranking["_protocol"]["served_architecture"]
+    for task in transfer["auc"]:
+        assert transfer["auc"][task][task] == pytest.approx(ranking[served][f"auc_{task}"])
+        assert transfer["given"][task][task] == 1.0
     for task_bounds in ranking["_differences"]["mmoe-shared_bottom"].values():
         assert task_bounds[0] <= task_bounds[1]
     # Each ranker says what it was trained with: the served one the version's, the others the given config.
@@ -53,7 +59,11 @@ def test_every_number_comes_with_an_interval_and_the_oracle_bounds_what_is_learn
         {"command": "c", "date": "d", "machine": "m", "datasets": {"tiny": {**result, "targets": judged}}}
     )
     assert "95 % bootstrap intervals" in text and "as a share of the oracle" in text
-    assert "| query users | users |" in text and "- two_tower / hindsight, recall@20" in text
+    assert (
+        "| row task |" in text
+        and "| query users | users |" in text
+        and "- two_tower / hindsight, recall@20" in text
+    )
     # The trending window is picked on validation from the configured grid, and the report says which.
     assert retrieval["trending"]["tuned_on_valid"]["days"] in FAST.trending_days
     assert "- two_tower / trending, recall@20" in text and "Trending (the most viewed" in text

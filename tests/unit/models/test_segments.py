@@ -1,12 +1,12 @@
-"""The hindsight feed (the best feed shared by every user, picked from the window itself) and the recall
-split by whether a query user had a history before the window."""
+"""The hindsight feed (the best feed shared by every user, picked from the window itself), the recall split
+by whether a query user had a history before the window, and how much the ranking tasks share."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from reels.models import baselines, metrics
-from reels.models.evaluation.offline import Queries, hindsight_scorer, segment_intervals
+from reels.models.evaluation.offline import Queries, hindsight_scorer, segment_intervals, task_transfer
 
 
 def _queries(relevant: list[set[int]], seen: list[list[int]]) -> Queries:
@@ -62,3 +62,16 @@ def test_segments_split_users_by_history_and_keep_each_models_numbers():
     assert list(segment_intervals(per_user, np.ones(4, bool), [("two_tower", "popularity")], 0)) == [
         "with history"
     ]
+
+
+def test_task_transfer_shows_nested_labels_and_heads_that_rank_each_others_tasks():
+    rating = np.random.default_rng(1).integers(1, 6, 3000)
+    labels = {"view": rating > 2, "liked": rating >= 4, "completed": rating == 5}
+    heads = {"view": rating / 5.0, "liked": rating / 5.0, "completed": (rating == 5) * 0.9 + 0.05}
+    out = task_transfer(labels, heads)
+    # Nested thresholds of one rating: every completed is liked, every liked is a view.
+    assert out["given"]["completed"] == {"view": 1.0, "liked": 1.0, "completed": 1.0}
+    assert out["given"]["liked"]["view"] == 1.0 and out["given"]["view"]["completed"] < 0.5
+    # Heads scoring the rating itself rank every task perfectly: nothing task-specific to learn.
+    assert out["auc"]["view"]["liked"] == out["auc"]["liked"]["completed"] == 1.0
+    assert out["auc"]["completed"]["view"] < 1.0
