@@ -95,9 +95,14 @@ class RankerConfig:
     score_weights: dict[str, float] = field(
         default_factory=lambda: {"view": 0.3, "liked": 0.3, "completed": 0.2, "watch_fraction": 0.2}
     )
+    # Chained heads (ESMM, Ma et al. 2018): task -> parent task, e.g. {liked: view}; the task's head then
+    # learns P(task | parent) and predicts P(parent) x that, trained on every impression. Binary tasks only;
+    # a parent is never itself chained. Empty: every head predicts its task alone.
+    conditional_on: dict[str, str] = field(default_factory=dict)
     seed: int = 42
 
     def __post_init__(self) -> None:
+        binary = set(RANKER_TASKS) - {"watch_fraction"}
         _fail_on("ranker", {
             "architecture": self.architecture in RANKER_ARCHITECTURES, "num_experts": self.num_experts > 0,
             "num_task_experts": self.num_task_experts > 0, "num_shared_experts": self.num_shared_experts > 0,
@@ -106,6 +111,8 @@ class RankerConfig:
             "batch_size": self.batch_size > 1, "learning_rate": self.learning_rate > 0,
             "loss_weights": set(self.loss_weights) == set(RANKER_TASKS),
             "score_weights": set(self.score_weights) <= set(RANKER_TASKS) and bool(self.score_weights),
+            "conditional_on": set(self.conditional_on) | set(self.conditional_on.values()) <= binary
+            and not set(self.conditional_on) & set(self.conditional_on.values()),
         }, self)  # fmt: skip
 
 

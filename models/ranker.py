@@ -34,7 +34,7 @@ from merlin.schema import Schema, Tags
 
 from reels.models.config import RANKER_ARCHITECTURES, RANKER_TASKS, RankerConfig
 from reels.models.inputs import QUERY_FEATURES, RANKER_FEATURES, dataset
-from reels.models.ranker_numpy import combined_score, export_weights
+from reels.models.ranker_numpy import combined_score, conditioned, export_weights
 from reels.models.two_tower import TrainReport
 from reels.workflows.errors import ConfigError
 
@@ -184,8 +184,10 @@ class MultiTaskRanker(tf.keras.Model):
         return logits
 
     def call(self, features, training=False):
-        """Per-task probabilities in (0, 1), shape (batch,): the sigmoid of ``task_logits``."""
-        return {t: tf.sigmoid(v) for t, v in self.task_logits(features, training=training).items()}
+        """Per-task probabilities in (0, 1), shape (batch,): the sigmoid of ``task_logits``, a task of
+        ``config.conditional_on`` times its parent's (its head learns ``P(task | parent)``)."""
+        probabilities = {t: tf.sigmoid(v) for t, v in self.task_logits(features, training=training).items()}
+        return conditioned(probabilities, self.config.conditional_on)
 
 
 class Ranker:

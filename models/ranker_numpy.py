@@ -37,6 +37,17 @@ def combined_score(predictions: dict, weights: dict[str, float]):
     return sum(weight * predictions[task] for task, weight in weights.items())
 
 
+def conditioned(probabilities: dict, conditional_on: dict[str, str]) -> dict:
+    """The heads' probabilities with each task of ``conditional_on`` (task -> parent task) read as
+    ``P(task | parent)`` and returned as ``P(task) = P(parent) x P(task | parent)`` (as ESMM chains
+    conversion on click): the one definition for training, export and the numpy forward (works on numpy
+    arrays and tensors alike)."""
+    return {
+        t: p * probabilities[conditional_on[t]] if t in conditional_on else p
+        for t, p in probabilities.items()
+    }
+
+
 # ---- write (at export, from the trained Keras model) ---------------------------------------------------
 def _dense_layers(block, name: str, arrays: dict[str, np.ndarray]) -> list[str]:
     """Store the Dense layers of ``block`` (a Dense or nested Sequentials of them) in call order under
@@ -96,6 +107,7 @@ def export_weights(
         "architecture": model.architecture,
         "tasks": list(model.towers),
         "score_weights": dict(score_weights),
+        "conditional_on": dict(model.config.conditional_on),
         "inputs": {
             name: {"dtype": spec.dtype.name, "shape": [d for d in spec.shape.as_list()]}
             for name, spec in signature.items()
@@ -253,6 +265,7 @@ class NumpyRanker:
         self.architecture: str = meta["architecture"]
         self.tasks: tuple[str, ...] = tuple(meta["tasks"])
         self.score_weights: dict[str, float] = meta["score_weights"]
+        self.conditional_on: dict[str, str] = meta.get("conditional_on", {})  # older exports: none
         self.inputs: dict[str, dict] = meta["inputs"]  # the SavedModel signature: name -> dtype, shape
         self._layout: list[dict] = meta["layout"]
         self._tables = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("embedding/")}
@@ -393,7 +406,7 @@ class NumpyRanker:
         for kernel, bias, activation in self._towers:
             h = _activate(np.matmul(h, kernel) + bias, activation)
         probabilities = _sigmoid(h[:, :, 0])
-        out = {t: probabilities[i] for i, t in enumerate(self.tasks)}
+        out = conditioned({t: probabilities[i] for i, t in enumerate(self.tasks)}, self.conditional_on)
         out["score"] = combined_score(out, self.score_weights).astype(np.float32)
         return out
 

@@ -15,6 +15,13 @@ def test_bad_model_configs_fail_before_training():
         TwoTowerConfig(epochs=0)
     with pytest.raises(ValueError, match="kind"):
         IndexConfig(kind="annoy")
+    # Chained heads: binary tasks only, and a parent is never itself chained (no chains of chains).
+    for bad in ({"watch_fraction": "view"}, {"liked": "clicks"}, {"liked": "view", "view": "completed"}):
+        with pytest.raises(ValueError, match="conditional_on"):
+            RankerConfig(conditional_on=bad)
+    assert (
+        RankerConfig(conditional_on={"liked": "view", "completed": "view"}).conditional_on["liked"] == "view"
+    )
 
 
 def test_metrics_on_a_hand_computed_case():

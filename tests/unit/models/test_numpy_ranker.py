@@ -1,5 +1,5 @@
 """The ranker's numpy forward (``ranker.npz`` written by ``Ranker.export``) against its SavedModel: every
-architecture (MMoE, shared-bottom, PLE with one and two levels), every output, 10k real feature rows; the
+architecture (MMoE, shared-bottom, PLE with one and two levels, chained heads), every output, 10k real feature rows; the
 user-side-once call; bad input; the backend switch."""
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ TRAINED_HERE = {
     "shared_bottom": {"architecture": "shared_bottom"},
     "ple": {"architecture": "ple", "ple_levels": 2, "num_task_experts": 1, "num_shared_experts": 2},
     "cgc": {"architecture": "ple", "ple_levels": 1, "num_task_experts": 2, "num_shared_experts": 1},
+    # Chained heads: liked and completed predicted as P(view) x P(task | view).
+    "chained": {"architecture": "mmoe", "conditional_on": {"liked": "view", "completed": "view"}},
 }
 ARCHITECTURES = ["mmoe", *TRAINED_HERE]
 
@@ -73,6 +75,8 @@ def test_numpy_forward_matches_the_savedmodel_on_10k_rows(exports, saved, rows, 
         assert got[name].dtype == np.float32 and got[name].shape == (ROWS,)
         diff = float(np.abs(got[name] - expected[name]).max())
         assert diff <= TOLERANCE, (architecture, name, diff)
+    for task, parent in TRAINED_HERE.get(architecture, {}).get("conditional_on", {}).items():
+        assert (got[task] <= got[parent]).all()  # a chained task is never likelier than its parent
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
