@@ -170,10 +170,9 @@ def _segment_lines(retrieval: dict) -> list[str]:
     segments = retrieval.get("_segments")
     if not segments:
         return []
-    methods = [
-        m for m in RETRIEVAL_METHODS if m != "random" and m in next(iter(segments.values()))["recall@20"]
-    ]
-    pairs = list(next(iter(segments.values()))["ratios"])
+    first = next(iter(segments.values()))  # every segment holds the same methods and ratios
+    methods = [m for m in RETRIEVAL_METHODS if m != "random" and m in first["recall@20"]]
+    pairs = list(first["ratios"])
     lines = [
         "",
         "recall@20 by the query user's history before the test window (no history: a new user, whose query",

@@ -1,6 +1,6 @@
 """The ranker's numpy forward (``ranker.npz`` written by ``Ranker.export``) against its SavedModel: every
-architecture (MMoE, shared-bottom, PLE with one and two levels, chained heads), every output, 10k real feature rows; the
-user-side-once call; bad input; the backend switch."""
+architecture (MMoE, shared-bottom, PLE with one and two levels, chained heads), every output, 10k real
+feature rows; the user-side-once call; bad input; the backend switch."""
 
 from __future__ import annotations
 
